@@ -1,0 +1,62 @@
+# bigmodel: `make demo` runs the whole lifecycle on sample_data/, `make test` runs the test suite.
+# The example targets chain the stages through their output folders, so `make` re-runs only what changed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+BM     := $(BIN)/bigmodel
+OUT    ?= build
+
+.PHONY: demo test lint install dev bench clean help
+.DELETE_ON_ERROR:
+.SECONDARY:
+
+help:
+	@echo "make demo   - create $(VENV), install, run preprocess/train/evaluate/export/predict on sample_data/"
+	@echo "make test   - install the dev extras and run the whole test suite"
+	@echo "make lint   - ruff"
+	@echo "make clean  - remove $(OUT)/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+# ---- the lifecycle, one data set at a time: DATA.csv + DATA.yaml -> prep -> run -> metrics, export, predictions
+$(OUT)/%/prep/manifest.json: sample_data/%.csv sample_data/%.yaml | $(VENV)/.installed
+	$(BM) preprocess $< --config sample_data/$*.yaml --out $(OUT)/$*/prep
+
+$(OUT)/%/run/manifest.json: $(OUT)/%/prep/manifest.json
+	$(BM) train $(OUT)/$*/prep --out $(OUT)/$*/run
+
+$(OUT)/%/run/metrics.json: $(OUT)/%/run/manifest.json
+	$(BM) evaluate $(OUT)/$*/run --json > /dev/null
+
+$(OUT)/%/export/manifest.json: $(OUT)/%/run/manifest.json
+	$(BM) export $(OUT)/$*/run --format savedmodel --out $(OUT)/$*/export
+
+$(OUT)/%/predictions.csv: $(OUT)/%/run/manifest.json sample_data/%.csv
+	$(BM) predict $(OUT)/$*/run sample_data/$*.csv --out $@
+
+DEMO_SETS := penguins breast_cancer
+demo: $(foreach d,$(DEMO_SETS),$(OUT)/$(d)/run/metrics.json $(OUT)/$(d)/export/manifest.json $(OUT)/$(d)/predictions.csv)
+	@for d in $(DEMO_SETS); do $(BM) evaluate $(OUT)/$$d/run || exit $$?; done
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks
+
+clean:
+	rm -rf $(OUT)

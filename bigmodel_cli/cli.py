@@ -1,0 +1,320 @@
+"""The `bigmodel` command line: parse, call one stage's run(), render the result.
+
+Heavy imports (pandas, TensorFlow) happen inside the commands, so `bigmodel --help` stays fast.
+Exit codes: 0 ok, 1 a gate failed, 2 bad input or usage, 3 internal error (a bug), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from . import __version__
+from .console import emit_json, err, out, table
+from .errors import BigModelError, GateFailed
+
+app = typer.Typer(
+    name="bigmodel",
+    help="From a table of data to a trained, evaluated, exported Keras model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class State:
+    debug: bool = False
+
+
+# Options shared by several commands, defined once.
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", exists=True, dir_okay=False, help="YAML config file (every key has a default)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key, e.g. train.epochs=20 (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")]
+RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `bigmodel train`.", show_default=False)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"bigmodel {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does (stderr).")] = False,
+) -> None:
+    """From a table of data to a trained, evaluated, exported Keras model.
+
+    Stages chain through folders: preprocess DATA -> PREP_DIR, train PREP_DIR -> RUN_DIR,
+    evaluate / export / predict RUN_DIR.
+    """
+    ctx.obj = State(debug=debug)
+    if verbose:
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err)])
+
+
+@contextlib.contextmanager
+def guard(ctx: typer.Context) -> Iterator[None]:
+    """The one place where exceptions become exit codes."""
+    debug = bool(ctx.obj and ctx.obj.debug)
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except BigModelError as e:
+        if debug:
+            err.print_exception()
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except GateFailed as e:
+        err.print(f"[red]failed:[/red] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(GateFailed.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", soft_wrap=True)
+        raise typer.Exit(130) from None
+    except Exception:  # a bug: keep the traceback, exit 3 so CI can tell it from bad input
+        err.print_exception()
+        err.print("[red]internal error[/red]: this is a bug in bigmodel; please report it with the traceback above.")
+        raise typer.Exit(3) from None
+
+
+def _config(config: Path | None, sets: list[str] | None, **fixed: Any) -> Any:
+    from .config import load_config
+
+    overrides = [*(sets or []), *(f"{k}={v}" for k, v in fixed.items() if v is not None)]
+    return load_config(config, overrides)
+
+
+def _render(result: Any, as_json: bool, human: Any) -> None:
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        human()
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file.", show_default=False)],
+    target: Annotated[str, typer.Option("--target", "-t", help="The column to predict.", show_default=False)],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path("bigmodel.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a commented starter config inferred from DATA (column kinds, task, defaults)."""
+    with guard(ctx):
+        from . import init as stage
+        from .config import Config
+
+        result = stage.run(data, target, out_path, Config(), force=force)
+        _render(result, as_json, lambda: out.print(
+            table(f"{result.out}: task {result.task}", ["column", "kind"], [[c, k] for c, k in result.kinds.items()])))
+
+
+@app.command()
+def preprocess(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The prep folder to write.", show_default=False)],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="The column to predict (or data.target).")
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Clean DATA, split it train/val/test and fit the feature preprocessing on the train split."""
+    with guard(ctx):
+        from . import preprocess as stage
+
+        cfg = _config(config, sets, **{"data.target": target})
+        result = stage.run(data, out_dir, cfg)
+        _render(result, as_json, lambda: _show_report(result))
+
+
+def _show_report(result: Any) -> None:
+    r = result.report
+    rows = [[col, c["kind"], c["missing"], c["unique"], "" if c["imputed_with"] is None else c["imputed_with"]]
+            for col, c in r["columns"].items()]
+    out.print(table(f"{result.out}: {result.schema.task} on '{result.schema.target}'",
+                    ["column", "kind", "missing", "unique", "imputed with"], rows))
+    counts = [["rows in", r["rows_in"]], ["duplicates dropped", r["duplicates_dropped"]],
+              ["missing target dropped", r["missing_target_dropped"]], ["rows out", r["rows_out"]],
+              *[[f"{n} split", k] for n, k in r["splits"].items()]]
+    out.print(table("rows", ["", "count"], counts))
+    if r["class_balance"]:
+        classes = list(next(iter(r["class_balance"].values())))
+        out.print(table("class balance", ["split", *classes],
+                        [[s, *b.values()] for s, b in r["class_balance"].items()]))
+    for note in r["notes"]:
+        err.print(f"note: {escape(note)}", soft_wrap=True)
+
+
+class _EpochProgress:
+    """Per-epoch progress on stderr: a live bar on a terminal, a line every few epochs elsewhere."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __call__(self, epoch: int, total: int, logs: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+        if err.is_terminal:
+            if self.progress is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+                self.progress = Progress(TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
+                                         TextColumn("{task.description}"), console=err, transient=True)
+                self.progress.start()
+                self.task = self.progress.add_task("", total=total)
+            self.progress.update(self.task, completed=epoch, description=shown)
+        elif epoch == 1 or epoch % max(1, total // 10) == 0:
+            err.print(f"epoch {epoch}/{total}  {shown}", soft_wrap=True, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    prep_dir: Annotated[
+        Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.", show_default=False)
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the configured keras.Sequential and train it on PREP_DIR's train split."""
+    with guard(ctx):
+        from . import train as stage
+
+        cfg = stage.resolve_config(prep_dir, config, sets or [])
+        progress = _EpochProgress()
+        try:
+            result = stage.run(prep_dir, out_dir, cfg, on_epoch=progress)
+        finally:
+            progress.close()
+
+        def human() -> None:
+            rows = [["epochs run", result.epochs_run], ["best epoch", result.best_epoch],
+                    *[[k, v] for k, v in result.final.items()], ["seconds", round(result.seconds, 1)]]
+            out.print(table(f"trained {result.out}", ["", "value"], rows))
+
+        _render(result, as_json, human)
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    data: Annotated[Path | None, typer.Option(
+        "--data", "-d", help="A prep folder or a raw CSV/Parquet file (default: the run's own prep folder).")] = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="train | val | test, for a prep folder (default: evaluate.split, test).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json."""
+    with guard(ctx):
+        from . import evaluate as stage
+        from .errors import BigModelError as UsageError
+
+        if split is not None and split not in ("train", "val", "test"):
+            raise UsageError(f"--split must be train, val or test, got '{split}'")
+        result = stage.run(run_dir, data, split)
+        _render(result, as_json, lambda: _show_metrics(result.doc))
+
+
+def _show_metrics(doc: dict[str, Any]) -> None:
+    d = doc["data"]
+    title = f"{doc['task']} on '{doc['target']}': {d['split'] or d['source']} ({d['rows']} rows)"
+    out.print(table(title, ["metric", "value"], [[k, "n/a" if v is None else v] for k, v in doc["metrics"].items()]))
+    if "per_class" in doc:
+        out.print(table("per class", ["class", "precision", "recall", "f1", "support"],
+                        [[c, *v.values()] for c, v in doc["per_class"].items()]))
+        cm = doc["confusion_matrix"]
+        out.print(table("confusion matrix (rows: true, columns: predicted)", ["", *cm["labels"]],
+                        [[label, *row] for label, row in zip(cm["labels"], cm["matrix"], strict=True)]))
+    for col, n in doc.get("unseen_categories", {}).items():
+        err.print(f"note: {n} value(s) of '{escape(col)}' were not seen in training (out-of-vocabulary)")
+    if doc.get("ignored_columns"):
+        err.print(f"warning: ignored extra column(s): {escape(', '.join(doc['ignored_columns']))}")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The export folder to write.", show_default=False)],
+    fmt: Annotated[str | None, typer.Option(
+        "--format", "-f", help="savedmodel (SavedModel + .keras) | keras (default: export.format).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export RUN_DIR's model with its preprocessing inside; checks parity with `bigmodel predict`."""
+    with guard(ctx):
+        from . import export as stage
+        from .errors import BigModelError as UsageError
+
+        if fmt is not None and fmt not in ("savedmodel", "keras"):
+            raise UsageError(f"--format must be savedmodel or keras, got '{fmt}'")
+        result = stage.run(run_dir, out_dir, fmt)
+
+        def human() -> None:
+            rows = [[f, ""] for f in result.files] + [
+                [f"parity {k} (max abs diff, {result.rows_checked} rows)", f"{v:.2e}"]
+                for k, v in result.max_abs_diff.items()]
+            out.print(table(f"exported {result.out}", ["file", ""], rows))
+
+        _render(result, as_json, human)
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    data: Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file.", show_default=False)],
+    out_path: Annotated[Path, typer.Option(
+        "--out", "-o", help="Predictions file: .csv, .csv.gz or .parquet.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Batch predictions for DATA: id columns, class probabilities and label (or the value)."""
+    with guard(ctx):
+        from . import predict as stage
+
+        result = stage.run(run_dir, data, out_path)
+
+        def human() -> None:
+            out.print(f"wrote {result.rows} predictions to {escape(str(result.out))}", highlight=False)
+            for col, n in result.unseen_categories.items():
+                err.print(f"note: {n} value(s) of '{escape(col)}' were not seen in training (out-of-vocabulary)")
+            if result.ignored_columns:
+                err.print(f"warning: ignored extra column(s): {escape(', '.join(result.ignored_columns))}")
+
+        _render(result, as_json, human)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,234 @@
+"""The experiment config: typed sections with defaults, loaded from YAML, overridden by --set.
+
+No Keras import here: names of layers, losses and optimizers are checked by `registry` when the
+model is built, so `bigmodel --help` and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+ColumnKind = Literal["numeric", "categorical", "boolean", "text", "id", "ignore"]
+Task = Literal["auto", "binary", "multiclass", "regression"]
+MAX_YAML_ALIASES = 100
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.70, gt=0, lt=1)
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    target: str | None = None
+    task: Task = "auto"
+    columns: dict[str, ColumnKind] = Field(default_factory=dict)
+    id_columns: list[str] = Field(default_factory=list)
+    delimiter: str | None = None
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class PreprocessConfig(_Section):
+    scaling: Literal["minmax", "standard"] = "minmax"
+    max_categories: int = Field(50, ge=1)
+    text_max_tokens: int = Field(1000, ge=2)
+    text_output: Literal["tf_idf", "multi_hot", "count"] = "tf_idf"
+    drop_duplicates: bool = True
+
+
+def _default_layers() -> list[dict[str, Any]]:
+    return [{"type": "Dense", "units": 64, "activation": "relu"}]
+
+
+class ModelConfig(_Section):
+    layers: list[dict[str, Any]] = Field(default_factory=_default_layers)
+    output_activation: str = "auto"
+
+    @field_validator("layers")
+    @classmethod
+    def _each_has_type(cls, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, spec in enumerate(layers):
+            if not isinstance(spec.get("type"), str):
+                raise ValueError(f"layers[{i}] needs a 'type' such as Dense or Dropout")
+        return layers
+
+
+class OptimizerConfig(_Section):
+    name: str = "adam"
+    learning_rate: float = Field(0.001, gt=0)
+
+
+class EarlyStoppingConfig(_Section):
+    enabled: bool = True
+    monitor: str = "val_loss"
+    patience: int = Field(10, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    loss: str = "auto"
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    class_weight: Literal["none", "balanced"] | dict[str, float] = "none"
+
+
+class EvaluateConfig(_Section):
+    split: Literal["train", "val", "test"] = "test"
+
+
+class ExportConfig(_Section):
+    format: Literal["savedmodel", "keras"] = "savedmodel"
+    parity_tolerance: float = Field(1e-5, gt=0)
+
+
+class Config(_Section):
+    seed: int = Field(42, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and alias bombs."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} YAML aliases (an alias bomb?)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.YAMLError(f"duplicate key '{key}' on line {line}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+
+
+def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or start from defaults) and apply `key.path=value` overrides."""
+    source = str(path) if path else "config"
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from None
+        raw = parse_yaml(text, source) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw, source)
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_describe(e)}") from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to a raw config dict."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=20")
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: '{part}' is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = parse_yaml(value, f"--set {key}")
+            else:
+                node = node[int(part)]
+            continue
+        if last:
+            node[part] = parse_yaml(value, f"--set {key}")
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at `loc`, for 'did you mean' suggestions."""
+    model: Any = Config
+    for p in loc:
+        field = getattr(model, "model_fields", {}).get(p)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(e: ValidationError) -> str:
+    msgs = []
+    for err in e.errors():
+        # drop pydantic's union-branch markers such as 'literal[...]' or 'dict[str,float]'
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        key = _dotted(loc) or "(top level)"
+        if any(m.startswith(f"{key}:") for m in msgs):
+            continue
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(_fields_at(loc[:-1]))}"
+            msgs.append(f"unknown key '{key}'{hint}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f", got {got!r}"
+        msgs.append(f"{key}: {msg}{shown}")
+    return "; ".join(dict.fromkeys(msgs))

@@ -1,0 +1,21 @@
+"""The user-error exception types. Anything else raised is a bug (exit 3)."""
+
+
+class BigModelError(Exception):
+    """A problem the user can fix: bad input, bad config, bad usage. Exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(BigModelError):
+    """The YAML config or a --set override is invalid."""
+
+
+class DataError(BigModelError):
+    """A data file, a column or a prep/run folder is unusable."""
+
+
+class GateFailed(Exception):
+    """A quality gate failed (exit code 1). Not a user error: the result is still printed."""
+
+    exit_code = 1

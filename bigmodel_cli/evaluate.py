@@ -1,0 +1,91 @@
+"""`bigmodel evaluate`: metrics of a run on a split of its prep folder or on a raw data file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .data import read_table
+from .predict import LoadedRun, Predictions, load
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    doc: dict[str, Any]  # the metrics.json document
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        return self.doc["metrics"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc
+
+
+def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    if data is not None and not Path(data).is_dir():
+        return read_table(data, run.config.data.delimiter), {"source": str(data), "split": None,
+                                                              "sha256": artifacts.sha256(Path(data))}
+    if data is not None:
+        artifacts.Folder(Path(data), "prep").manifest()
+        path = Path(data) / artifacts.SPLIT_FILES[split]
+        return pd.read_parquet(path), {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
+    df = run.split(split)
+    path = run.prep_dir / artifacts.SPLIT_FILES[split]
+    return df, {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
+
+
+def classification_metrics(y: np.ndarray, p: Predictions, classes: list[str]) -> dict[str, Any]:
+    from sklearn import metrics as m
+
+    probs, pred, k = p.probabilities, p.values, len(classes)
+    labels = list(range(k))
+    doc: dict[str, Any] = {"metrics": {"accuracy": float(m.accuracy_score(y, pred))}}
+    present = len(np.unique(y)) == k
+    if k == 2:
+        prec, rec, f1, _ = m.precision_recall_fscore_support(y, pred, average="binary", pos_label=1, zero_division=0)
+        doc["metrics"].update(precision=float(prec), recall=float(rec), f1=float(f1),
+                              roc_auc=float(m.roc_auc_score(y, probs[:, 1])) if present else None)
+        doc["positive_class"] = classes[1]
+    else:
+        prec, rec, f1, _ = m.precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
+        doc["metrics"].update(macro_precision=float(prec), macro_recall=float(rec), macro_f1=float(f1),
+                              roc_auc_ovr=float(m.roc_auc_score(y, probs, multi_class="ovr", labels=labels))
+                              if present else None)
+    doc["metrics"]["log_loss"] = float(m.log_loss(y, np.clip(probs, 1e-7, 1 - 1e-7), labels=labels))
+    cp, cr, cf, cs = m.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    doc["per_class"] = {c: {"precision": float(cp[i]), "recall": float(cr[i]), "f1": float(cf[i]),
+                            "support": int(cs[i])} for i, c in enumerate(classes)}
+    doc["confusion_matrix"] = {"labels": classes, "matrix": m.confusion_matrix(y, pred, labels=labels).tolist()}
+    return doc
+
+
+def regression_metrics(y: np.ndarray, p: Predictions) -> dict[str, Any]:
+    from sklearn import metrics as m
+
+    return {"metrics": {"mae": float(m.mean_absolute_error(y, p.values)),
+                        "rmse": float(m.root_mean_squared_error(y, p.values)),
+                        "r2": float(m.r2_score(y, p.values))}}
+
+
+def run(run_dir: Path, data: Path | None = None, split: str | None = None) -> EvaluateResult:
+    """Evaluate RUN_DIR's model; write RUN_DIR/metrics.json."""
+    loaded = load(run_dir)
+    split = split or loaded.config.evaluate.split
+    df, source = _source(loaded, data, split)
+    s = loaded.schema
+    s.check_columns(df, source["source"], need_target=True)
+    y = s.labels(df, source["source"])
+    preds = loaded.predict(df, source["source"])
+    body = classification_metrics(y, preds, s.classes) if s.is_classification else regression_metrics(y, preds)
+    doc = {
+        "schema_version": artifacts.SCHEMA_VERSION, "task": s.task, "target": s.target,
+        "data": {**source, "rows": len(df)}, **body,
+        "unseen_categories": preds.unseen_categories, "ignored_columns": preds.ignored_columns,
+    }
+    artifacts.write_json(loaded.path / artifacts.METRICS, doc)
+    return EvaluateResult(doc)

@@ -1,0 +1,115 @@
+"""The fitted preprocessing as Keras layers: raw columns in, one float vector out.
+
+The same graph encodes the splits for training and sits in front of the trained `Sequential`
+in the exported model, so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .keras_env import import_keras
+from .schema import Feature, Schema, as_str, numeric_column
+
+keras = import_keras()
+import tensorflow as tf  # noqa: E402  (after import_keras has quietened TensorFlow's logs)
+
+
+@keras.saving.register_keras_serializable(package="bigmodel")
+class Impute(keras.layers.Layer):
+    """Replace missing values with a fitted constant: NaN/±inf for numbers, '' for strings."""
+
+    def __init__(self, value: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.value = value
+
+    def call(self, x: Any) -> Any:
+        if x.dtype == tf.string:
+            return tf.where(tf.equal(tf.strings.strip(x), ""), tf.constant(str(self.value)), x)
+        return tf.where(tf.math.is_finite(x), x, tf.cast(self.value, x.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "value": self.value}
+
+
+def _encoder(f: Feature, schema: Schema) -> list[Any]:
+    """The layers that turn one raw column into floats."""
+    L = keras.layers
+    if f.is_numeric:
+        if schema.scaling == "standard":
+            mean, var = f.mean, (f.std or 0.0) ** 2
+        else:  # min-max to [0, 1]; a constant column maps to 0 (Normalization guards the zero range)
+            mean, var = f.min, (f.max - f.min) ** 2
+        return [Impute(f.fill, name=f"{f.key}_impute"), L.Normalization(mean=mean, variance=var, name=f"{f.key}_scale")]
+    if f.kind == "text":
+        idf = {"idf_weights": f.idf_weights} if schema.text_output == "tf_idf" else {}
+        return [L.TextVectorization(max_tokens=schema.text_max_tokens, output_mode=schema.text_output,
+                                    vocabulary=f.vocabulary or ["[empty]"], name=f"{f.key}_text", **idf)]
+    return [Impute(f.fill, name=f"{f.key}_impute"),
+            L.StringLookup(vocabulary=f.vocabulary or [""], num_oov_indices=1, output_mode="one_hot",
+                           name=f"{f.key}_lookup")]
+
+
+def inputs(schema: Schema) -> dict[str, Any]:
+    return {f.key: keras.Input(shape=(1,), name=f.key, dtype="float32" if f.is_numeric else "string")
+            for f in schema.features}
+
+
+def encode(schema: Schema, raw: dict[str, Any]) -> Any:
+    parts = []
+    for f in schema.features:
+        x = raw[f.key]
+        if f.kind == "text":  # TextVectorization wants one string per row: (n, 1) -> (n,)
+            x = keras.ops.squeeze(x, axis=-1)
+        for layer in _encoder(f, schema):
+            x = layer(x)
+        parts.append(keras.ops.cast(x, "float32"))
+    return keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+
+
+def preprocessing_model(schema: Schema) -> Any:
+    """Raw columns (dict) -> the encoded float vector the Sequential model is trained on."""
+    raw = inputs(schema)
+    return keras.Model(raw, encode(schema, raw), name="preprocessing")
+
+
+def serving_model(schema: Schema, network: Any) -> Any:
+    """Raw columns (dict) -> predictions: the fitted preprocessing in front of the trained network."""
+    raw = inputs(schema)
+    return keras.Model(raw, network(encode(schema, raw)), name="bigmodel")
+
+
+def to_inputs(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, np.ndarray]:
+    """A DataFrame's feature columns as the arrays the models take (shape (n, 1))."""
+    out = {}
+    for f in schema.features:
+        if f.is_numeric:
+            v = numeric_column(df[f.name], f.name, source).astype("float32")
+        else:
+            v = as_str(df[f.name]).to_numpy(dtype=str)
+        out[f.key] = v.reshape(-1, 1)
+    return out
+
+
+def dataset(x: Any, y: Any = None, batch_size: int = 1024) -> Any:
+    data = x if y is None else (x, y)
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict(model: Any, x: dict[str, np.ndarray], batch_size: int = 1024) -> np.ndarray:
+    return np.asarray(model.predict(dataset(x, batch_size=batch_size), verbose=0))
+
+
+def unseen_categories(df: pd.DataFrame, schema: Schema) -> dict[str, int]:
+    """How many values of each categorical column fall outside the fitted vocabulary (the OOV bucket)."""
+    counts = {}
+    for f in schema.features:
+        if f.kind in ("categorical", "boolean"):
+            text = as_str(df[f.name])
+            n = int((~text.isin(f.vocabulary) & (text != "")).sum())
+            if n:
+                counts[f.name] = n
+    return counts

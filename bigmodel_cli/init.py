@@ -1,0 +1,84 @@
+"""`bigmodel init`: a commented starter config inferred from a data file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import artifacts
+from .config import Config
+from .data import read_table
+from .errors import DataError
+from .preprocess import infer_kinds, infer_task
+
+
+@dataclass(frozen=True)
+class InitResult:
+    out: Path
+    task: str
+    kinds: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "task": self.task, "columns": self.kinds}
+
+
+def _block(doc: Any) -> str:
+    return yaml.safe_dump(doc, sort_keys=False).rstrip()
+
+
+def render(cfg: Config, data: Path, task: str, kinds: dict[str, str], notes: list[str]) -> str:
+    d = cfg.model_dump(mode="json")
+    d["data"]["task"] = task
+    d["data"]["columns"] = kinds
+    lines = [
+        f"# bigmodel config for {data.name}, written by `bigmodel init`.",
+        "# Every key is optional: delete what you do not change. Override any key on the command line",
+        "# with --set, e.g. --set train.epochs=20.",
+        "",
+        "# Seed for the split, weight initialisation and shuffling: same seed, same metrics.",
+        _block({"seed": d["seed"]}),
+        "",
+        "# data: the target column, the task (auto | binary | multiclass | regression), each column's kind",
+        "# (numeric | categorical | boolean | text | id | ignore; ids are kept in predictions, not used as",
+        "# features) and the train / val / test split ratios.",
+        *(f"# note: {n}" for n in notes),
+        _block({"data": d["data"]}),
+        "",
+        "# preprocess: fitted on the train split only. scaling: minmax ([0, 1]) | standard.",
+        "# Categories beyond max_categories (by frequency) and unseen ones go to an out-of-vocabulary bucket.",
+        _block({"preprocess": d["preprocess"]}),
+        "",
+        "# model: the hidden layers of a keras.Sequential, any Keras layer by class name with its arguments;",
+        "# the output layer is added from the task (sigmoid / softmax / linear unless output_activation says).",
+        _block({"model": d["model"]}),
+        "",
+        "# train: loss auto = binary / sparse categorical cross-entropy or mean squared error by task;",
+        "# optimizer: any Keras optimizer name; early stopping restores the best weights.",
+        "# class_weight: none | balanced | {class: weight}.",
+        _block({"train": d["train"]}),
+        "",
+        "# evaluate: the split `bigmodel evaluate` uses by default.",
+        _block({"evaluate": d["evaluate"]}),
+        "",
+        "# export: savedmodel (a TensorFlow SavedModel plus model.keras) | keras.",
+        _block({"export": d["export"]}),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(data: Path, target: str, out: Path, cfg: Config, force: bool = False) -> InitResult:
+    out = Path(out)
+    if out.exists() and not force:
+        raise DataError(f"{out}: already exists; pass --force to overwrite it")
+    df = read_table(data, cfg.data.delimiter)
+    if target not in df.columns:
+        raise DataError(f"{data}: target column '{target}' not found; columns are: {', '.join(df.columns)}")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"target": target})})
+    inf = infer_kinds(df, target, cfg)
+    task = infer_task(df[target], cfg)
+    artifacts.write_text(out, render(cfg, Path(data), task, inf.kinds, inf.notes))
+    return InitResult(out, task, inf.kinds)

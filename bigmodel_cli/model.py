@@ -1,0 +1,45 @@
+"""The network: a `keras.Sequential` built from the `model` and `train` sections of the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import registry
+from .config import Config
+from .errors import ConfigError
+from .schema import Schema
+
+
+def output_units(schema: Schema) -> int:
+    return len(schema.classes) if schema.task == "multiclass" else 1
+
+
+def default_activation(task: str) -> str:
+    return {"binary": "sigmoid", "multiclass": "softmax", "regression": "linear"}[task]
+
+
+def default_loss(task: str) -> str:
+    return {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
+            "regression": "mean_squared_error"}[task]
+
+
+def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
+    """Input -> the configured hidden layers -> an output layer chosen from the task; compiled."""
+    keras = registry.import_keras()
+    layers = [registry.layer(spec, f"model.layers[{i}]") for i, spec in enumerate(cfg.model.layers)]
+    act = cfg.model.output_activation
+    act = default_activation(schema.task) if act == "auto" else act
+    registry.activation(act, "model.output_activation")
+    out = keras.layers.Dense(output_units(schema), activation=act, name="output")
+    try:
+        net = keras.Sequential([keras.Input(shape=(n_inputs,), name="features"), *layers, out], name="network")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.layers: the layers do not fit together: {e}") from None
+    loss_name = default_loss(schema.task) if cfg.train.loss == "auto" else cfg.train.loss
+    opt = cfg.train.optimizer
+    net.compile(
+        optimizer=registry.optimizer(opt.name, opt.learning_rate, "train.optimizer.name"),
+        loss=registry.loss(loss_name, "train.loss"),
+        metrics=["accuracy"] if schema.is_classification else ["mae"],
+    )
+    return net

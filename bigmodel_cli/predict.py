@@ -1,0 +1,117 @@
+"""`bigmodel predict`: batch predictions from a run's model, through the run's own preprocessing.
+
+`LoadedRun` is also how `evaluate` and `export` read a run folder, so all three share one path
+from raw columns to predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .config import Config, load_config
+from .data import read_table, write_table
+from .errors import DataError
+from .schema import Schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    probabilities: np.ndarray | None  # (n, classes) for classification
+    values: np.ndarray  # predicted class index, or predicted value (regression)
+    unseen_categories: dict[str, int]
+    ignored_columns: list[str]
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    path: Path
+    manifest: dict[str, Any]
+    schema: Schema
+    config: Config
+    serving: Any  # keras.Model: raw columns -> network output
+
+    @property
+    def prep_dir(self) -> Path:
+        return Path(self.manifest["prep_dir"])
+
+    def predict(self, df: pd.DataFrame, source: str) -> Predictions:
+        from . import features
+
+        ignored = self.schema.check_columns(df, source, need_target=False)
+        out = features.predict(self.serving, features.to_inputs(df, self.schema, source))
+        unseen = features.unseen_categories(df, self.schema)
+        if not self.schema.is_classification:
+            return Predictions(None, out[:, 0], unseen, ignored)
+        probs = np.hstack([1 - out, out]) if self.schema.task == "binary" else out
+        return Predictions(probs, probs.argmax(axis=1), unseen, ignored)
+
+    def split(self, name: str) -> pd.DataFrame:
+        path = self.prep_dir / artifacts.SPLIT_FILES[name]
+        if not path.exists():
+            raise DataError(f"{self.path}: its prep folder {self.prep_dir} has no {artifacts.SPLIT_FILES[name]}; "
+                            f"pass --data")
+        return pd.read_parquet(path)
+
+
+def load(run_dir: Path) -> LoadedRun:
+    """Read a complete run folder; the model is loaded with Keras safe_mode=True."""
+    folder = artifacts.Folder(Path(run_dir), "run")
+    manifest = folder.manifest()
+    schema = Schema.load(folder.path)
+    config = load_config(folder / artifacts.CONFIG)
+    from . import features
+    from .keras_env import import_keras
+
+    keras = import_keras(config.seed)
+    try:
+        network = keras.saving.load_model(folder / artifacts.MODEL, safe_mode=True)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise DataError(f"{folder / artifacts.MODEL}: cannot load the model: {str(e).splitlines()[0]}") from None
+    return LoadedRun(folder.path, manifest, schema, config, features.serving_model(schema, network))
+
+
+def frame(run: LoadedRun, df: pd.DataFrame, preds: Predictions) -> pd.DataFrame:
+    """The output table: the input's id columns, class probabilities and label (or the value)."""
+    s = run.schema
+    cols: dict[str, Any] = {c: df[c].to_numpy() for c in s.id_columns if c in df.columns}
+    if preds.probabilities is not None:
+        for i, c in enumerate(s.classes):
+            cols[f"prob_{c}"] = preds.probabilities[:, i]
+        cols[f"predicted_{s.target}"] = np.asarray(s.classes, dtype=object)[preds.values]
+    else:
+        cols[f"predicted_{s.target}"] = preds.values
+    return pd.DataFrame(cols)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    out: Path
+    rows: int
+    unseen_categories: dict[str, int]
+    ignored_columns: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "rows": self.rows, "unseen_categories": self.unseen_categories,
+                "ignored_columns": self.ignored_columns}
+
+
+def run(run_dir: Path, data: Path, out: Path) -> PredictResult:
+    loaded = load(run_dir)
+    df = read_table(data, loaded.config.data.delimiter)
+    preds = loaded.predict(df, str(data))
+    table = frame(loaded, df, preds)
+    try:
+        with artifacts.atomic_path(Path(out)) as tmp:
+            write_table(table, tmp)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
+    return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns)

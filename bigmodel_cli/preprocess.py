@@ -1,0 +1,261 @@
+"""`bigmodel preprocess`: infer the schema, clean, split, fit the feature preprocessing on train."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .config import Config
+from .data import read_table
+from .errors import DataError
+from .schema import Feature, Schema, as_str, model_key, numeric_column
+
+BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
+MAX_CLASSES = 100
+TEXT_MIN_WORDS = 3.0
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    out: Path
+    schema: Schema
+    report: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "task": self.schema.task, "target": self.schema.target, **self.report}
+
+
+@dataclass
+class Inference:
+    kinds: dict[str, str]  # column -> numeric | categorical | boolean | text | id | ignore
+    notes: list[str] = field(default_factory=list)
+
+
+def _looks_like_id(name: str) -> bool:
+    n = name.lower()
+    return n in ("id", "index", "uuid", "key") or n.endswith(("_id", " id", "-id")) or name.endswith("ID")
+
+
+def infer_kinds(df: pd.DataFrame, target: str, cfg: Config) -> Inference:
+    """Each column's kind, from the config where it says so, else from the values."""
+    inf = Inference(kinds={})
+    for col in df.columns:
+        if col == target:
+            continue
+        s = df[col]
+        given = cfg.data.columns.get(col) or ("id" if col in cfg.data.id_columns else None)
+        if given:
+            inf.kinds[col] = given
+            continue
+        values = s.dropna()
+        if len(values) == 0:
+            inf.kinds[col] = "ignore"
+            inf.notes.append(f"'{col}' is empty: dropped")
+        elif pd.api.types.is_bool_dtype(s):
+            inf.kinds[col] = "boolean"
+        elif pd.api.types.is_numeric_dtype(s):
+            whole = pd.api.types.is_integer_dtype(s) or bool(values.mod(1).eq(0).all())
+            if _looks_like_id(col) and whole and values.is_unique:
+                inf.kinds[col] = "id"
+                inf.notes.append(f"'{col}' looks like an id: kept for predictions, not used as a feature")
+            else:
+                inf.kinds[col] = "numeric"
+        else:
+            text = values.astype(str).str.strip()
+            if set(text.str.lower().unique()) <= BOOLEAN_WORDS:
+                inf.kinds[col] = "boolean"
+                continue
+            parsed = pd.to_numeric(text, errors="coerce")
+            if parsed.notna().mean() >= 0.9:
+                numeric_column(s, col, "data")  # raises naming the first non-numeric row
+            words = text.str.split().str.len().mean()
+            if words >= TEXT_MIN_WORDS:
+                inf.kinds[col] = "text"
+            elif text.is_unique and len(text) > 1 and (_looks_like_id(col) or len(text) > MAX_CLASSES):
+                inf.kinds[col] = "id"
+                inf.notes.append(f"'{col}' has a distinct value on every row: treated as an id, not a feature")
+            else:
+                inf.kinds[col] = "categorical"
+        if inf.kinds.get(col) == "numeric" and values.nunique() == 1:
+            inf.notes.append(f"'{col}' is constant: it carries no information")
+    return inf
+
+
+def infer_task(y: pd.Series, cfg: Config) -> str:
+    if cfg.data.task != "auto":
+        return cfg.data.task
+    values = y.dropna()
+    n = values.nunique()
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if numeric and (not values.mod(1).eq(0).all() or n > 20):
+        return "regression"
+    if n == 2:
+        return "binary"
+    return "multiclass"
+
+
+def _split(df: pd.DataFrame, y: pd.Series | None, cfg: Config, notes: list[str]) -> dict[str, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    ratios = cfg.data.split
+    seed = cfg.seed
+
+    def cut(frame: pd.DataFrame, labels: pd.Series | None, size: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        try:
+            return train_test_split(frame, test_size=size, random_state=seed, stratify=labels)
+        except ValueError:
+            if labels is None:
+                raise
+            notes.append("a class is too rare to stratify the split: split at random instead")
+            return train_test_split(frame, test_size=size, random_state=seed)
+
+    rest, test = cut(df, y, ratios.test)
+    if ratios.val == 0:
+        return {"train": rest, "val": rest.iloc[:0], "test": test}
+    rest_y = None if y is None else y.loc[rest.index]
+    train, val = cut(rest, rest_y, ratios.val / (ratios.train + ratios.val))
+    return {"train": train, "val": val, "test": test}
+
+
+def _fit_text(values: pd.Series, cfg: Config) -> tuple[list[str], list[float]]:
+    """Vocabulary (and idf weights) of a text column, from Keras' own TextVectorization.adapt."""
+    from .keras_env import import_keras
+
+    keras = import_keras()
+    mode = cfg.preprocess.text_output
+    layer = keras.layers.TextVectorization(max_tokens=cfg.preprocess.text_max_tokens, output_mode=mode)
+    layer.adapt(values.to_numpy(dtype=str))
+    vocab = [str(v) for v in layer.get_vocabulary()[1:]]  # [0] is the OOV token
+    idf: list[float] = []
+    if mode == "tf_idf":
+        weights = keras.ops.convert_to_numpy(layer._lookup_layer.idf_weights_const)  # noqa: SLF001
+        idf = [float(w) for w in weights[1:]]
+    return vocab, idf
+
+
+def fit_features(train: pd.DataFrame, kinds: dict[str, str], cfg: Config) -> list[Feature]:
+    """Fit imputation, scaling and vocabularies on the train split only."""
+    features, taken = [], set()
+    for col, kind in kinds.items():
+        if kind in ("id", "ignore"):
+            continue
+        key = model_key(col, taken)
+        s = train[col]
+        if kind == "numeric":
+            v = numeric_column(s, col, "train split")
+            finite = v[~np.isnan(v)]
+            if finite.size == 0:
+                finite = np.zeros(1)
+            features.append(Feature(col, key, kind, fill=float(np.median(finite)), min=float(finite.min()),
+                                    max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std())))
+        elif kind in ("categorical", "boolean"):
+            text = as_str(s)
+            text = text[text != ""]
+            counts = text.value_counts()
+            ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.preprocess.max_categories]
+            vocab = [str(k) for k, _ in ordered]
+            features.append(Feature(col, key, kind, fill=vocab[0] if vocab else "", vocabulary=vocab))
+        elif kind == "text":
+            vocab, idf = _fit_text(as_str(s), cfg)
+            features.append(Feature(col, key, kind, fill="", vocabulary=vocab, idf_weights=idf))
+    if not features:
+        raise DataError("no usable feature columns: every column is the target, an id, empty or ignored")
+    return features
+
+
+def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
+    """Read DATA, clean it, split it, fit the preprocessing on train and write PREP_DIR."""
+    folder = artifacts.Folder(Path(out), "prep")
+    df = read_table(data, cfg.data.delimiter)
+    target = cfg.data.target
+    if not target:
+        raise DataError(f"{data}: no target column given; pass --target COLUMN or set data.target")
+    if target not in df.columns:
+        raise DataError(f"{data}: target column '{target}' not found; columns are: {', '.join(df.columns)}")
+    unknown = [c for c in [*cfg.data.columns, *cfg.data.id_columns] if c not in df.columns]
+    if unknown:
+        raise DataError(f"{data}: data.columns / data.id_columns name column(s) not in the file: {', '.join(unknown)}")
+    folder.prepare()
+
+    rows_in = len(df)
+    duplicates = int(df.duplicated().sum()) if cfg.preprocess.drop_duplicates else 0
+    if duplicates:
+        df = df.drop_duplicates()
+    missing_target = int(df[target].isna().sum())
+    df = df[df[target].notna()].reset_index(drop=True)
+    if len(df) == 0:
+        raise DataError(f"{data}: target column '{target}' has no values")
+
+    inf = infer_kinds(df, target, cfg)
+    task = infer_task(df[target], cfg)
+    y = df[target]
+    classes: list[str] = []
+    if task == "regression":
+        numeric_column(y, target, str(data))
+    else:
+        y = as_str(y)
+        classes = sorted(y.unique())
+        if len(classes) < 2:
+            raise DataError(f"{data}: target '{target}' has a single class ({classes[0]!r}): nothing to learn")
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"{data}: target '{target}' has {len(classes)} classes; "
+                            f"for a numeric target set data.task: regression")
+        if task == "binary" and len(classes) != 2:
+            raise DataError(f"{data}: data.task is binary but target '{target}' has {len(classes)} classes")
+
+    splits = _split(df, y if task != "regression" else None, cfg, inf.notes)
+    if len(splits["train"]) < 2:
+        raise DataError(f"{data}: too few rows ({len(df)}) to split into train / validation / test")
+    features = fit_features(splits["train"], inf.kinds, cfg)
+    schema = Schema(
+        target=target, task=task, features=features, classes=classes,
+        id_columns=[c for c, k in inf.kinds.items() if k == "id"],
+        dropped={c: k for c, k in inf.kinds.items() if k in ("id", "ignore")},
+        scaling=cfg.preprocess.scaling, text_output=cfg.preprocess.text_output,
+        text_max_tokens=cfg.preprocess.text_max_tokens,
+    )
+    report = _report(df, rows_in, duplicates, missing_target, schema, inf, splits)
+
+    for name, part in splits.items():
+        with artifacts.atomic_path(folder / artifacts.SPLIT_FILES[name]) as tmp:
+            part.reset_index(drop=True).to_parquet(tmp, index=False)
+    schema.save(folder.path)
+    artifacts.write_json(folder / artifacts.REPORT, report)
+    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
+    folder.finish({
+        "data": {"path": str(data), "sha256": artifacts.sha256(Path(data)), "rows": rows_in},
+        "seed": cfg.seed, "created": artifacts.now(),
+        "splits": {n: artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()},
+    })
+    return PreprocessResult(folder.path, schema, report)
+
+
+def _report(df: pd.DataFrame, rows_in: int, duplicates: int, missing_target: int, schema: Schema,
+            inf: Inference, splits: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    fitted = {f.name: f for f in schema.features}
+    columns = {}
+    for col, kind in inf.kinds.items():
+        s = df[col]
+        missing = int(s.isna().sum())
+        if kind == "numeric":
+            missing = int(np.isnan(numeric_column(s, col, "data")).sum())
+        f = fitted.get(col)
+        columns[col] = {
+            "kind": kind, "missing": missing, "unique": int(s.nunique()),
+            "imputed_with": (f.fill if f is not None and missing and kind != "text" else None),
+        }
+    balance = {}
+    if schema.is_classification:
+        for name, part in splits.items():
+            counts = as_str(part[schema.target]).value_counts()
+            balance[name] = {c: int(counts.get(c, 0)) for c in schema.classes}
+    return {
+        "rows_in": rows_in, "duplicates_dropped": duplicates, "missing_target_dropped": missing_target,
+        "rows_out": len(df), "splits": {n: len(p) for n, p in splits.items()},
+        "columns": columns, "class_balance": balance, "notes": inf.notes,
+    }

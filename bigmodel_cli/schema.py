@@ -1,0 +1,133 @@
+"""What a prep folder learned about the data: columns, their kinds, the task and the fitted statistics.
+
+It is plain JSON (schema.json) so that it can be read, diffed and checked without TensorFlow;
+`features.py` turns it into Keras preprocessing layers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column and the statistics fitted on the train split."""
+
+    name: str
+    key: str  # the column's name inside the model / SavedModel signature
+    kind: str  # numeric | categorical | boolean | text
+    fill: Any = None  # imputed for missing values
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    vocabulary: list[str] = field(default_factory=list)
+    idf_weights: list[float] = field(default_factory=list)
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.kind == "numeric"
+
+
+@dataclass(frozen=True)
+class Schema:
+    target: str
+    task: str  # binary | multiclass | regression
+    features: list[Feature]
+    classes: list[str] = field(default_factory=list)
+    id_columns: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    scaling: str = "minmax"
+    text_output: str = "tf_idf"
+    text_max_tokens: int = 1000
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": artifacts.SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Schema:
+        doc = {k: v for k, v in doc.items() if k != "schema_version"}
+        return cls(**{**doc, "features": [Feature(**f) for f in doc["features"]]})
+
+    @classmethod
+    def load(cls, folder: Path) -> Schema:
+        return cls.from_dict(artifacts.read_json(Path(folder) / artifacts.SCHEMA))
+
+    def save(self, folder: Path) -> None:
+        artifacts.write_json(Path(folder) / artifacts.SCHEMA, self.to_dict())
+
+    def check_columns(self, df: pd.DataFrame, source: str, need_target: bool) -> list[str]:
+        """Raise if required columns are missing; return the extra columns that will be ignored."""
+        need = [f.name for f in self.features] + ([self.target] if need_target else [])
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise DataError(f"{source}: missing column(s) the model needs: {', '.join(missing)}")
+        known = set(need) | set(self.id_columns) | set(self.dropped) | {self.target}
+        return [c for c in df.columns if c not in known]
+
+    def labels(self, df: pd.DataFrame, source: str) -> np.ndarray:
+        """The target column as class indices (classification) or float32 values (regression)."""
+        y = df[self.target]
+        if y.isna().any():
+            row = int(np.flatnonzero(y.isna().to_numpy())[0])
+            raise DataError(f"{source}: column '{self.target}' (target) is missing a value at data row {row + 1}")
+        if not self.is_classification:
+            return numeric_column(y, self.target, source).astype("float32")
+        index = {c: i for i, c in enumerate(self.classes)}
+        text = as_str(y)
+        unseen = sorted(set(text) - set(index))
+        if unseen:
+            raise DataError(f"{source}: column '{self.target}' has label(s) not seen in training: "
+                            f"{', '.join(unseen[:5])}")
+        return text.map(index).to_numpy(dtype="int32")
+
+
+def model_key(name: str, taken: set[str]) -> str:
+    """A name usable as a Keras input and a SavedModel signature argument."""
+    key = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "col"
+    if not key[0].isalpha():
+        key = f"c_{key}"
+    base, i = key, 1
+    while key in taken:
+        i += 1
+        key = f"{base}_{i}"
+    taken.add(key)
+    return key
+
+
+def as_str(s: pd.Series) -> pd.Series:
+    """Values as strings, missing as ''; whole floats print as ints (3.0 -> '3') so CSV and Parquet agree."""
+    if pd.api.types.is_float_dtype(s):
+        whole = s.dropna().mod(1).eq(0).all()
+        if whole:
+            s = s.astype("Int64")
+    return s.astype("string").fillna("").str.strip().astype(object)
+
+
+def numeric_column(s: pd.Series, name: str, source: str) -> np.ndarray:
+    """A column as float64, ±inf as missing; a non-numeric string is an error naming its row."""
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype("float64").to_numpy()
+    if not pd.api.types.is_numeric_dtype(s):
+        parsed = pd.to_numeric(s, errors="coerce")
+        bad = parsed.isna() & s.notna() & (s.astype("string").str.strip() != "")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{source}: column '{name}' is numeric but data row {row + 1} holds {s.iloc[row]!r}")
+        s = parsed
+    values = np.array(s.to_numpy(dtype="float64", na_value=np.nan), copy=True)
+    values[~np.isfinite(values)] = np.nan
+    return values

@@ -1,0 +1,60 @@
+"""The command itself: help, version, exit codes, no TensorFlow on --help, the installed script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bigmodel_cli import __version__
+
+from .conftest import bm
+
+
+def test_help_lists_every_stage():
+    out = bm("--help").stdout
+    for stage in ("init", "preprocess", "train", "evaluate", "export", "predict"):
+        assert stage in out
+
+
+def test_version():
+    assert bm("--version").stdout.strip() == f"bigmodel {__version__}"
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from bigmodel_cli.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "for args in (['--help'], ['train', '--help'], ['--version']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'pandas', 'sklearn') if m in sys.modules)\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "none"
+
+
+def test_installed_console_script_runs():
+    script = shutil.which("bigmodel", path=str(Path(sys.executable).parent)) or shutil.which("bigmodel")
+    assert script, "the bigmodel console script is not installed"
+    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and __version__ in done.stdout
+    done = subprocess.run([script, "evaluate", "/no/such/run"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error:") and "/no/such/run" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_missing_data_file_is_usage_error(tmp_path):
+    r = bm("preprocess", tmp_path / "nope.csv", "--target", "y", "--out", tmp_path / "p", code=2)
+    assert "nope.csv" in r.stderr and "no such file" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = bm("--debug", "preprocess", tmp_path / "nope.csv", "--target", "y", "--out", tmp_path / "p", code=2)
+    assert "Traceback" in r.stderr

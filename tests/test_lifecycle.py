@@ -1,0 +1,249 @@
+"""Every stage through the CLI on the sample data: init, preprocess, train, evaluate, export, predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bigmodel_cli.config import load_config
+
+from .conftest import CANCER, FAST, PENGUINS, bm, read_json
+
+
+def test_init_writes_a_commented_loadable_config(tmp_path):
+    out = tmp_path / "bm.yaml"
+    r = bm("init", PENGUINS, "--target", "species", "--out", out, "--json")
+    doc = json.loads(r.stdout)
+    assert doc["task"] == "multiclass"
+    assert doc["columns"]["island"] == "categorical" and doc["columns"]["bill_length_mm"] == "numeric"
+    text = out.read_text()
+    assert text.startswith("# bigmodel config") and "# model:" in text
+    cfg = load_config(out)
+    assert cfg.data.target == "species" and cfg.data.columns["sex"] == "categorical"
+    bm("init", PENGUINS, "--target", "species", "--out", out, code=2)  # no silent overwrite
+    bm("init", CANCER, "--target", "diagnosis", "--out", out, "--force")
+    assert load_config(out).data.columns["patient_id"] == "id"
+
+
+def test_preprocess_writes_splits_schema_report(penguins_prep):
+    for name in ("train.parquet", "val.parquet", "test.parquet", "schema.json", "report.json", "config.yaml",
+                 "manifest.json"):
+        assert (penguins_prep / name).exists(), name
+    report = read_json(penguins_prep / "report.json")
+    assert report["rows_in"] == 344 and report["rows_out"] == 344
+    assert report["splits"] == {"train": 240, "val": 52, "test": 52}
+    assert report["columns"]["sex"]["missing"] == 11 and report["columns"]["sex"]["imputed_with"] == "male"
+    assert report["columns"]["bill_length_mm"]["missing"] == 2
+    # stratified: each class's share is about the same in every split
+    bal = report["class_balance"]
+    for cls in ("Adelie", "Chinstrap", "Gentoo"):
+        shares = [bal[s][cls] / sum(bal[s].values()) for s in ("train", "val", "test")]
+        assert max(shares) - min(shares) < 0.05
+    schema = read_json(penguins_prep / "schema.json")
+    assert schema["task"] == "multiclass" and schema["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    feats = {f["name"]: f for f in schema["features"]}
+    train = pd.read_parquet(penguins_prep / "train.parquet")
+    # fitted on the train split only
+    assert feats["bill_length_mm"]["max"] == train["bill_length_mm"].max()
+    by_count = sorted(feats["island"]["vocabulary"], key=lambda v: -(train["island"] == v).sum())
+    assert feats["island"]["vocabulary"] == by_count
+
+
+def test_preprocess_cleans_duplicates_and_missing_targets(tmp_path):
+    df = pd.read_csv(PENGUINS)
+    dirty = pd.concat([df, df.head(5)], ignore_index=True)
+    dirty.loc[10, "species"] = None
+    path = tmp_path / "dirty.csv.gz"
+    dirty.to_csv(path, index=False)
+    r = bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["duplicates_dropped"] == 5 and doc["missing_target_dropped"] == 1 and doc["rows_out"] == 343
+
+
+def test_preprocess_table_output_and_notes(tmp_path):
+    r = bm("preprocess", CANCER, "--target", "diagnosis", "--out", tmp_path / "prep")
+    assert "binary on 'diagnosis'" in r.stdout and "class balance" in r.stdout
+    assert "patient_id" in r.stderr and "id" in r.stderr
+
+
+def test_parquet_input_and_standard_scaling(tmp_path):
+    path = tmp_path / "p.parquet"
+    pd.read_csv(PENGUINS).to_parquet(path)
+    bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep", "--set", "preprocess.scaling=standard")
+    assert read_json(tmp_path / "prep" / "schema.json")["scaling"] == "standard"
+
+
+def test_train_writes_run_folder(penguins_run, penguins_prep):
+    for name in ("model.keras", "history.csv", "config.yaml", "manifest.json", "training_curve.png", "schema.json"):
+        assert (penguins_run / name).exists(), name
+    m = read_json(penguins_run / "manifest.json")
+    assert m["kind"] == "run" and m["seed"] == 42 and m["epochs_run"] == 3 and 1 <= m["best_epoch"] <= 3
+    assert set(m["versions"]) == {"bigmodel", "python", "tensorflow", "keras"}
+    assert len(m["data"]["sha256"]) == 64 and len(m["config_sha256"]) == 64
+    assert m["started"] <= m["finished"]
+    hist = pd.read_csv(penguins_run / "history.csv")
+    assert list(hist["epoch"]) == [1, 2, 3] and {"loss", "val_loss", "accuracy"} <= set(hist.columns)
+    cfg = yaml.safe_load((penguins_run / "config.yaml").read_text())
+    assert cfg["train"]["epochs"] == 3 and cfg["data"]["target"] == "species"
+    assert (penguins_run / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_json_and_custom_layers(penguins_prep, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "model:\n  layers:\n    - {type: Dense, units: 16, activation: tanh}\n    - {type: Dropout, rate: 0.1}\n"
+        "    - {type: Dense, units: 8, activation: relu}\n"
+        "train:\n  epochs: 2\n  optimizer: {name: sgd, learning_rate: 0.05}\n  class_weight: balanced\n"
+        "  early_stopping: {enabled: false}\n"
+    )
+    r = bm("train", penguins_prep, "--out", tmp_path / "run", "--config", cfg, "--json")
+    doc = json.loads(r.stdout)
+    assert doc["epochs_run"] == 2 and "val_loss" in doc["final"]
+    import keras
+
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    assert isinstance(model, keras.Sequential)
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense", "Dropout", "Dense", "Dense"]
+    assert type(model.optimizer).__name__ == "SGD"
+
+
+def test_evaluate_multiclass(penguins_run):
+    doc = json.loads(bm("evaluate", penguins_run, "--json").stdout)
+    assert doc["task"] == "multiclass" and doc["data"]["split"] == "test" and doc["data"]["rows"] == 52
+    assert {"accuracy", "macro_f1", "macro_precision", "macro_recall", "log_loss", "roc_auc_ovr"} <= set(doc["metrics"])
+    assert set(doc["per_class"]) == {"Adelie", "Chinstrap", "Gentoo"}
+    assert np.sum(doc["confusion_matrix"]["matrix"]) == 52
+    assert read_json(penguins_run / "metrics.json") == doc
+
+
+def test_evaluate_binary_table(cancer_run):
+    r = bm("evaluate", cancer_run)
+    for word in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "confusion matrix"):
+        assert word in r.stdout
+    doc = read_json(cancer_run / "metrics.json")
+    assert doc["positive_class"] == "malignant" and doc["metrics"]["roc_auc"] > 0.5
+
+
+def test_evaluate_raw_csv_with_reordered_columns(penguins_run, penguins_prep, tmp_path):
+    on_split = json.loads(bm("evaluate", penguins_run, "--json").stdout)
+    test = pd.read_parquet(penguins_prep / "test.parquet")
+    shuffled = test[list(reversed(test.columns))].assign(extra="x")
+    path = tmp_path / "raw.csv"
+    shuffled.to_csv(path, index=False)
+    r = bm("evaluate", penguins_run, "--data", path, "--json")
+    on_raw = json.loads(r.stdout)
+    assert on_raw["data"]["split"] is None and on_raw["ignored_columns"] == ["extra"]
+    for k, v in on_split["metrics"].items():
+        assert on_raw["metrics"][k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_evaluate_missing_column_names_it(penguins_run, tmp_path):
+    path = tmp_path / "raw.csv"
+    pd.read_csv(PENGUINS).drop(columns=["island"]).to_csv(path, index=False)
+    r = bm("evaluate", penguins_run, "--data", path, code=2)
+    assert "island" in r.stderr and "missing column" in r.stderr
+
+
+def test_evaluate_other_split_and_prep_dir(penguins_run, penguins_prep):
+    doc = json.loads(bm("evaluate", penguins_run, "--data", penguins_prep, "--split", "val", "--json").stdout)
+    assert doc["data"]["split"] == "val" and doc["data"]["rows"] == 52
+    bm("evaluate", penguins_run, "--split", "nope", code=2)
+
+
+def test_predict_csv_and_parquet(cancer_run, tmp_path):
+    r = bm("predict", cancer_run, CANCER, "--out", tmp_path / "p.csv")
+    assert "569" in r.stdout
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert list(pred.columns) == ["patient_id", "prob_benign", "prob_malignant", "predicted_diagnosis"]
+    assert (pred["patient_id"] == pd.read_csv(CANCER)["patient_id"]).all()
+    assert np.allclose(pred["prob_benign"] + pred["prob_malignant"], 1, atol=1e-6)
+    assert set(pred["predicted_diagnosis"]) <= {"benign", "malignant"}
+    bm("predict", cancer_run, CANCER, "--out", tmp_path / "p.parquet")
+    assert np.allclose(pd.read_parquet(tmp_path / "p.parquet")["prob_malignant"], pred["prob_malignant"], atol=1e-6)
+
+
+def test_predict_without_target_and_unseen_category(penguins_run, tmp_path):
+    df = pd.read_csv(PENGUINS).drop(columns=["species"]).head(10)
+    df.loc[0, "island"] = "Atlantis"
+    path = tmp_path / "new.csv"
+    df.to_csv(path, index=False)
+    r = bm("predict", penguins_run, path, "--out", tmp_path / "p.csv", "--json")
+    assert json.loads(r.stdout)["unseen_categories"] == {"island": 1}
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert len(pred) == 10 and {"prob_Adelie", "predicted_species"} <= set(pred.columns)
+
+
+def test_export_savedmodel_matches_predict(cancer_run, cancer_prep, tmp_path):
+    out = tmp_path / "export"
+    doc = json.loads(bm("export", cancer_run, "--format", "savedmodel", "--out", out, "--json").stdout)
+    assert doc["max_abs_diff"]["savedmodel"] <= 1e-5 and doc["max_abs_diff"]["keras"] <= 1e-5
+    assert (out / "savedmodel" / "saved_model.pb").exists() and (out / "model.keras").exists()
+    # an independent check: the SavedModel's serving signature on raw test columns vs `bigmodel predict`
+    import tensorflow as tf
+
+    test = pd.read_parquet(cancer_prep / "test.parquet")
+    test.to_csv(tmp_path / "test.csv", index=False)
+    bm("predict", cancer_run, tmp_path / "test.csv", "--out", tmp_path / "pred.csv")
+    want = pd.read_csv(tmp_path / "pred.csv")["prob_malignant"].to_numpy()
+    serve = tf.saved_model.load(str(out / "savedmodel")).signatures["serving_default"]
+    schema = read_json(out / "schema.json")
+    inputs = {f["key"]: tf.constant(test[[f["name"]]].to_numpy(dtype="float32")) for f in schema["features"]}
+    got = serve(**inputs)["output_0"].numpy()[:, 0]
+    assert np.max(np.abs(got - want)) <= 1e-5
+
+
+def test_export_keras_format_handles_strings_and_missing(penguins_run, tmp_path):
+    out = tmp_path / "export"
+    bm("export", penguins_run, "--format", "keras", "--out", out)
+    assert (out / "model.keras").exists() and not (out / "savedmodel").exists()
+    import keras
+
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert set(model.input) if isinstance(model.input, dict) else True
+    bm("export", penguins_run, "--format", "onnx", "--out", out, code=2)
+
+
+def test_regression_task(tmp_path):
+    bm("preprocess", PENGUINS, "--target", "body_mass_g", "--out", tmp_path / "prep")
+    assert read_json(tmp_path / "prep" / "schema.json")["task"] == "regression"
+    bm("train", tmp_path / "prep", "--out", tmp_path / "run", *FAST)
+    doc = json.loads(bm("evaluate", tmp_path / "run", "--json").stdout)
+    assert set(doc["metrics"]) == {"mae", "rmse", "r2"} and doc["metrics"]["mae"] > 0
+    bm("predict", tmp_path / "run", PENGUINS, "--out", tmp_path / "p.csv")
+    assert "predicted_body_mass_g" in pd.read_csv(tmp_path / "p.csv").columns
+
+
+def test_text_and_boolean_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 120
+    label = rng.integers(0, 2, n)
+    words = np.where(label == 1, "great fast reliable product", "slow broken awful thing")
+    df = pd.DataFrame({
+        "review": [f"{w} number {i}" for i, w in enumerate(words)],
+        "verified": np.where(rng.random(n) > 0.5, "yes", "no"),
+        "stars": label * 3 + rng.integers(1, 3, n),
+        "label": np.where(label == 1, "pos", "neg"),
+    })
+    path = tmp_path / "reviews.csv"
+    df.to_csv(path, index=False)
+    bm("preprocess", path, "--target", "label", "--out", tmp_path / "prep")
+    kinds = {f["name"]: f["kind"] for f in read_json(tmp_path / "prep" / "schema.json")["features"]}
+    assert kinds == {"review": "text", "verified": "boolean", "stars": "numeric"}
+    bm("train", tmp_path / "prep", "--out", tmp_path / "run", "--set", "train.epochs=30")
+    doc = json.loads(bm("evaluate", tmp_path / "run", "--json").stdout)
+    assert doc["metrics"]["accuracy"] >= 0.9
+    bm("export", tmp_path / "run", "--out", tmp_path / "export")
+
+
+def test_later_stage_refuses_incomplete_folder(penguins_prep, tmp_path):
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "train.parquet").write_bytes((penguins_prep / "train.parquet").read_bytes())
+    r = bm("train", half, "--out", tmp_path / "run", code=2)
+    assert "incomplete" in r.stderr
+    r = bm("evaluate", penguins_prep, code=2)
+    assert "prep folder, not a run folder" in r.stderr
