@@ -32,6 +32,8 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 CURVE = "training_curve.png"
 METRICS = "metrics.json"
+CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --resume
+LOCK = ".lock"
 # export folder
 SAVEDMODEL = "savedmodel"
 
@@ -47,6 +49,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:  # disk full, read-only, a folder in the way: the old file is untouched
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -59,14 +63,21 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
         yield tmp
-        old = path.with_name(f".{path.name}.old")
+        old = previous_dir(path)
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def previous_dir(path: Path) -> Path:
+    """Where `atomic_dir` keeps the old folder while it swaps in the new one (a kill in between leaves it)."""
+    return path.with_name(f".{path.name}.old")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -126,6 +137,33 @@ class Folder:
         except OSError as e:
             raise DataError(f"{self.path}: cannot write here: {e.strerror or e}") from None
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold `.lock` (with our pid) for the block; a live owner makes us refuse, a dead one is taken over."""
+        path = self.path / LOCK
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = int(path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    owner = 0
+                if owner and owner != os.getpid() and _alive(owner):
+                    raise DataError(f"{self.path}: in use by another bigmodel process (pid {owner}, {path}); "
+                                    f"wait for it or remove the lock if that process is gone") from None
+                path.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            break
+        else:
+            raise DataError(f"{path}: cannot take the lock")
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
     def finish(self, manifest: dict[str, Any]) -> None:
         write_json(self.path / MANIFEST, {"schema_version": SCHEMA_VERSION, "kind": self.kind, **manifest})
 
@@ -140,3 +178,13 @@ class Folder:
         if doc.get("kind") != self.kind:
             raise DataError(f"{self.path}: this is a {doc.get('kind')} folder, not a {self.kind} folder")
         return doc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

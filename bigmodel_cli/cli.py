@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,7 @@ def main_callback(
 def guard(ctx: typer.Context) -> Iterator[None]:
     """The one place where exceptions become exit codes."""
     debug = bool(ctx.obj and ctx.obj.debug)
+    previous = _on_sigterm()
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -90,13 +92,36 @@ def guard(ctx: typer.Context) -> Iterator[None]:
     except GateFailed as e:
         err.print(f"[red]failed:[/red] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(GateFailed.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted", soft_wrap=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        code = e.exit_code if isinstance(e, Terminated) else 130
+        name = "SIGTERM" if code == 143 else "SIGINT"
+        err.print(f"interrupted ({name}); finished artifacts are kept", soft_wrap=True)
+        raise typer.Exit(code) from None
     except Exception:  # a bug: keep the traceback, exit 3 so CI can tell it from bad input
         err.print_exception()
         err.print("[red]internal error[/red]: this is a bug in bigmodel; please report it with the traceback above.")
         raise typer.Exit(3) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs; exit code 143."""
+
+    exit_code = 143
+
+
+def _on_sigterm() -> Any:
+    """Turn SIGTERM into `Terminated` (main thread only); return the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _config(config: Path | None, sets: list[str] | None, **fixed: Any) -> Any:
@@ -206,16 +231,22 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)],
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete epoch).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build the configured keras.Sequential and train it on PREP_DIR's train split."""
+    """Build the configured keras.Sequential and train it on PREP_DIR's train split.
+
+    RUN_DIR's previous model is replaced only when the new one is complete. Every epoch is checkpointed,
+    so an interrupted run (Ctrl-C, SIGTERM, a kill, a crash) continues with --resume.
+    """
     with guard(ctx):
         from . import train as stage
 
         cfg = stage.resolve_config(prep_dir, config, sets or [])
         progress = _EpochProgress()
         try:
-            result = stage.run(prep_dir, out_dir, cfg, on_epoch=progress)
+            result = stage.run(prep_dir, out_dir, cfg, on_epoch=progress, resume=resume)
         finally:
             progress.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import pandas as pd
 
 from . import artifacts, plots
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .schema import Schema
 
 OnEpoch = Callable[[int, int, dict[str, float]], None]
@@ -63,42 +65,87 @@ def class_weights(cfg: Config, schema: Schema, y: np.ndarray) -> dict[int, float
     return {i: float(cw.get(c, 1.0)) for i, c in enumerate(schema.classes)}
 
 
-def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None) -> TrainResult:
-    """Train on PREP_DIR's train split (validation on its val split) and write RUN_DIR."""
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int) -> Any:
+    """Batches for epochs [first_epoch, epochs): each epoch's order depends only on (seed, epoch), so a
+    resumed run sees the same batches as an uninterrupted one. One stream across epochs (fit with
+    steps_per_epoch keeps the iterator), gathered by index from in-memory tensors, prefetched."""
+    import tensorflow as tf
+
+    n = len(x)
+    xs, ys = tf.constant(x), tf.constant(y)
+
+    def epoch_order(epoch: Any) -> Any:
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64),
+                                                                                       epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_order)
+    return batches.map(lambda i: (tf.gather(xs, i), tf.gather(ys, i))).prefetch(tf.data.AUTOTUNE)
+
+
+def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, resume: bool = False) -> TrainResult:
+    """Train on PREP_DIR's train split (validation on its val split) and write RUN_DIR.
+
+    RUN_DIR's previous model stays untouched until the new one is complete; with `resume`, training
+    continues from RUN_DIR/checkpoint (the last complete epoch of an interrupted run).
+    """
     prep_folder = artifacts.Folder(Path(prep), "prep")
     prep_manifest = prep_folder.manifest()
     schema = Schema.load(prep_folder.path)
     folder = artifacts.Folder(Path(out), "run")
     folder.prepare()
+    with folder.lock():
+        return _train(prep_folder, prep_manifest, schema, folder, cfg, on_epoch, resume)
 
-    from . import features, model
+
+def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema, folder: artifacts.Folder,
+           cfg: Config, on_epoch: OnEpoch | None, resume: bool) -> TrainResult:
+    from . import checkpoint, features, model
     from .keras_env import import_keras
 
     keras = import_keras(cfg.seed)
     started, t0 = artifacts.now(), time.perf_counter()
+    config_sha = hashlib.sha256(cfg.to_yaml().encode()).hexdigest()
+    ckpt_dir = folder / artifacts.CHECKPOINT
     encoder = features.preprocessing_model(schema)
     splits = {name: load_split(prep_folder.path, name) for name in ("train", "val")}
     x = {n: features.predict(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
     y = {n: schema.labels(df, n) for n, df in splits.items()}
-    net = model.build(cfg, schema, x["train"].shape[1])
+
+    state, best_weights = checkpoint.State(config_sha256=config_sha, splits=prep_manifest["splits"]), None
+    if resume:
+        net, state, best_weights = checkpoint.load(ckpt_dir)
+        if state.config_sha256 != config_sha or state.splits != prep_manifest["splits"]:
+            raise DataError(f"{ckpt_dir}: the interrupted run used another config or prep folder; "
+                            f"resume with the same ones, or train without --resume")
+    else:
+        net = model.build(cfg, schema, x["train"].shape[1])
 
     has_val = len(y["val"]) > 0
-    callbacks: list[Any] = []
     es = cfg.train.early_stopping
     monitor = es.monitor if has_val else es.monitor.removeprefix("val_")
+    stopper = None
     if es.enabled:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=es.patience, min_delta=es.min_delta,
-                                                       restore_best_weights=True, verbose=0))
+        saved = (state.early_stopping, best_weights) if resume and state.early_stopping else None
+        stopper = checkpoint.EarlyStopping(monitor=monitor, patience=es.patience, min_delta=es.min_delta,
+                                           restore_best_weights=True, verbose=0, resume=saved)
+    callbacks: list[Any] = [c for c in (stopper, checkpoint.Checkpoint(ckpt_dir, state, stopper)) if c is not None]
     if on_epoch is not None:
         total = cfg.train.epochs
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, total, {k: float(v) for k, v in logs.items()})))
-    hist = net.fit(
-        x["train"], y["train"], validation_data=(x["val"], y["val"]) if has_val else None,
-        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, shuffle=True, verbose=0,
-        callbacks=callbacks, class_weight=class_weights(cfg, schema, y["train"]),
-    )
-    history = pd.DataFrame(hist.history)
+    if state.epoch < cfg.train.epochs and not state.stopped:
+        bs = cfg.train.batch_size
+        net.fit(
+            train_dataset(x["train"], y["train"], bs, cfg.seed, state.epoch, cfg.train.epochs),
+            steps_per_epoch=-(-len(x["train"]) // bs), initial_epoch=state.epoch, epochs=cfg.train.epochs,
+            validation_data=(x["val"], y["val"]) if has_val else None, verbose=0, callbacks=callbacks, shuffle=False,
+            class_weight=class_weights(cfg, schema, y["train"]),
+        )
+    elif stopper is not None and best_weights is not None:
+        net.set_weights(best_weights)  # the interrupted run had finished training: only its ending is left
+
+    history = pd.DataFrame(state.history)
     if monitor not in history:
         raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not logged; "
                           f"choose one of {', '.join(history.columns)}")
@@ -106,19 +153,20 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None) -> 
     best = int(history["epoch"][history[monitor].idxmin() if "loss" in monitor else history[monitor].idxmax()])
     seconds = time.perf_counter() - t0
 
-    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
-        net.save(tmp)
     with artifacts.atomic_path(folder / artifacts.HISTORY) as tmp:
         history.to_csv(tmp, index=False)
     plots.training_curves(history, folder / artifacts.CURVE)
     schema.save(folder.path)
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
+    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
+        net.save(tmp)
     final = {k: float(v) for k, v in history.iloc[best - 1].items() if k != "epoch"}
     folder.finish({
         "prep_dir": str(prep_folder.path.resolve()), "data": prep_manifest["data"], "splits": prep_manifest["splits"],
         "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
         "versions": artifacts.versions(), "started": started, "finished": artifacts.now(),
         "seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": best,
-        "task": schema.task, "target": schema.target,
+        "resumed": resume, "task": schema.task, "target": schema.target,
     })
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainResult(folder.path, len(history), best, final, seconds)

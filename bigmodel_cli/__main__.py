@@ -1,0 +1,5 @@
+"""`python -m bigmodel_cli` = `bigmodel`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""Per-epoch training state in RUN_DIR/checkpoint/, so that a killed `train` can `--resume`.
+
+Each epoch writes a new checkpoint folder atomically (temp folder, then rename): the network with its
+optimizer state (model.keras; Dropout's seed-generator state is a model variable), the early-stopping
+state with its best weights (best.npz, no pickle), and state.json (epochs done, history so far, the
+hashes of the config and data it belongs to). The data order of epoch e depends only on (seed, e), so a
+resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts
+from .errors import DataError
+from .keras_env import import_keras
+
+keras = import_keras()
+STATE, NETWORK, BEST = "state.json", "model.keras", "best.npz"
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped: bool = False  # early stopping ended the run
+    early_stopping: dict[str, Any] | None = None  # wait, best, best_epoch
+    config_sha256: str = ""
+    splits: dict[str, str] = field(default_factory=dict)
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping whose counters and best weights survive a resume."""
+
+    def __init__(self, *args: Any, resume: tuple[dict[str, Any], list[Any] | None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._resume = resume
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        super().on_train_begin(logs)
+        if self._resume is not None:
+            saved, weights = self._resume
+            self.wait, self.best, self.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
+            self.best_weights = weights
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best is None else float(self.best)
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Write RUN_DIR/checkpoint/ at the end of every epoch (after early stopping has had its say)."""
+
+    def __init__(self, path: Path, state: State, early_stopping: EarlyStopping | None) -> None:
+        super().__init__()
+        self.path, self.state, self.early_stopping = Path(path), state, early_stopping
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        s = self.state
+        s.epoch = epoch + 1
+        s.history.append({k: float(v) for k, v in (logs or {}).items()})
+        s.stopped = bool(self.model.stop_training)
+        es = self.early_stopping
+        s.early_stopping = es.state() if es is not None else None
+        with artifacts.atomic_dir(self.path) as tmp:
+            self.model.save(tmp / NETWORK)
+            if es is not None and es.best_weights is not None:
+                np.savez(tmp / BEST, *es.best_weights)
+            (tmp / STATE).write_text(json.dumps(asdict(s), indent=1))
+
+
+def load(path: Path) -> tuple[Any, State, list[Any] | None]:
+    """The network, state and best weights of the last complete epoch (safe_mode loading)."""
+    path = Path(path)
+    if not (path / STATE).exists():
+        old = artifacts.previous_dir(path)  # killed while swapping two checkpoints: the old one is whole
+        path = old if (old / STATE).exists() else path
+    if not (path / STATE).exists():
+        raise DataError(f"{path}: no checkpoint to resume from; run train without --resume")
+    try:
+        state = State(**json.loads((path / STATE).read_text()))
+        network = keras.saving.load_model(path / NETWORK, safe_mode=True)
+        best = None
+        if (path / BEST).exists():
+            with np.load(path / BEST, allow_pickle=False) as npz:
+                best = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path}: the checkpoint is damaged ({e}); run train without --resume") from None
+    return network, state, best

@@ -1,0 +1,143 @@
+"""Kills and interrupts: the previous model survives byte for byte, --resume finishes the run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import bm, read_json
+
+EPOCHS = 24
+LONG = ["--set", f"train.epochs={EPOCHS}", "--set", "train.early_stopping.enabled=false"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def start_train(prep: Path, run: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bigmodel_cli", "train", str(prep), "--out", str(run), *LONG, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def epochs_done(run: Path) -> int:
+    for folder in (run / "checkpoint", run / ".checkpoint.old"):
+        try:
+            return json.loads((folder / "state.json").read_text())["epoch"]
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def wait_for_epoch(proc: subprocess.Popen, run: Path, epoch: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while epochs_done(run) < epoch:
+        assert proc.poll() is None, f"train ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def previous(penguins_prep, tmp_path_factory):
+    """A run folder holding a good, finished model, and an uninterrupted reference run."""
+    run = tmp_path_factory.mktemp("kill") / "run"
+    bm("train", penguins_prep, "--out", run, "--set", "train.epochs=2")
+    reference = run.parent / "reference"
+    bm("train", penguins_prep, "--out", reference, *LONG)
+    return run, reference
+
+
+def test_sigkill_at_several_points_then_resume(penguins_prep, previous):
+    run, reference = previous
+    model_sha, manifest = sha(run / "model.keras"), read_json(run / "manifest.json")
+    for kill_at in (None, 1, 9):  # during start-up (no checkpoint yet), after the 1st epoch, mid-run
+        proc = start_train(penguins_prep, run, *(["--resume"] if epochs_done(run) else []))
+        if kill_at is None:
+            time.sleep(1.0)
+        else:
+            wait_for_epoch(proc, run, kill_at)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        assert sha(run / "model.keras") == model_sha, f"model.keras changed after a kill at epoch {kill_at}"
+        assert read_json(run / "manifest.json") == manifest
+    done_before = epochs_done(run)
+    assert done_before >= 9
+    # a stale lock from the killed process is taken over
+    assert (run / ".lock").exists()
+    r = bm("train", penguins_prep, "--out", run, *LONG, "--resume", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["epochs_run"] == EPOCHS
+    m = read_json(run / "manifest.json")
+    assert m["epochs_run"] == EPOCHS and m["resumed"] is True
+    assert not (run / "checkpoint").exists() and not (run / ".lock").exists()
+    # the resumed run saw the same batches and state: same history as the uninterrupted one
+    got, want = pd.read_csv(run / "history.csv"), pd.read_csv(reference / "history.csv")
+    assert list(got["epoch"]) == list(range(1, EPOCHS + 1))
+    pd.testing.assert_frame_equal(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_sigint_exits_130_and_keeps_checkpoint(penguins_prep, previous, tmp_path):
+    run = tmp_path / "run"
+    bm("train", penguins_prep, "--out", run, "--set", "train.epochs=1")
+    model_sha = sha(run / "model.keras")
+    proc = start_train(penguins_prep, run)
+    wait_for_epoch(proc, run, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sha(run / "model.keras") == model_sha
+    assert epochs_done(run) >= 2 and not (run / ".lock").exists()
+    shutil.rmtree(run / "checkpoint")
+    proc = start_train(penguins_prep, run)
+    wait_for_epoch(proc, run, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert sha(run / "model.keras") == model_sha
+
+
+def test_second_trainer_is_refused_while_first_runs(penguins_prep, tmp_path):
+    run = tmp_path / "run"
+    proc = start_train(penguins_prep, run)
+    try:
+        wait_for_epoch(proc, run, 1)
+        r = bm("train", penguins_prep, "--out", run, "--set", "train.epochs=1", code=2)
+        assert "in use by another bigmodel process" in r.stderr and str(proc.pid) in r.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_resume_without_checkpoint_or_with_other_config(penguins_prep, tmp_path):
+    run = tmp_path / "run"
+    r = bm("train", penguins_prep, "--out", run, "--resume", code=2)
+    assert "no checkpoint to resume from" in r.stderr
+    proc = start_train(penguins_prep, run)
+    wait_for_epoch(proc, run, 1)
+    proc.kill()
+    proc.wait()
+    r = bm("train", penguins_prep, "--out", run, "--resume", "--set", "train.epochs=5", code=2)
+    assert "another config" in r.stderr
+
+
+def test_stale_lock_of_dead_process_is_taken_over(penguins_prep, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(f"{dead.pid}\n")
+    bm("train", penguins_prep, "--out", run, "--set", "train.epochs=1")
+    assert (run / "manifest.json").exists() and not (run / ".lock").exists()
+    assert os.getpid() != dead.pid
