@@ -45,6 +45,8 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key, e.g. train.epochs=20 (repeatable)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")]
+UnsafeOpt = Annotated[bool, typer.Option(
+    "--unsafe-load", help="Load a model that contains code (e.g. a Lambda layer). Only for files you trust.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `bigmodel train`.", show_default=False)]
 
 
@@ -87,7 +89,7 @@ def guard(ctx: typer.Context) -> Iterator[None]:
     except BigModelError as e:
         if debug:
             err.print_exception()
-        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}", soft_wrap=True)  # always one line
         raise typer.Exit(e.exit_code) from None
     except GateFailed as e:
         err.print(f"[red]failed:[/red] {escape(str(e))}", soft_wrap=True)
@@ -266,6 +268,7 @@ def evaluate(
         "--data", "-d", help="A prep folder or a raw CSV/Parquet file (default: the run's own prep folder).")] = None,
     split: Annotated[str | None, typer.Option(
         "--split", help="train | val | test, for a prep folder (default: evaluate.split, test).")] = None,
+    unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json."""
@@ -275,7 +278,7 @@ def evaluate(
 
         if split is not None and split not in ("train", "val", "test"):
             raise UsageError(f"--split must be train, val or test, got '{split}'")
-        result = stage.run(run_dir, data, split)
+        result = stage.run(run_dir, data, split, unsafe)
         _render(result, as_json, lambda: _show_metrics(result.doc))
 
 
@@ -302,6 +305,7 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="The export folder to write.", show_default=False)],
     fmt: Annotated[str | None, typer.Option(
         "--format", "-f", help="savedmodel (SavedModel + .keras) | keras (default: export.format).")] = None,
+    unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export RUN_DIR's model with its preprocessing inside; checks parity with `bigmodel predict`."""
@@ -311,7 +315,7 @@ def export(
 
         if fmt is not None and fmt not in ("savedmodel", "keras"):
             raise UsageError(f"--format must be savedmodel or keras, got '{fmt}'")
-        result = stage.run(run_dir, out_dir, fmt)
+        result = stage.run(run_dir, out_dir, fmt, unsafe)
 
         def human() -> None:
             rows = [[f, ""] for f in result.files] + [
@@ -329,13 +333,14 @@ def predict(
     data: Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file.", show_default=False)],
     out_path: Annotated[Path, typer.Option(
         "--out", "-o", help="Predictions file: .csv, .csv.gz or .parquet.", show_default=False)],
+    unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Batch predictions for DATA: id columns, class probabilities and label (or the value)."""
     with guard(ctx):
         from . import predict as stage
 
-        result = stage.run(run_dir, data, out_path)
+        result = stage.run(run_dir, data, out_path, unsafe)
 
         def human() -> None:
             out.print(f"wrote {result.rows} predictions to {escape(str(result.out))}", highlight=False)

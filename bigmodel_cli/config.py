@@ -43,6 +43,7 @@ class DataConfig(_Section):
     columns: dict[str, ColumnKind] = Field(default_factory=dict)
     id_columns: list[str] = Field(default_factory=list)
     delimiter: str | None = None
+    encoding: str = "utf-8"
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 
@@ -130,8 +131,10 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool | None):
+                raise yaml.YAMLError(f"a key must be a plain word or number, not {type(key).__name__} (line {line})")
             if key in seen:
-                line = key_node.start_mark.line + 1
                 raise yaml.YAMLError(f"duplicate key '{key}' on line {line}")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -143,7 +146,8 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
+        problem = getattr(e, "problem", None) or str(e).split("\n")[0]
+        problem = " ".join(str(problem).split())
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from .config import DataConfig
 from .errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -17,10 +19,10 @@ def is_parquet(path: Path) -> bool:
     return path.name.lower().endswith(PARQUET_SUFFIXES)
 
 
-def _sniff_delimiter(path: Path) -> str:
+def _sniff_delimiter(path: Path, encoding: str) -> str:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
+        with opener(path, "rt", encoding=encoding, errors="replace", newline="") as f:
             sample = f.read(64 * 1024)
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
@@ -30,8 +32,10 @@ def _sniff_delimiter(path: Path) -> str:
         return ","
 
 
-def read_table(path: Path, delimiter: str | None = None) -> pd.DataFrame:
-    """Read a CSV (optionally .gz; delimiter sniffed unless given) or Parquet file."""
+def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
+    """Read a CSV (optionally .gz; delimiter sniffed unless data.delimiter is set) or Parquet file."""
+    options = options or DataConfig()
+    encoding = "utf-8-sig" if options.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else options.encoding
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
@@ -41,10 +45,20 @@ def read_table(path: Path, delimiter: str | None = None) -> pd.DataFrame:
         if is_parquet(path):
             df = pd.read_parquet(path)
         else:
-            sep = delimiter or _sniff_delimiter(path)
-            df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", compression="infer", skipinitialspace=True)
+            sep = options.delimiter or _sniff_delimiter(path, encoding)
+            with warnings.catch_warnings():
+                # index_col=False: never take surplus fields for an index; surplus fields then warn, which we refuse
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(path, sep=sep, encoding=encoding, compression="infer", skipinitialspace=True,
+                                 index_col=False)
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: some rows have more fields than the header; fix the rows or the delimiter "
+                        f"(data.delimiter)") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+        raise DataError(f"{path}: not {options.encoding} text (byte {e.start}); re-save it as UTF-8 or set "
+                        f"data.encoding (e.g. latin-1)") from None
+    except LookupError:
+        raise DataError(f"{path}: unknown data.encoding '{options.encoding}'") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
     except pd.errors.ParserError as e:

@@ -11,7 +11,9 @@ import pandas as pd
 
 from . import artifacts
 from .data import read_table
+from .errors import DataError
 from .predict import LoadedRun, Predictions, load
+from .schema import Schema
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,26 @@ class EvaluateResult:
 
 def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if data is not None and not Path(data).is_dir():
-        return read_table(data, run.config.data.delimiter), {"source": str(data), "split": None,
+        return read_table(data, run.config.data), {"source": str(data), "split": None,
                                                               "sha256": artifacts.sha256(Path(data))}
     if data is not None:
         artifacts.Folder(Path(data), "prep").manifest()
+        _same_features(run, Schema.load(Path(data)), Path(data))
         path = Path(data) / artifacts.SPLIT_FILES[split]
         return pd.read_parquet(path), {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
     df = run.split(split)
     path = run.prep_dir / artifacts.SPLIT_FILES[split]
     return df, {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
+
+
+def _same_features(run: LoadedRun, other: Schema, where: Path) -> None:
+    """Refuse a prep folder made for another feature set, naming the columns that differ."""
+    mine = {f.name: f.kind for f in run.schema.features}
+    theirs = {f.name: f.kind for f in other.features}
+    differ = sorted(c for c in mine.keys() | theirs.keys() if mine.get(c) != theirs.get(c))
+    if differ or other.target != run.schema.target:
+        what = f"columns differ: {', '.join(differ)}" if differ else f"target is '{other.target}'"
+        raise DataError(f"{where}: this prep folder does not match the run's features ({what})")
 
 
 def classification_metrics(y: np.ndarray, p: Predictions, classes: list[str]) -> dict[str, Any]:
@@ -72,9 +85,9 @@ def regression_metrics(y: np.ndarray, p: Predictions) -> dict[str, Any]:
                         "r2": float(m.r2_score(y, p.values))}}
 
 
-def run(run_dir: Path, data: Path | None = None, split: str | None = None) -> EvaluateResult:
+def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsafe: bool = False) -> EvaluateResult:
     """Evaluate RUN_DIR's model; write RUN_DIR/metrics.json."""
-    loaded = load(run_dir)
+    loaded = load(run_dir, unsafe)
     split = split or loaded.config.evaluate.split
     df, source = _source(loaded, data, split)
     s = loaded.schema

@@ -38,11 +38,11 @@ def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> fl
     return diff
 
 
-def run(run_dir: Path, out: Path, fmt: str | None = None) -> ExportResult:
+def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) -> ExportResult:
     from . import features
     from .keras_env import import_keras
 
-    loaded = predict.load(run_dir)
+    loaded = predict.load(run_dir, unsafe)
     fmt = fmt or loaded.config.export.format
     tol = loaded.config.export.parity_tolerance
     folder = artifacts.Folder(Path(out), "export")
@@ -57,7 +57,7 @@ def run(run_dir: Path, out: Path, fmt: str | None = None) -> ExportResult:
 
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         loaded.serving.save(tmp)
-        reloaded = keras.saving.load_model(tmp, safe_mode=True)
+        reloaded = keras.saving.load_model(tmp, safe_mode=not unsafe)
         diffs["keras"] = _check(artifacts.MODEL, features.predict(reloaded, x), want, tol)
     files = [artifacts.MODEL]
     if fmt == "savedmodel":

@@ -41,8 +41,9 @@ def _encoder(f: Feature, schema: Schema) -> list[Any]:
     if f.is_numeric:
         if schema.scaling == "standard":
             mean, var = f.mean, (f.std or 0.0) ** 2
-        else:  # min-max to [0, 1]; a constant column maps to 0 (Normalization guards the zero range)
+        else:  # min-max to [0, 1]
             mean, var = f.min, (f.max - f.min) ** 2
+        var = var if var > 0 else 1.0  # a constant column: x - mean, 0 on the training data, no division by 0
         return [Impute(f.fill, name=f"{f.key}_impute"), L.Normalization(mean=mean, variance=var, name=f"{f.key}_scale")]
     if f.kind == "text":
         idf = {"idf_weights": f.idf_weights} if schema.text_output == "tf_idf" else {}

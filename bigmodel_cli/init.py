@@ -74,11 +74,11 @@ def run(data: Path, target: str, out: Path, cfg: Config, force: bool = False) ->
     out = Path(out)
     if out.exists() and not force:
         raise DataError(f"{out}: already exists; pass --force to overwrite it")
-    df = read_table(data, cfg.data.delimiter)
+    df = read_table(data, cfg.data)
     if target not in df.columns:
         raise DataError(f"{data}: target column '{target}' not found; columns are: {', '.join(df.columns)}")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"target": target})})
-    inf = infer_kinds(df, target, cfg)
+    inf = infer_kinds(df, target, cfg, str(data))
     task = infer_task(df[target], cfg)
     artifacts.write_text(out, render(cfg, Path(data), task, inf.kinds, inf.notes))
     return InitResult(out, task, inf.kinds)

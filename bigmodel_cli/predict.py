@@ -7,6 +7,7 @@ from raw columns to predictions.
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,29 @@ class LoadedRun:
         return pd.read_parquet(path)
 
 
-def load(run_dir: Path) -> LoadedRun:
-    """Read a complete run folder; the model is loaded with Keras safe_mode=True."""
+def load_network(path: Path, unsafe: bool = False) -> Any:
+    """Load a .keras model with Keras safe_mode (no code from the file runs) unless `unsafe` is asked for."""
+    from .keras_env import import_keras
+
+    keras = import_keras()
+    if not path.exists():
+        raise DataError(f"{path}: no model file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a Keras model file (truncated or corrupt?)")
+    try:
+        return keras.saving.load_model(path, safe_mode=not unsafe)
+    except zipfile.BadZipFile:
+        raise DataError(f"{path}: not a Keras model file (truncated or corrupt?)") from None
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+            raise DataError(f"{path}: refused to load: the model contains code (e.g. a Lambda layer) that would run "
+                            f"on loading; pass --unsafe-load only if you trust this file") from None
+        raise DataError(f"{path}: cannot load the model: {msg}") from None
+
+
+def load(run_dir: Path, unsafe: bool = False) -> LoadedRun:
+    """Read a complete run folder; the model is loaded with Keras safe_mode=True unless `unsafe`."""
     folder = artifacts.Folder(Path(run_dir), "run")
     manifest = folder.manifest()
     schema = Schema.load(folder.path)
@@ -71,12 +93,14 @@ def load(run_dir: Path) -> LoadedRun:
     from . import features
     from .keras_env import import_keras
 
-    keras = import_keras(config.seed)
+    import_keras(config.seed)
+    network = load_network(folder / artifacts.MODEL, unsafe)
     try:
-        network = keras.saving.load_model(folder / artifacts.MODEL, safe_mode=True)
-    except (ValueError, OSError, KeyError, TypeError) as e:
-        raise DataError(f"{folder / artifacts.MODEL}: cannot load the model: {str(e).splitlines()[0]}") from None
-    return LoadedRun(folder.path, manifest, schema, config, features.serving_model(schema, network))
+        serving = features.serving_model(schema, network)
+    except ValueError as e:
+        raise DataError(f"{folder / artifacts.MODEL}: the model does not fit the run's schema.json "
+                        f"(was it copied from another run?): {str(e).splitlines()[0]}") from None
+    return LoadedRun(folder.path, manifest, schema, config, serving)
 
 
 def frame(run: LoadedRun, df: pd.DataFrame, preds: Predictions) -> pd.DataFrame:
@@ -104,9 +128,9 @@ class PredictResult:
                 "ignored_columns": self.ignored_columns}
 
 
-def run(run_dir: Path, data: Path, out: Path) -> PredictResult:
-    loaded = load(run_dir)
-    df = read_table(data, loaded.config.data.delimiter)
+def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictResult:
+    loaded = load(run_dir, unsafe)
+    df = read_table(data, loaded.config.data)
     preds = loaded.predict(df, str(data))
     table = frame(loaded, df, preds)
     try:

@@ -41,7 +41,7 @@ def _looks_like_id(name: str) -> bool:
     return n in ("id", "index", "uuid", "key") or n.endswith(("_id", " id", "-id")) or name.endswith("ID")
 
 
-def infer_kinds(df: pd.DataFrame, target: str, cfg: Config) -> Inference:
+def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data") -> Inference:
     """Each column's kind, from the config where it says so, else from the values."""
     inf = Inference(kinds={})
     for col in df.columns:
@@ -72,7 +72,7 @@ def infer_kinds(df: pd.DataFrame, target: str, cfg: Config) -> Inference:
                 continue
             parsed = pd.to_numeric(text, errors="coerce")
             if parsed.notna().mean() >= 0.9:
-                numeric_column(s, col, "data")  # raises naming the first non-numeric row
+                numeric_column(s, col, source)  # raises naming the first non-numeric row
             words = text.str.split().str.len().mean()
             if words >= TEXT_MIN_WORDS:
                 inf.kinds[col] = "text"
@@ -171,7 +171,7 @@ def fit_features(train: pd.DataFrame, kinds: dict[str, str], cfg: Config) -> lis
 def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
     """Read DATA, clean it, split it, fit the preprocessing on train and write PREP_DIR."""
     folder = artifacts.Folder(Path(out), "prep")
-    df = read_table(data, cfg.data.delimiter)
+    df = read_table(data, cfg.data)
     target = cfg.data.target
     if not target:
         raise DataError(f"{data}: no target column given; pass --target COLUMN or set data.target")
@@ -191,7 +191,7 @@ def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
     if len(df) == 0:
         raise DataError(f"{data}: target column '{target}' has no values")
 
-    inf = infer_kinds(df, target, cfg)
+    inf = infer_kinds(df, target, cfg, str(data))
     task = infer_task(df[target], cfg)
     y = df[target]
     classes: list[str] = []

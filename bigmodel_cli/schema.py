@@ -17,6 +17,8 @@ import pandas as pd
 from . import artifacts
 from .errors import DataError
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -118,7 +120,7 @@ def as_str(s: pd.Series) -> pd.Series:
 
 
 def numeric_column(s: pd.Series, name: str, source: str) -> np.ndarray:
-    """A column as float64, ±inf as missing; a non-numeric string is an error naming its row."""
+    """A column as float64, ±inf and huge values as missing; a non-numeric string is an error naming its row."""
     if pd.api.types.is_bool_dtype(s):
         return s.astype("float64").to_numpy()
     if not pd.api.types.is_numeric_dtype(s):
@@ -129,5 +131,6 @@ def numeric_column(s: pd.Series, name: str, source: str) -> np.ndarray:
             raise DataError(f"{source}: column '{name}' is numeric but data row {row + 1} holds {s.iloc[row]!r}")
         s = parsed
     values = np.array(s.to_numpy(dtype="float64", na_value=np.nan), copy=True)
-    values[~np.isfinite(values)] = np.nan
+    # ±inf, and values too large for the model's float32, count as missing (imputed, and reported)
+    values[~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX)] = np.nan
     return values

@@ -1,0 +1,284 @@
+"""Bad input at every stage: exit 2 with a one-line message that names the problem, or a documented
+acceptance; never a traceback, and a pre-existing output folder stays byte-identical."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import PENGUINS, bm, read_json
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def good_frame(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=n)
+    return pd.DataFrame({"x": x.round(3), "c": rng.choice(["a", "b", "c"], n), "y": np.where(x > 0, "pos", "neg")})
+
+
+def csv_text(df: pd.DataFrame, **kw) -> str:
+    return df.to_csv(index=False, **kw)
+
+
+# name -> (writer(path) -> data path, extra CLI args, expected exit, words expected in stderr)
+Case = tuple[Callable[[Path], Path], list[str], int, list[str]]
+
+
+def text(content: str | bytes, name: str = "data.csv") -> Callable[[Path], Path]:
+    def write(d: Path) -> Path:
+        p = d / name
+        p.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        return p
+    return write
+
+
+def frame(df: pd.DataFrame, name: str = "data.csv", **kw) -> Callable[[Path], Path]:
+    return text(csv_text(df, **kw), name)
+
+
+def with_column(**cols) -> pd.DataFrame:
+    df = good_frame()
+    for k, v in cols.items():
+        df[k] = v
+    return df
+
+
+def ragged() -> str:
+    lines = csv_text(good_frame()).splitlines()
+    lines[7] += ",1,2"
+    return "\n".join(lines) + "\n"
+
+
+def numeric_with_word() -> pd.DataFrame:
+    df = good_frame().astype({"x": object})
+    df.loc[6, "x"] = "abc"
+    return df
+
+
+def folder(d: Path) -> Path:
+    (d / "adir").mkdir()
+    return d / "adir"
+
+
+FAILS: dict[str, Case] = {
+    "empty file": (text(""), [], 2, ["empty"]),
+    "header only": (text("x,c,y\n"), [], 2, ["no data rows"]),
+    "a folder": (folder, [], 2, ["is a folder"]),
+    "missing path": (lambda d: d / "nope.csv", [], 2, ["nope.csv", "no such file"]),
+    "target absent": (frame(good_frame().drop(columns="y")), [], 2, ["target column 'y' not found"]),
+    "single class": (frame(good_frame().assign(y="pos")), [], 2, ["single class"]),
+    "all targets missing": (frame(good_frame().assign(y=None)), [], 2, ["'y' has no values"]),
+    "non-numeric string in numeric column": (frame(numeric_with_word()), [], 2, ["column 'x'", "data row 7", "abc"]),
+    "duplicate column names": (text("x,x,y\n1,2,a\n3,4,b\n"), [], 2, ["duplicate column names: x"]),
+    "not utf-8": (text(csv_text(with_column(c="café")).encode("latin-1")), [], 2, ["not utf-8", "data.encoding"]),
+    "ragged rows": (text(ragged()), [], 2, ["cannot parse", "line 8"]),
+    "binary garbage": (text(bytes(range(256)) * 40), [], 2, ["data.csv"]),
+    "corrupt parquet": (text("not parquet", "data.parquet"), [], 2, ["data.parquet", "cannot read"]),
+    "unknown encoding": (frame(good_frame()), ["--set", "data.encoding=klingon"], 2, ["unknown data.encoding"]),
+    "column in config absent": (frame(good_frame()), ["--set", "data.columns={zz: numeric}"], 2, ["zz"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILS), ids=list(FAILS))
+def test_preprocess_rejects(case, tmp_path, penguins_prep):
+    write, extra, code, words = FAILS[case]
+    existing = tmp_path / "prep"
+    shutil.copytree(penguins_prep, existing)
+    before = snapshot(existing)
+    r = bm("preprocess", write(tmp_path), "--target", "y", "--out", existing, *extra, code=code)
+    message = r.stderr.strip()
+    assert message.startswith("error:") and "\n" not in message, message
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    for w in words:
+        assert w.lower() in message.lower(), (w, message)
+    assert snapshot(existing) == before
+
+
+def quoted_newlines() -> str:
+    df = good_frame()
+    df["c"] = df["c"].map({"a": "line one\nline two", "b": "b", "c": "c, with comma"})
+    return csv_text(df)
+
+
+ACCEPTS: dict[str, tuple[Callable[[Path], Path], list[str], Callable[[dict], None]]] = {
+    "missing target values dropped": (frame(good_frame().assign(y=lambda d: d["y"].where(d.index % 10 != 0))), [],
+                                      lambda r: r["missing_target_dropped"] == 6),
+    "inf and -inf are missing": (frame(with_column(x=[np.inf, -np.inf] + list(good_frame()["x"][2:]))), [],
+                                 lambda r: r["columns"]["x"]["missing"] == 2),
+    "huge values are missing": (frame(with_column(h=[1e300] + [1.0] * 59)), [],
+                                lambda r: r["columns"]["h"]["missing"] == 1),
+    "all-missing column dropped": (frame(with_column(empty=np.nan)), [],
+                                   lambda r: r["columns"]["empty"]["kind"] == "ignore" and r["notes"]),
+    "constant column kept": (frame(with_column(k=5.0)), [], lambda r: r["columns"]["k"]["kind"] == "numeric"),
+    "latin-1 with data.encoding": (text(csv_text(with_column(c="café")).encode("latin-1")),
+                                   ["--set", "data.encoding=latin-1"], lambda r: r["columns"]["c"]["unique"] == 1),
+    "byte order mark": (text("\ufeff" + csv_text(good_frame())), [], lambda r: "x" in r["columns"]),
+    "semicolons sniffed": (text(csv_text(good_frame(), sep=";")), [], lambda r: set(r["columns"]) == {"x", "c"}),
+    "tabs sniffed": (text(csv_text(good_frame(), sep="\t"), "data.tsv"), [], lambda r: set(r["columns"]) == {"x", "c"}),
+    "pipe by data.delimiter": (text(csv_text(good_frame(), sep="|")), ["--set", "data.delimiter=|"],
+                               lambda r: set(r["columns"]) == {"x", "c"}),
+    "quoted newlines": (text(quoted_newlines()), [], lambda r: r["rows_in"] == 60),
+    "short rows padded with missing": (text(csv_text(good_frame()) + "0.5,a\n"), [],
+                                       lambda r: r["missing_target_dropped"] == 1),
+    "gzip'd csv": (text(gzip.compress(csv_text(good_frame()).encode()), "data.csv.gz"), [],
+                   lambda r: r["rows_in"] == 60),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTS), ids=list(ACCEPTS))
+def test_preprocess_accepts_and_reports(case, tmp_path):
+    write, extra, check = ACCEPTS[case]
+    r = bm("preprocess", write(tmp_path), "--target", "y", "--out", tmp_path / "prep", "--json", *extra)
+    report = json.loads(r.stdout)
+    assert check(report), report
+    assert "Traceback" not in r.stderr
+    assert read_json(tmp_path / "prep" / "manifest.json")["kind"] == "prep"
+
+
+@pytest.fixture(scope="module")
+def run_copy(penguins_run, tmp_path_factory):
+    """A private copy of a trained run, its snapshot checked after every drift case."""
+    run = tmp_path_factory.mktemp("drift") / "run"
+    shutil.copytree(penguins_run, run)
+    bm("evaluate", run)  # metrics.json exists before the bad cases
+    return run
+
+
+def penguins(d: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
+    p = d / "new.csv"
+    change(pd.read_csv(PENGUINS)).to_csv(p, index=False)
+    return p
+
+
+DRIFT = {
+    "missing columns named": (lambda df: df.drop(columns=["island", "sex"]), ["missing column", "island, sex"]),
+    "numeric column holds strings": (lambda df: df.assign(bill_depth_mm="deep"), ["'bill_depth_mm'", "'deep'"]),
+    "label unseen in training": (lambda df: df.assign(species=df["species"].where(df.index != 3, "Emperor")),
+                                 ["not seen in training", "Emperor"]),
+}
+
+
+DRIFT_CASES = [(stage, case) for stage in ("evaluate", "predict") for case in DRIFT
+               if not (stage == "predict" and "label" in case)]  # predict does not read labels
+
+
+@pytest.mark.parametrize(("stage", "case"), DRIFT_CASES, ids=[f"{s}: {c}" for s, c in DRIFT_CASES])
+def test_schema_drift_rejected(case, stage, run_copy, tmp_path):
+    change, words = DRIFT[case]
+    data = penguins(tmp_path, change)
+    before = snapshot(run_copy)
+    args = ["--data", data] if stage == "evaluate" else [data, "--out", tmp_path / "p.csv"]
+    r = bm(stage, run_copy, *args, code=2)
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+    assert snapshot(run_copy) == before
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_prep_folder_of_other_features_refused(run_copy, tmp_path):
+    bm("preprocess", PENGUINS, "--target", "species", "--out", tmp_path / "prep",
+       "--set", "data.columns={year: ignore, island: ignore}")
+    r = bm("evaluate", run_copy, "--data", tmp_path / "prep", code=2)
+    assert "does not match the run's features" in r.stderr and "island, year" in r.stderr
+
+
+def model_variant(run_copy: Path, tmp_path: Path, write: Callable[[Path], None]) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run)
+    write(run / "model.keras")
+    return run
+
+
+def test_unsafe_model_refused_unless_asked(run_copy, tmp_path):
+    import keras
+
+    def lambda_model(path: Path) -> None:
+        original = keras.saving.load_model(path, safe_mode=True)
+        unsafe = keras.Sequential([keras.Input(original.input_shape[1:]), keras.layers.Lambda(lambda x: x * 1.0),
+                                   *original.layers])
+        unsafe.compile(loss="sparse_categorical_crossentropy")
+        unsafe.save(path)
+
+    run = model_variant(run_copy, tmp_path, lambda_model)
+    before = snapshot(run)
+    r = bm("evaluate", run, code=2)
+    assert "refused to load" in r.stderr and "--unsafe-load" in r.stderr
+    assert snapshot(run) == before
+    r = bm("evaluate", run, "--unsafe-load", "--json")
+    assert json.loads(r.stdout)["metrics"]["accuracy"] == read_json(run_copy / "metrics.json")["metrics"]["accuracy"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a model", "other model"])
+def test_damaged_model_is_a_clear_error(run_copy, tmp_path, damage):
+    import keras
+
+    def write(path: Path) -> None:
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[:2000])
+        elif damage == "not a model":
+            path.write_text("hello")
+        else:
+            other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+            other.save(path)
+
+    run = model_variant(run_copy, tmp_path, write)
+    for stage, args in (("evaluate", []), ("predict", [PENGUINS, "--out", tmp_path / "p.csv"]),
+                        ("export", ["--out", tmp_path / "export"])):
+        r = bm(stage, run, *args, code=2)
+        assert "model.keras" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "export" / "manifest.json").exists()
+
+
+def test_output_location_that_is_a_file(tmp_path, penguins_run):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = bm("preprocess", PENGUINS, "--target", "species", "--out", blocker / "prep", code=2)
+    assert "cannot write" in r.stderr
+    r = bm("predict", penguins_run, PENGUINS, "--out", blocker / "p.csv", code=2)
+    assert "cannot write" in r.stderr
+    assert blocker.read_text() == "x"
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 200 KiB tmpfs (root only): a full or read-only output location."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_keeps_previous_output(tiny_fs, penguins_run, tmp_path):
+    big = tmp_path / "big.csv"
+    pd.concat([pd.read_csv(PENGUINS)] * 20).drop(columns="species").to_csv(big, index=False)
+    out = tiny_fs / "p.csv"
+    out.write_text("previous")
+    r = bm("predict", penguins_run, big, "--out", out, code=2)
+    assert "No space left on device" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_text() == "previous"
+    assert [p.name for p in tiny_fs.iterdir()] == ["p.csv"]  # no temp file left behind
+
+
+def test_read_only_output_location(tiny_fs, penguins_prep):
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    r = bm("train", penguins_prep, "--out", tiny_fs / "run", "--set", "train.epochs=1", code=2)
+    assert "cannot write" in r.stderr and "Read-only" in r.stderr
