@@ -32,22 +32,21 @@ def layer(spec: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where} ({name}): {e}") from None
 
 
-def activation(name: str, where: str) -> Any:
-    keras = import_keras()
+def _get(family: Any, name: str, where: str, what: str) -> Any:
+    """`keras.<family>.get(name)`, its ValueError turned into a ConfigError with close matches."""
     try:
-        return keras.activations.get(name)
+        return family.get(name)
     except ValueError:
-        names = [n for n in dir(keras.activations) if not n.startswith("_") and n.islower()]
-        raise ConfigError(f"{where}: unknown activation '{name}'{_close(name, names)}") from None
+        names = [n for n in dir(family) if not n.startswith("_") and n.islower()]
+        raise ConfigError(f"{where}: unknown {what} '{name}'{_close(name, names)}") from None
+
+
+def activation(name: str, where: str) -> Any:
+    return _get(import_keras().activations, name, where, "activation")
 
 
 def loss(name: str, where: str) -> Any:
-    keras = import_keras()
-    try:
-        return keras.losses.get(name)
-    except ValueError:
-        names = [n for n in dir(keras.losses) if not n.startswith("_") and n.islower()]
-        raise ConfigError(f"{where}: unknown loss '{name}'{_close(name, names)}") from None
+    return _get(import_keras().losses, name, where, "loss")
 
 
 def optimizer(name: str, learning_rate: float, where: str) -> Any:
