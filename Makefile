@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 BM     := $(BIN)/bigmodel
 OUT    ?= build
 
-.PHONY: demo test lint install dev bench clean help
+.PHONY: demo test lint install dev bench clean help report-check
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -60,3 +60,8 @@ lint: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(OUT)
+
+# Renders an HTML report in headless Chromium (Debian's `chromium` package) and checks the screenshot.
+report-check: $(VENV)/.installed-dev
+	@command -v chromium >/dev/null || { echo "needs chromium: apt-get install chromium"; exit 2; }
+	BIGMODEL_BROWSER_TESTS=1 $(BIN)/python -m pytest -q tests/test_evaluation.py -k chromium -rs

@@ -32,10 +32,22 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 CURVE = "training_curve.png"
 METRICS = "metrics.json"
+EVAL = "eval"  # evaluation plots
+LOGS = "logs"  # TensorBoard
 CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --resume
 LOCK = ".lock"
 # export folder
 SAVEDMODEL = "savedmodel"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -48,6 +60,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; artifacts get the usual umask-based mode
         os.replace(tmp_path, path)
     except OSError as e:  # disk full, read-only, a folder in the way: the old file is untouched
         raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
@@ -63,6 +76,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
         yield tmp
+        os.chmod(tmp, _DIR_MODE)  # mkdtemp makes 0700
         old = previous_dir(path)
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():

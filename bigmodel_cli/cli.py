@@ -268,30 +268,54 @@ def evaluate(
         "--data", "-d", help="A prep folder or a raw CSV/Parquet file (default: the run's own prep folder).")] = None,
     split: Annotated[str | None, typer.Option(
         "--split", help="train | val | test, for a prep folder (default: evaluate.split, test).")] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        "--gate", "-g", metavar="METRIC>=VALUE", help="Fail (exit 1) unless this holds, e.g. 'accuracy>=0.9' "
+        "(repeatable; adds to evaluate.gates).")] = None,
+    bootstrap: Annotated[int | None, typer.Option(
+        "--bootstrap", min=0, metavar="N", help="Add 95% bootstrap intervals from N resamples (e.g. 1000).")] = None,
+    plots: Annotated[bool | None, typer.Option(
+        "--plots/--no-plots", help="Write PNG plots to RUN_DIR/eval/ (default: evaluate.plots).")] = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json."""
+    """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json. Exit 1 if a gate fails."""
     with guard(ctx):
         from . import evaluate as stage
         from .errors import BigModelError as UsageError
 
         if split is not None and split not in ("train", "val", "test"):
             raise UsageError(f"--split must be train, val or test, got '{split}'")
-        result = stage.run(run_dir, data, split, unsafe)
+        result = stage.run(run_dir, data, split, unsafe, gates=gate, bootstrap=bootstrap, plots=plots)
         _render(result, as_json, lambda: _show_metrics(result.doc))
+        if result.failed_gates:
+            raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "
+                             + ", ".join(f"{g['gate']} (got {_value(g['value'])})" for g in result.failed_gates))
+
+
+def _value(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _interval(iv: list[float] | None) -> str:
+    return "n/a" if iv is None else f"[{iv[0]:.4f}, {iv[1]:.4f}]"
 
 
 def _show_metrics(doc: dict[str, Any]) -> None:
     d = doc["data"]
     title = f"{doc['task']} on '{doc['target']}': {d['split'] or d['source']} ({d['rows']} rows)"
-    out.print(table(title, ["metric", "value"], [[k, "n/a" if v is None else v] for k, v in doc["metrics"].items()]))
+    ci = (doc.get("bootstrap") or {}).get("intervals")
+    rows = [[k, "n/a" if v is None else v, *([_interval(ci.get(k))] if ci else [])] for k, v in doc["metrics"].items()]
+    out.print(table(title, ["metric", "value", *(["95% interval"] if ci else [])], rows))
     if "per_class" in doc:
         out.print(table("per class", ["class", "precision", "recall", "f1", "support"],
                         [[c, *v.values()] for c, v in doc["per_class"].items()]))
         cm = doc["confusion_matrix"]
         out.print(table("confusion matrix (rows: true, columns: predicted)", ["", *cm["labels"]],
                         [[label, *row] for label, row in zip(cm["labels"], cm["matrix"], strict=True)]))
+    if doc.get("gates"):
+        out.print(table("gates", ["gate", "threshold", "value", "verdict"],
+                        [[g["gate"], g["threshold"], _value(g["value"]), "pass" if g["passed"] else "FAIL"]
+                         for g in doc["gates"]]))
     for col, n in doc.get("unseen_categories", {}).items():
         err.print(f"note: {n} value(s) of '{escape(col)}' were not seen in training (out-of-vocabulary)")
     if doc.get("ignored_columns"):
@@ -350,6 +374,61 @@ def predict(
                 err.print(f"warning: ignored extra column(s): {escape(', '.join(result.ignored_columns))}")
 
         _render(result, as_json, human)
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    runs: Annotated[list[Path], typer.Argument(help="Two or more evaluated run folders; the first is the baseline.",
+                                               show_default=False)],
+    fail_on: Annotated[list[str] | None, typer.Option(
+        "--fail-on-regression", metavar="METRIC:TOLERANCE",
+        help="Exit 1 if a run is worse than the first by more than TOLERANCE, e.g. accuracy:0.01 (repeatable).",
+    )] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | markdown | json.")] = "table",
+    as_json: JsonOpt = False,
+) -> None:
+    """Metrics side by side with deltas against the first run, config differences and data fingerprints."""
+    with guard(ctx):
+        from . import compare as stage
+        from .errors import BigModelError as UsageError
+
+        if fmt not in ("table", "markdown", "json"):
+            raise UsageError(f"--format must be table, markdown or json, got '{fmt}'")
+        result = stage.run(runs, fail_on)
+        doc = result.doc
+        if as_json or fmt == "json":
+            emit_json(doc)
+        elif fmt == "markdown":
+            out.file.write(stage.markdown(doc))
+        else:
+            names = [Path(r).name for r in doc["runs"]]
+            out.print(table("metrics (delta against the first run)", ["metric", *names], stage.rows(doc)))
+            if doc["config_diff"]:
+                out.print(table("config differences", ["key", *names],
+                                [[k, *map(str, v)] for k, v in doc["config_diff"].items()]))
+        for w in doc["warnings"]:
+            err.print(f"warning: {escape(w)}", soft_wrap=True)
+        if result.regressions:
+            raise GateFailed("regression: " + ", ".join(
+                f"{Path(r['run']).name} {r['metric']} {r['delta']:+.4f} (tolerance {r['tolerance']})"
+                for r in result.regressions))
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="The HTML file to write (default: RUN_DIR/report.html).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One self-contained HTML page: data report, config, training, metrics, plots, gates, manifest."""
+    with guard(ctx):
+        from . import report as stage
+
+        result = stage.run(run_dir, out_path)
+        _render(result, as_json, lambda: out.print(f"wrote {escape(str(result.out))}", highlight=False))
 
 
 def main() -> None:

@@ -91,10 +91,33 @@ class TrainConfig(_Section):
     loss: str = "auto"
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     class_weight: Literal["none", "balanced"] | dict[str, float] = "none"
+    tensorboard: bool = True  # TensorBoard logs in RUN_DIR/logs/
 
 
 class EvaluateConfig(_Section):
     split: Literal["train", "val", "test"] = "test"
+    gates: list[str] = Field(default_factory=list)
+    bootstrap: int = Field(0, ge=0)
+    threshold: float | Literal["auto"] = Field(0.5)
+    threshold_metric: Literal["f1", "accuracy", "balanced_accuracy", "mcc"] = "f1"
+    plots: bool = True
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_syntax(cls, gates: list[str]) -> list[str]:
+        from .gates import is_valid
+
+        bad = [g for g in gates if not is_valid(g)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not METRIC OP NUMBER (OP: >=, <=, >, <), e.g. 'accuracy>=0.9'")
+        return gates
+
+    @field_validator("threshold")
+    @classmethod
+    def _probability(cls, t: float | str) -> float | str:
+        if isinstance(t, float) and not 0 < t < 1:
+            raise ValueError("must be 'auto' or a number between 0 and 1")
+        return t
 
 
 class ExportConfig(_Section):

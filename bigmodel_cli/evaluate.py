@@ -24,6 +24,10 @@ class EvaluateResult:
     def metrics(self) -> dict[str, float | None]:
         return self.doc["metrics"]
 
+    @property
+    def failed_gates(self) -> list[dict[str, Any]]:
+        return [g for g in self.doc["gates"] if not g["passed"]]
+
     def to_dict(self) -> dict[str, Any]:
         return self.doc
 
@@ -85,20 +89,41 @@ def regression_metrics(y: np.ndarray, p: Predictions) -> dict[str, Any]:
                         "r2": float(m.r2_score(y, p.values))}}
 
 
-def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsafe: bool = False) -> EvaluateResult:
-    """Evaluate RUN_DIR's model; write RUN_DIR/metrics.json."""
+def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsafe: bool = False,
+        gates: list[str] | None = None, bootstrap: int | None = None, plots: bool | None = None) -> EvaluateResult:
+    """Evaluate RUN_DIR's model; write RUN_DIR/metrics.json (and plots under RUN_DIR/eval/).
+
+    Gates and bootstrap resamples add to those in the run's config (evaluate.gates, evaluate.bootstrap).
+    """
+    from . import bootstrap as boot
+    from . import gates as gate_checks
+    from . import plots as draw
+
     loaded = load(run_dir, unsafe)
-    split = split or loaded.config.evaluate.split
+    cfg = loaded.config.evaluate
+    split = split or cfg.split
     df, source = _source(loaded, data, split)
     s = loaded.schema
     s.check_columns(df, source["source"], need_target=True)
     y = s.labels(df, source["source"])
     preds = loaded.predict(df, source["source"])
     body = classification_metrics(y, preds, s.classes) if s.is_classification else regression_metrics(y, preds)
-    doc = {
+    verdicts = gate_checks.check([*cfg.gates, *(gates or [])], body["metrics"])
+    doc: dict[str, Any] = {
         "schema_version": artifacts.SCHEMA_VERSION, "task": s.task, "target": s.target,
         "data": {**source, "rows": len(df)}, **body,
         "unseen_categories": preds.unseen_categories, "ignored_columns": preds.ignored_columns,
+        "gates": [v.to_dict() for v in verdicts],
     }
+    if s.task == "binary":
+        doc["threshold"] = loaded.threshold
+    resamples = cfg.bootstrap if bootstrap is None else bootstrap
+    if resamples:
+        doc["bootstrap"] = boot.run(y, preds.values, preds.probabilities, resamples, loaded.config.seed)
+    if cfg.plots if plots is None else plots:
+        history = loaded.path / artifacts.HISTORY
+        doc["plots"] = [f"{artifacts.EVAL}/{name}" for name in draw.evaluation(
+            loaded.path / artifacts.EVAL, s.task, y, preds.values, preds.probabilities, s.classes,
+            pd.read_csv(history) if history.exists() else None)]
     artifacts.write_json(loaded.path / artifacts.METRICS, doc)
     return EvaluateResult(doc)

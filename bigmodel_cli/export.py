@@ -73,6 +73,8 @@ def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) 
     loaded.schema.save(folder.path)
     files.append(artifacts.SCHEMA)
     folder.finish({"run_dir": str(loaded.path.resolve()), "format": fmt, "created": artifacts.now(),
+                   "task": loaded.schema.task, "classes": loaded.schema.classes,
+                   "threshold": loaded.threshold if loaded.schema.task == "binary" else None,
                    "parity": {"rows": len(test), "max_abs_diff": diffs, "tolerance": tol},
                    "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.is_numeric else "string"}
                               for f in loaded.schema.features},

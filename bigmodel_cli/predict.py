@@ -41,6 +41,11 @@ class LoadedRun:
     serving: Any  # keras.Model: raw columns -> network output
 
     @property
+    def threshold(self) -> float:
+        """Binary tasks: predict the positive class at or above this probability (evaluate.threshold)."""
+        return float(self.manifest.get("threshold") or 0.5)
+
+    @property
     def prep_dir(self) -> Path:
         return Path(self.manifest["prep_dir"])
 
@@ -52,8 +57,10 @@ class LoadedRun:
         unseen = features.unseen_categories(df, self.schema)
         if not self.schema.is_classification:
             return Predictions(None, out[:, 0], unseen, ignored)
-        probs = np.hstack([1 - out, out]) if self.schema.task == "binary" else out
-        return Predictions(probs, probs.argmax(axis=1), unseen, ignored)
+        if self.schema.task == "binary":
+            probs = np.hstack([1 - out, out])
+            return Predictions(probs, (out[:, 0] >= self.threshold).astype(int), unseen, ignored)
+        return Predictions(out, out.argmax(axis=1), unseen, ignored)
 
     def split(self, name: str) -> pd.DataFrame:
         path = self.prep_dir / artifacts.SPLIT_FILES[name]

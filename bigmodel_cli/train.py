@@ -65,6 +65,25 @@ def class_weights(cfg: Config, schema: Schema, y: np.ndarray) -> dict[int, float
     return {i: float(cw.get(c, 1.0)) for i, c in enumerate(schema.classes)}
 
 
+def decision_threshold(cfg: Config, schema: Schema, net: Any, x_val: np.ndarray, y_val: np.ndarray) -> float | None:
+    """Binary tasks: the probability above which the positive class is predicted. `auto` picks, among the
+    validation scores, the threshold that maximises evaluate.threshold_metric on the validation split."""
+    if schema.task != "binary":
+        return None
+    if cfg.evaluate.threshold != "auto":
+        return float(cfg.evaluate.threshold)
+    if len(y_val) == 0:
+        raise ConfigError("evaluate.threshold: 'auto' needs a validation split (data.split.val > 0)")
+    from sklearn import metrics
+
+    score = {"f1": metrics.f1_score, "accuracy": metrics.accuracy_score, "mcc": metrics.matthews_corrcoef,
+             "balanced_accuracy": metrics.balanced_accuracy_score}[cfg.evaluate.threshold_metric]
+    p = np.asarray(net.predict(x_val, verbose=0))[:, 0]
+    candidates = np.unique(np.quantile(p, np.linspace(0, 1, 201)))
+    values = [score(y_val, (p >= c).astype(int)) for c in candidates]
+    return float(candidates[int(np.argmax(values))])
+
+
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int) -> Any:
     """Batches for epochs [first_epoch, epochs): each epoch's order depends only on (seed, epoch), so a
     resumed run sees the same batches as an uninterrupted one. One stream across epochs (fit with
@@ -130,6 +149,8 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         stopper = checkpoint.EarlyStopping(monitor=monitor, patience=es.patience, min_delta=es.min_delta,
                                            restore_best_weights=True, verbose=0, resume=saved)
     callbacks: list[Any] = [c for c in (stopper, checkpoint.Checkpoint(ckpt_dir, state, stopper)) if c is not None]
+    if cfg.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / artifacts.LOGS), write_graph=False))
     if on_epoch is not None:
         total = cfg.train.epochs
         callbacks.append(keras.callbacks.LambdaCallback(
@@ -145,6 +166,7 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
     elif stopper is not None and best_weights is not None:
         net.set_weights(best_weights)  # the interrupted run had finished training: only its ending is left
 
+    threshold = decision_threshold(cfg, schema, net, x["val"], y["val"])
     history = pd.DataFrame(state.history)
     if monitor not in history:
         raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not logged; "
@@ -157,6 +179,7 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         history.to_csv(tmp, index=False)
     plots.training_curves(history, folder / artifacts.CURVE)
     schema.save(folder.path)
+    artifacts.write_json(folder / artifacts.REPORT, artifacts.read_json(prep_folder / artifacts.REPORT))
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         net.save(tmp)
@@ -166,7 +189,7 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
         "versions": artifacts.versions(), "started": started, "finished": artifacts.now(),
         "seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": best,
-        "resumed": resume, "task": schema.task, "target": schema.target,
+        "resumed": resume, "task": schema.task, "target": schema.target, "threshold": threshold,
     })
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainResult(folder.path, len(history), best, final, seconds)

@@ -1,0 +1,153 @@
+"""`bigmodel compare`: runs side by side — metrics with deltas against the first, the config keys that
+differ, data fingerprints, and regression checks for CI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import artifacts
+from .config import load_config
+from .errors import ConfigError, DataError
+
+LOWER_IS_BETTER = {"log_loss", "mae", "rmse"}
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    doc: dict[str, Any]
+
+    @property
+    def regressions(self) -> list[dict[str, Any]]:
+        return self.doc["regressions"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _load(run: Path) -> dict[str, Any]:
+    folder = artifacts.Folder(Path(run), "run")
+    manifest = folder.manifest()
+    if not (folder / artifacts.METRICS).exists():
+        raise DataError(f"{run}: no {artifacts.METRICS}; run `bigmodel evaluate {run}` first")
+    try:  # with today's defaults filled in, so that runs of older versions compare key by key
+        config = load_config(folder / artifacts.CONFIG).model_dump(mode="json")
+    except ConfigError:
+        config = yaml.safe_load((folder / artifacts.CONFIG).read_text(encoding="utf-8"))
+    return {"path": str(run), "manifest": manifest, "metrics": artifacts.read_json(folder / artifacts.METRICS),
+            "config": _flatten(config)}
+
+
+def parse_tolerance(text: str) -> tuple[str, float]:
+    metric, sep, tol = text.partition(":")
+    try:
+        value = float(tol)
+    except ValueError:
+        value = -1.0
+    if not sep or not metric or value < 0:
+        raise ConfigError(f"--fail-on-regression {text!r}: expected METRIC:TOLERANCE, e.g. accuracy:0.01")
+    return metric, value
+
+
+def _within_noise(base: dict[str, Any], other: dict[str, Any], metric: str, value: float) -> bool | None:
+    """True when the difference is within the bootstrap intervals (they overlap); None without intervals."""
+    a = ((base.get("bootstrap") or {}).get("intervals") or {}).get(metric)
+    b = ((other.get("bootstrap") or {}).get("intervals") or {}).get(metric)
+    if a is None:
+        return None
+    if b is None:
+        return a[0] <= value <= a[1]
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def run(runs: list[Path], fail_on: list[str] | None = None) -> CompareResult:
+    if len(runs) < 2:
+        raise ConfigError("compare needs at least two run folders")
+    loaded = [_load(r) for r in runs]
+    base = loaded[0]["metrics"]
+    names = list(dict.fromkeys(k for r in loaded for k in r["metrics"]["metrics"]))
+    metrics: dict[str, Any] = {}
+    for name in names:
+        values = [r["metrics"]["metrics"].get(name) for r in loaded]
+        first = values[0]
+        metrics[name] = {
+            "values": values,
+            "deltas": [None if v is None or first is None else v - first for v in values],
+            "within_noise": [None if v is None or i == 0 else _within_noise(base, r["metrics"], name, v)
+                             for i, (v, r) in enumerate(zip(values, loaded, strict=True))],
+        }
+    keys = sorted({k for r in loaded for k in r["config"]})
+    config_diff = {k: [r["config"].get(k) for r in loaded] for k in keys
+                   if len({repr(r["config"].get(k)) for r in loaded}) > 1}
+    fingerprints = [r["metrics"]["data"].get("sha256") for r in loaded]
+    warnings = []
+    if len(set(fingerprints)) > 1:
+        warnings.append("the runs were evaluated on different data (data.sha256 differs): deltas compare "
+                        "different test sets")
+    tasks = {r["metrics"]["task"] for r in loaded}
+    if len(tasks) > 1:
+        warnings.append(f"the runs have different tasks: {', '.join(sorted(tasks))}")
+    regressions = []
+    for text in fail_on or []:
+        metric, tol = parse_tolerance(text)
+        if metric not in metrics:
+            raise ConfigError(f"--fail-on-regression {text!r}: no metric '{metric}'; valid metrics: {', '.join(names)}")
+        sign = -1 if metric in LOWER_IS_BETTER else 1
+        for r, delta in zip(loaded[1:], metrics[metric]["deltas"][1:], strict=True):
+            if delta is not None and sign * delta < -tol:
+                regressions.append({"run": r["path"], "metric": metric, "delta": delta, "tolerance": tol})
+    doc = {"runs": [r["path"] for r in loaded], "metrics": metrics, "config_diff": config_diff,
+           "data_sha256": fingerprints, "warnings": warnings, "regressions": regressions}
+    return CompareResult(doc)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _delta(d: float | None, noise: bool | None) -> str:
+    if d is None:
+        return ""
+    return f" ({d:+.4f}{', within noise' if noise else ''})"
+
+
+def rows(doc: dict[str, Any]) -> list[list[str]]:
+    """The metrics table: one row per metric, the first run's value, then each other run's value and delta."""
+    out = []
+    for name, m in doc["metrics"].items():
+        cells = [_fmt(m["values"][0])]
+        for v, d, n in zip(m["values"][1:], m["deltas"][1:], m["within_noise"][1:], strict=True):
+            cells.append(_fmt(v) + _delta(d, n))
+        out.append([name, *cells])
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """A pull-request comment: metrics with deltas, config differences, warnings and regressions."""
+    runs = [f"`{Path(r).name}`" for r in doc["runs"]]
+    lines = ["| metric | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(doc)]
+    if doc["config_diff"]:
+        lines += ["", "Config differences:", "", "| key | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+        lines += [f"| `{k}` | " + " | ".join(f"`{v}`" for v in vals) + " |" for k, vals in doc["config_diff"].items()]
+    for w in doc["warnings"]:
+        lines += ["", f"> warning: {w}"]
+    if doc["regressions"]:
+        lines += ["", "**Regressions:**", ""]
+        lines += [f"- `{Path(r['run']).name}`: {r['metric']} {r['delta']:+.4f} (tolerance {r['tolerance']})"
+                  for r in doc["regressions"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,52 @@
+"""Quality gates: `accuracy>=0.9`, `log_loss<=0.3`, checked against a metrics document."""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+_GATE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gate: str
+    metric: str
+    op: str
+    threshold: float
+    value: float | None
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_valid(text: str) -> bool:
+    return bool(_GATE.match(text))
+
+
+def parse(text: str, where: str = "--gate") -> tuple[str, str, float]:
+    m = _GATE.match(text)
+    if not m:
+        raise ConfigError(f"{where} {text!r}: expected METRIC OP NUMBER with OP one of >=, <=, >, <, "
+                          f"e.g. 'accuracy>=0.9'")
+    return m.group(1), m.group(2), float(m.group(3))
+
+
+def check(gates: list[str], metrics: dict[str, float | None], where: str = "--gate") -> list[Verdict]:
+    """Each gate's verdict; a gate on a metric this task does not have is a usage error listing the valid ones."""
+    verdicts = []
+    for text in gates:
+        metric, op, threshold = parse(text, where)
+        if metric not in metrics:
+            raise ConfigError(f"{where} {text!r}: no metric '{metric}' for this task; "
+                              f"valid metrics: {', '.join(metrics)}")
+        value = metrics[metric]
+        passed = value is not None and OPS[op](value, threshold)
+        verdicts.append(Verdict(text.strip(), metric, op, threshold, value, passed))
+    return verdicts

@@ -1,0 +1,136 @@
+"""`bigmodel report`: one self-contained HTML page per run (images embedded, no network needed)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import artifacts
+from .errors import DataError
+
+SECTIONS = ["data", "config", "training", "metrics", "plots", "gates", "manifest"]
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.85em}
+img{max-width:100%;border:1px solid #eee;margin:.3em 0}.fail{color:#b00;font-weight:bold}.pass{color:#070}
+nav a{margin-right:1em}
+"""
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    out: Path
+    sections: list[str]
+    images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "sections": self.sections, "images": self.images}
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else _e(v))
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{_e(path.stem)}" src="data:image/png;base64,{data}"><figcaption>{_e(path.stem)}' \
+           f"</figcaption></figure>"
+
+
+def render(run: Path) -> tuple[str, int]:
+    folder = artifacts.Folder(Path(run), "run")
+    manifest = folder.manifest()
+    if not (folder / artifacts.METRICS).exists():
+        raise DataError(f"{run}: no {artifacts.METRICS}; run `bigmodel evaluate {run}` first")
+    metrics = artifacts.read_json(folder / artifacts.METRICS)
+    report_files = [folder / artifacts.REPORT, Path(manifest.get("prep_dir", "")) / artifacts.REPORT]
+    data = next((artifacts.read_json(p) for p in report_files if p.is_file()), None)
+    config = (folder / artifacts.CONFIG).read_text(encoding="utf-8")
+    parts: dict[str, str] = {}
+
+    if data:
+        counts = [[k.replace("_", " "), data[k]] for k in ("rows_in", "duplicates_dropped", "missing_target_dropped",
+                                                           "rows_out")]
+        counts += [[f"{n} split", k] for n, k in data["splits"].items()]
+        cols = [[_e(c), _e(v["kind"]), v["missing"], v["unique"], _e("" if v["imputed_with"] is None
+                                                                      else v["imputed_with"])]
+                for c, v in data["columns"].items()]
+        parts["data"] = _table(["", "count"], counts) + _table(["column", "kind", "missing", "unique", "imputed with"],
+                                                               cols)
+        if data.get("class_balance"):
+            classes = list(next(iter(data["class_balance"].values())))
+            parts["data"] += _table(["split", *classes], [[s, *b.values()] for s, b in data["class_balance"].items()])
+        parts["data"] += "".join(f"<p>note: {_e(n)}</p>" for n in data.get("notes", []))
+    else:
+        parts["data"] = "<p>No data report in this run folder.</p>"
+    parts["config"] = f"<pre>{_e(config)}</pre>"
+
+    history = folder / artifacts.HISTORY
+    images = 0
+    training = []
+    if (folder / artifacts.CURVE).exists():
+        training.append(_img(folder / artifacts.CURVE))
+        images += 1
+    if history.exists():
+        h = pd.read_csv(history)
+        training.append(f"<p>{len(h)} epochs; best epoch {manifest.get('best_epoch')}.</p>")
+    parts["training"] = "".join(training) or "<p>No training history.</p>"
+
+    ci = (metrics.get("bootstrap") or {}).get("intervals") or {}
+    rows = [[_e(k), _num(v), "" if ci.get(k) is None else f"[{ci[k][0]:.4f}, {ci[k][1]:.4f}]"]
+            for k, v in metrics["metrics"].items()]
+    d = metrics["data"]
+    parts["metrics"] = (f"<p>{_e(metrics['task'])} on <code>{_e(metrics['target'])}</code>, "
+                        f"{_e(d.get('split') or d['source'])} ({d['rows']} rows)"
+                        + (f"; decision threshold {metrics['threshold']:.4f}" if metrics.get("threshold") else "")
+                        + "</p>" + _table(["metric", "value", "95% interval" if ci else ""], rows))
+    if "per_class" in metrics:
+        parts["metrics"] += _table(["class", "precision", "recall", "f1", "support"],
+                                   [[_e(c), *(_num(x) for x in v.values())] for c, v in metrics["per_class"].items()])
+        cm = metrics["confusion_matrix"]
+        parts["metrics"] += _table(["true \\ predicted", *cm["labels"]],
+                                   [[_e(label), *row] for label, row in zip(cm["labels"], cm["matrix"], strict=True)])
+
+    plots = [folder.path / p for p in metrics.get("plots", []) if (folder.path / p).exists()]
+    plots = [p for p in plots if p.name != "training_curves.png"]
+    images += len(plots)
+    parts["plots"] = "".join(_img(p) for p in plots) or "<p>No plots (run evaluate with --plots).</p>"
+
+    gates = metrics.get("gates") or []
+    parts["gates"] = _table(["gate", "threshold", "value", "verdict"], [
+        [_e(g["gate"]), _num(g["threshold"]), _num(g["value"]),
+         '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'] for g in gates
+    ]) if gates else "<p>No gates were set.</p>"
+    parts["manifest"] = f"<pre>{_e(json.dumps(manifest, indent=2, sort_keys=True))}</pre>"
+
+    title = f"bigmodel report: {Path(run).resolve().name}"
+    nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
+    body = "".join(f'<section id="{s}"><h2>{s.capitalize()}</h2>{parts[s]}</section>' for s in SECTIONS)
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n")
+    return page, images
+
+
+def run(run_dir: Path, out: Path | None = None) -> ReportResult:
+    page, images = render(run_dir)
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    artifacts.write_text(out, page)
+    return ReportResult(out, SECTIONS, images)
