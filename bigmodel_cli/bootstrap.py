@@ -2,8 +2,10 @@
 
 Each resample is a row of multiplicities W (B x n, from one seeded draw). Metrics that are sums or counts
 are then matrix products: confusion matrices (W @ one-hot(true, predicted)), mean log loss, absolute and
-squared errors. ROC-AUC has no such form; it is computed by scikit-learn with W as sample weights.
-Point estimates stay scikit-learn's (evaluate.py); a test checks that W = 1 reproduces them.
+squared errors. ROC-AUC is the weighted Mann-Whitney statistic over the scores sorted once, with ties
+counted half. Calling scikit-learn once per resample costs ~8x more (benchmarks/bench_bootstrap.py).
+Point estimates stay scikit-learn's (evaluate.py); tests check that these formulas reproduce scikit-learn's
+values, with unit and with random weights.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def classification(w: np.ndarray, y: np.ndarray, pred: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
     """Metric values per resample, named as in metrics.json."""
-    from sklearn.metrics import roc_auc_score
-
     n, k = len(y), probs.shape[1]
     cells = np.zeros((n, k * k))
     cells[np.arange(n), y * k + pred] = 1.0
@@ -43,16 +43,28 @@ def classification(w: np.ndarray, y: np.ndarray, pred: np.ndarray, probs: np.nda
     out = {"accuracy": tp.sum(axis=1) / w.sum(axis=1), "log_loss": (w @ row_loss) / w.sum(axis=1)}
     if k == 2:
         out.update(precision=precision[:, 1], recall=recall[:, 1], f1=f1[:, 1])
-        auc_name, auc_kw, score = "roc_auc", {}, probs[:, 1]
     else:
         out.update(macro_precision=precision.mean(axis=1), macro_recall=recall.mean(axis=1), macro_f1=f1.mean(axis=1))
-        auc_name, auc_kw, score = "roc_auc_ovr", {"multi_class": "ovr", "labels": list(range(k))}, probs
-    aucs = np.full(len(w), np.nan)
-    for b, weights in enumerate(w):
-        if np.all(np.bincount(y, weights=weights, minlength=k) > 0):
-            aucs[b] = roc_auc_score(y, score, sample_weight=weights, **auc_kw)
-    out[auc_name] = aucs
+    if k == 2:
+        out["roc_auc"] = weighted_auc(w, y == 1, probs[:, 1])
+    else:  # one-vs-rest, macro average (scikit-learn's multi_class="ovr")
+        out["roc_auc_ovr"] = np.mean([weighted_auc(w, y == c, probs[:, c]) for c in range(k)], axis=0)
     return out
+
+
+def weighted_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """ROC-AUC per resample: P(score of a positive > score of a negative) + P(tie) / 2, rows weighted by w.
+    NaN where a resample holds no positive or no negative."""
+    order = np.argsort(score, kind="stable")
+    sorted_score = score[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # groups of equal scores
+    pos = positive[order]
+    wp = np.add.reduceat(w[:, order] * pos, starts, axis=1)  # (B, groups)
+    wn = np.add.reduceat(w[:, order] * ~pos, starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each group
+    pairs = wp.sum(axis=1) * wn.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pairs > 0, (wp * (below + 0.5 * wn)).sum(axis=1) / np.where(pairs > 0, pairs, 1), np.nan)
 
 
 def regression(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:

@@ -112,6 +112,18 @@ def test_bootstrap_with_unit_weights_matches_scikit_learn():
         else:
             assert got["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
             assert got["macro_recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+        got = {m: v[0] for m, v in bootstrap.classification(np.ones((1, 500)), y, pred, probs).items()}
+        auc = "roc_auc" if k == 2 else "roc_auc_ovr"
+        want = skm.roc_auc_score(y, probs[:, 1] if k == 2 else probs, multi_class="ovr")
+        assert got[auc] == pytest.approx(want)
+    # random weights and tied scores: the weighted AUC equals scikit-learn's with sample_weight
+    y = rng.integers(0, 2, 400)
+    score = rng.integers(0, 20, 400) / 20.0
+    w = rng.integers(0, 4, (3, 400)).astype(float)
+    got = bootstrap.weighted_auc(w, y == 1, score)
+    for b in range(3):
+        assert got[b] == pytest.approx(skm.roc_auc_score(y, score, sample_weight=w[b]))
+    assert np.isnan(bootstrap.weighted_auc(np.ones((1, 3)), np.array([True] * 3), np.arange(3.0)))[0]
     y, pred = rng.normal(size=300), rng.normal(size=300)
     got = {m: v[0] for m, v in bootstrap.regression(np.ones((1, 300)), y, pred).items()}
     assert got["mae"] == pytest.approx(skm.mean_absolute_error(y, pred))
