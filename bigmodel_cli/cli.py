@@ -182,7 +182,8 @@ def preprocess(
 
 def _show_report(result: Any) -> None:
     r = result.report
-    rows = [[col, c["kind"], c["missing"], c["unique"], "" if c["imputed_with"] is None else c["imputed_with"]]
+    rows = [[col, c["kind"], c["missing"], "" if c["unique"] is None else c["unique"],
+             "" if c["imputed_with"] is None else c["imputed_with"]]
             for col, c in r["columns"].items()]
     out.print(table(f"{result.out}: {result.schema.task} on '{result.schema.target}'",
                     ["column", "kind", "missing", "unique", "imputed with"], rows))
@@ -235,6 +236,8 @@ def train(
     sets: SetOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete epoch).")] = False,
+    strategy: Annotated[str | None, typer.Option(
+        "--strategy", help="default | mirrored (all GPUs of this host); same as --set train.strategy=...")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the configured keras.Sequential and train it on PREP_DIR's train split.
@@ -245,7 +248,8 @@ def train(
     with guard(ctx):
         from . import train as stage
 
-        cfg = stage.resolve_config(prep_dir, config, sets or [])
+        cfg = stage.resolve_config(prep_dir, config, [*(sets or []), *([f"train.strategy={strategy}"] if strategy
+                                                                        else [])])
         progress = _EpochProgress()
         try:
             result = stage.run(prep_dir, out_dir, cfg, on_epoch=progress, resume=resume)

@@ -92,6 +92,10 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     class_weight: Literal["none", "balanced"] | dict[str, float] = "none"
     tensorboard: bool = True  # TensorBoard logs in RUN_DIR/logs/
+    steps_per_execution: int = Field(64, ge=1)  # batches per compiled call: 2.6x at batch 32 (bench_train.py)
+    jit_compile: bool | Literal["auto"] = "auto"
+    strategy: Literal["default", "mirrored"] = "default"
+    mixed_precision: Literal["off", "bf16", "fp16"] = "off"
 
 
 class EvaluateConfig(_Section):

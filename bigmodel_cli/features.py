@@ -95,13 +95,13 @@ def to_inputs(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, np.nda
     return out
 
 
-def dataset(x: Any, y: Any = None, batch_size: int = 1024) -> Any:
-    data = x if y is None else (x, y)
-    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def predict(model: Any, x: dict[str, np.ndarray], batch_size: int = 1024) -> np.ndarray:
-    return np.asarray(model.predict(dataset(x, batch_size=batch_size), verbose=0))
+def predict(model: Any, x: dict[str, np.ndarray], chunk: int = 65536) -> np.ndarray:
+    """Run a model over all rows in large chunks by calling it directly: with string inputs this is ~8x
+    faster than `model.predict` with its per-batch overhead (measured on 140k rows: 0.4 s vs 3-5 s)."""
+    n = len(next(iter(x.values())))
+    parts = [keras.ops.convert_to_numpy(model({k: tf.constant(v[i:i + chunk]) for k, v in x.items()}, training=False))
+             for i in range(0, n, chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), dtype="float32")
 
 
 def unseen_categories(df: pd.DataFrame, schema: Schema) -> dict[str, int]:

@@ -30,7 +30,8 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
     act = cfg.model.output_activation
     act = default_activation(schema.task) if act == "auto" else act
     registry.activation(act, "model.output_activation")
-    out = keras.layers.Dense(output_units(schema), activation=act, name="output")
+    # the output stays float32 under a mixed-precision policy, for stable losses and probabilities
+    out = keras.layers.Dense(output_units(schema), activation=act, name="output", dtype="float32")
     try:
         net = keras.Sequential([keras.Input(shape=(n_inputs,), name="features"), *layers, out], name="network")
     except (TypeError, ValueError) as e:
@@ -41,5 +42,7 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
         optimizer=registry.optimizer(opt.name, opt.learning_rate, "train.optimizer.name"),
         loss=registry.loss(loss_name, "train.loss"),
         metrics=["accuracy"] if schema.is_classification else ["mae"],
+        steps_per_execution=cfg.train.steps_per_execution,
+        jit_compile=cfg.train.jit_compile,
     )
     return net

@@ -70,7 +70,7 @@ def render(run: Path) -> tuple[str, int]:
         counts = [[k.replace("_", " "), data[k]] for k in ("rows_in", "duplicates_dropped", "missing_target_dropped",
                                                            "rows_out")]
         counts += [[f"{n} split", k] for n, k in data["splits"].items()]
-        cols = [[_e(c), _e(v["kind"]), v["missing"], v["unique"], _e("" if v["imputed_with"] is None
+        cols = [[_e(c), _e(v["kind"]), v["missing"], _num(v["unique"]), _e("" if v["imputed_with"] is None
                                                                       else v["imputed_with"])]
                 for c, v in data["columns"].items()]
         parts["data"] = _table(["", "count"], counts) + _table(["column", "kind", "missing", "unique", "imputed with"],

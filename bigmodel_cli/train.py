@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,22 +85,29 @@ def decision_threshold(cfg: Config, schema: Schema, net: Any, x_val: np.ndarray,
     return float(candidates[int(np.argmax(values))])
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int) -> Any:
-    """Batches for epochs [first_epoch, epochs): each epoch's order depends only on (seed, epoch), so a
-    resumed run sees the same batches as an uninterrupted one. One stream across epochs (fit with
-    steps_per_epoch keeps the iterator), gathered by index from in-memory tensors, prefetched."""
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tuple[Any, Any]:
+    """One epoch of batches whose order depends only on (seed, epoch): the epoch is a variable that the
+    returned callback sets when each epoch begins, read when Keras starts the epoch's iterator. So a resumed
+    run sees the same batches as an uninterrupted one. Rows are gathered by index from in-memory tensors
+    and prefetched."""
+    import keras
     import tensorflow as tf
 
     n = len(x)
     xs, ys = tf.constant(x), tf.constant(y)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
 
-    def epoch_order(epoch: Any) -> Any:
+    def epoch_order(_: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64),
-                                                                                       epoch]))
+                                                                                       epoch.read_value()]))
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
-    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_order)
-    return batches.map(lambda i: (tf.gather(xs, i), tf.gather(ys, i))).prefetch(tf.data.AUTOTUNE)
+    batches = tf.data.Dataset.from_tensors(0).flat_map(epoch_order)
+    steps = -(-n // batch_size)
+    ds = batches.map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+    set_epoch = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs=None: epoch.assign(e))
+    return ds, set_epoch
 
 
 def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, resume: bool = False) -> TrainResult:
@@ -117,6 +125,30 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, res
         return _train(prep_folder, prep_manifest, schema, folder, cfg, on_epoch, resume)
 
 
+@contextlib.contextmanager
+def _precision(cfg: Config) -> Iterator[None]:
+    """Keras' global dtype policy for train.mixed_precision (for accelerators; float32 by default), restored after."""
+    from .keras_env import import_keras
+
+    keras = import_keras()
+    policy = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[cfg.train.mixed_precision]
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def distribution(cfg: Config) -> Any:
+    """train.strategy: `default` (one device) or `mirrored` (tf.distribute.MirroredStrategy: every GPU of
+    this host, or the CPU). Multi-worker training is not offered: Keras 3's fit does not run under
+    MultiWorkerMirroredStrategy (keras-team/keras#20585)."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy() if cfg.train.strategy == "mirrored" else tf.distribute.get_strategy()
+
+
 def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema, folder: artifacts.Folder,
            cfg: Config, on_epoch: OnEpoch | None, resume: bool) -> TrainResult:
     from . import checkpoint, features, model
@@ -132,13 +164,14 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
     y = {n: schema.labels(df, n) for n, df in splits.items()}
 
     state, best_weights = checkpoint.State(config_sha256=config_sha, splits=prep_manifest["splits"]), None
-    if resume:
-        net, state, best_weights = checkpoint.load(ckpt_dir)
-        if state.config_sha256 != config_sha or state.splits != prep_manifest["splits"]:
-            raise DataError(f"{ckpt_dir}: the interrupted run used another config or prep folder; "
-                            f"resume with the same ones, or train without --resume")
-    else:
-        net = model.build(cfg, schema, x["train"].shape[1])
+    with _precision(cfg), distribution(cfg).scope():  # the network's layers take the policy as they are made
+        if resume:
+            net, state, best_weights = checkpoint.load(ckpt_dir)
+            if state.config_sha256 != config_sha or state.splits != prep_manifest["splits"]:
+                raise DataError(f"{ckpt_dir}: the interrupted run used another config or prep folder; "
+                                f"resume with the same ones, or train without --resume")
+        else:
+            net = model.build(cfg, schema, x["train"].shape[1])
 
     has_val = len(y["val"]) > 0
     es = cfg.train.early_stopping
@@ -156,11 +189,11 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, total, {k: float(v) for k, v in logs.items()})))
     if state.epoch < cfg.train.epochs and not state.stopped:
-        bs = cfg.train.batch_size
+        data, set_epoch = train_dataset(x["train"], y["train"], cfg.train.batch_size, cfg.seed)
         net.fit(
-            train_dataset(x["train"], y["train"], bs, cfg.seed, state.epoch, cfg.train.epochs),
-            steps_per_epoch=-(-len(x["train"]) // bs), initial_epoch=state.epoch, epochs=cfg.train.epochs,
-            validation_data=(x["val"], y["val"]) if has_val else None, verbose=0, callbacks=callbacks, shuffle=False,
+            data, initial_epoch=state.epoch, epochs=cfg.train.epochs,
+            validation_data=(x["val"], y["val"]) if has_val else None, verbose=0, callbacks=[set_epoch, *callbacks],
+            shuffle=False,
             class_weight=class_weights(cfg, schema, y["train"]),
         )
     elif stopper is not None and best_weights is not None:
