@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from . import (
+    artifacts,
+    privacy,  # noqa: F401  (registers DPSequential for loading)
+)
 from .errors import DataError
 from .keras_env import import_keras
 

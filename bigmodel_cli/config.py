@@ -84,6 +84,15 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class PrivacyConfig(_Section):
+    """Record-level DP-SGD (bigmodel_cli/privacy.py)."""
+
+    l2_norm_clip: float = Field(1.0, gt=0)
+    noise_multiplier: float = Field(1.1, ge=0)
+    microbatches: int | None = Field(None, ge=1)  # None: one example per microbatch
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
 class TrainConfig(_Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -96,6 +105,16 @@ class TrainConfig(_Section):
     jit_compile: bool | Literal["auto"] = "auto"
     strategy: Literal["default", "mirrored"] = "default"
     mixed_precision: Literal["off", "bf16", "fp16"] = "off"
+    privacy: PrivacyConfig | None = None  # DP-SGD when set, e.g. {l2_norm_clip: 1.0, noise_multiplier: 1.1}
+
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> TrainConfig:
+        p = self.privacy
+        if p is not None and p.microbatches and self.batch_size % p.microbatches:
+            raise ValueError(f"privacy.microbatches ({p.microbatches}) must divide batch_size ({self.batch_size})")
+        if p is not None and self.class_weight != "none":
+            raise ValueError("class_weight cannot be combined with privacy (DP-SGD weighs every example alike)")
+        return self
 
 
 class EvaluateConfig(_Section):

@@ -117,6 +117,8 @@ def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsaf
     }
     if s.task == "binary":
         doc["threshold"] = loaded.threshold
+    if loaded.manifest.get("privacy"):
+        doc["privacy"] = loaded.manifest["privacy"]
     resamples = cfg.bootstrap if bootstrap is None else bootstrap
     if resamples:
         doc["bootstrap"] = boot.run(y, preds.values, preds.probabilities, resamples, loaded.config.seed)

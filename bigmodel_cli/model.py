@@ -32,8 +32,16 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
     registry.activation(act, "model.output_activation")
     # the output stays float32 under a mixed-precision policy, for stable losses and probabilities
     out = keras.layers.Dense(output_units(schema), activation=act, name="output", dtype="float32")
+    stack = [keras.Input(shape=(n_inputs,), name="features"), *layers, out]
     try:
-        net = keras.Sequential([keras.Input(shape=(n_inputs,), name="features"), *layers, out], name="network")
+        if cfg.train.privacy is not None:
+            from .privacy import DPSequential
+
+            p = cfg.train.privacy
+            net = DPSequential(stack, name="network", l2_norm_clip=p.l2_norm_clip,
+                               noise_multiplier=p.noise_multiplier, microbatches=p.microbatches)
+        else:
+            net = keras.Sequential(stack, name="network")
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.layers: the layers do not fit together: {e}") from None
     loss_name = default_loss(schema.task) if cfg.train.loss == "auto" else cfg.train.loss

@@ -85,7 +85,8 @@ def decision_threshold(cfg: Config, schema: Schema, net: Any, x_val: np.ndarray,
     return float(candidates[int(np.argmax(values))])
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tuple[Any, Any]:
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                  drop_remainder: bool = False) -> tuple[Any, Any]:
     """One epoch of batches whose order depends only on (seed, epoch): the epoch is a variable that the
     returned callback sets when each epoch begins, read when Keras starts the epoch's iterator. So a resumed
     run sees the same batches as an uninterrupted one. Rows are gathered by index from in-memory tensors
@@ -100,10 +101,10 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> t
     def epoch_order(_: Any) -> Any:
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64),
                                                                                        epoch.read_value()]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
 
     batches = tf.data.Dataset.from_tensors(0).flat_map(epoch_order)
-    steps = -(-n // batch_size)
+    steps = n // batch_size if drop_remainder else -(-n // batch_size)
     ds = batches.map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)))
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
     set_epoch = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs=None: epoch.assign(e))
@@ -189,7 +190,9 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, total, {k: float(v) for k, v in logs.items()})))
     if state.epoch < cfg.train.epochs and not state.stopped:
-        data, set_epoch = train_dataset(x["train"], y["train"], cfg.train.batch_size, cfg.seed)
+        # DP-SGD's accounting assumes batches of one size: the last partial batch of an epoch is dropped
+        data, set_epoch = train_dataset(x["train"], y["train"], cfg.train.batch_size, cfg.seed,
+                                        drop_remainder=cfg.train.privacy is not None)
         net.fit(
             data, initial_epoch=state.epoch, epochs=cfg.train.epochs,
             validation_data=(x["val"], y["val"]) if has_val else None, verbose=0, callbacks=[set_epoch, *callbacks],
@@ -200,6 +203,13 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         net.set_weights(best_weights)  # the interrupted run had finished training: only its ending is left
 
     threshold = decision_threshold(cfg, schema, net, x["val"], y["val"])
+    privacy = None
+    if (p := cfg.train.privacy) is not None:
+        from .privacy import epsilon
+
+        privacy = {"epsilon": epsilon(len(y["train"]), cfg.train.batch_size, len(state.history), p.noise_multiplier,
+                                      p.delta), "delta": p.delta, "noise_multiplier": p.noise_multiplier,
+                   "l2_norm_clip": p.l2_norm_clip, "accountant": "rdp (dp-accounting)"}
     history = pd.DataFrame(state.history)
     if monitor not in history:
         raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not logged; "
@@ -223,6 +233,7 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         "versions": artifacts.versions(), "started": started, "finished": artifacts.now(),
         "seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": best,
         "resumed": resume, "task": schema.task, "target": schema.target, "threshold": threshold,
+        "privacy": privacy,
     })
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainResult(folder.path, len(history), best, final, seconds)

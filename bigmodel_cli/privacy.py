@@ -1,0 +1,93 @@
+"""Record-level differential privacy for `train`: DP-SGD as a Keras 3 `train_step` (TensorFlow backend),
+and its privacy accounting with Google's `dp-accounting` library.
+
+DP-SGD: the batch is split into microbatches (one example each by default); the gradient of each
+microbatch's mean loss is clipped to `l2_norm_clip` in global L2 norm, the clipped gradients are summed,
+Gaussian noise with standard deviation `noise_multiplier * l2_norm_clip` is added, and the sum is divided
+by the number of microbatches. ε is computed at the configured δ by the RDP accountant for the subsampled
+Gaussian mechanism, with sampling rate batch/rows and one step per batch (the usual approximation of
+shuffled fixed-size batches by Poisson sampling, as in TensorFlow Privacy's tutorials).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ConfigError
+from .keras_env import import_keras
+
+keras = import_keras()
+import tensorflow as tf  # noqa: E402  (after import_keras has quietened TensorFlow's logs)
+
+
+def epsilon(rows: int, batch_size: int, epochs: int, noise_multiplier: float, delta: float) -> float | None:
+    """ε of DP-SGD after `epochs` passes over `rows` examples in batches of `batch_size` (RDP accountant);
+    None without noise (clipping alone gives no guarantee)."""
+    try:
+        import dp_accounting as dpa
+        from dp_accounting import rdp
+    except ImportError:
+        raise ConfigError("train.privacy needs the dp-accounting package: pip install 'bigmodel[privacy]'") from None
+    if noise_multiplier == 0:
+        return None
+    q = min(1.0, batch_size / rows)
+    steps = epochs * (rows // batch_size)
+    event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(noise_multiplier)), steps)
+    accountant = rdp.RdpAccountant()
+    accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+@keras.saving.register_keras_serializable(package="bigmodel")
+class DPSequential(keras.Sequential):
+    """A Sequential trained with DP-SGD; it predicts, saves and loads (safe_mode) like any Sequential."""
+
+    def __init__(self, *args: Any, l2_norm_clip: float = 1.0, noise_multiplier: float = 1.0,
+                 microbatches: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.l2_norm_clip = float(l2_norm_clip)
+        self.noise_multiplier = float(noise_multiplier)
+        self.microbatches = microbatches
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "l2_norm_clip": self.l2_norm_clip,
+                "noise_multiplier": self.noise_multiplier, "microbatches": self.microbatches}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> DPSequential:
+        config = dict(config)
+        dp = {k: config.pop(k) for k in ("l2_norm_clip", "noise_multiplier", "microbatches") if k in config}
+        model = super().from_config(config, custom_objects=custom_objects)  # Sequential's, which drops extra keys
+        for key, value in dp.items():
+            setattr(model, key, value)
+        return model
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            target = y
+            if y.shape.rank == 1 and y_pred.shape[-1] == 1:  # binary / regression: (n,) labels, (n, 1) outputs
+                target = tf.cast(tf.expand_dims(y, -1), y_pred.dtype)
+            per_example = tf.reshape(self.loss(target, y_pred), [-1])
+            groups = self.microbatches or tf.shape(per_example)[0]
+            micro = tf.reduce_mean(tf.reshape(per_example, [groups, -1]), axis=1)
+        jacobians = tape.jacobian(micro, variables)  # one gradient per microbatch: (groups, *variable.shape)
+        squares = [tf.reduce_sum(tf.reshape(tf.square(j), [groups, -1]), axis=1) for j in jacobians]
+        norms = tf.sqrt(tf.add_n(squares))
+        scale = tf.minimum(1.0, self.l2_norm_clip / tf.maximum(norms, 1e-12))
+        n = tf.cast(groups, tf.float32)
+        grads = []
+        for j, v in zip(jacobians, variables, strict=True):
+            clipped = tf.tensordot(scale, tf.reshape(j, [groups, -1]), axes=1)
+            noise = tf.random.normal(tf.shape(clipped), stddev=self.noise_multiplier * self.l2_norm_clip)
+            grads.append(tf.reshape((clipped + noise) / n, tf.shape(v)))
+        self.optimizer.apply(grads, variables)
+        loss = tf.reduce_mean(per_example)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in self.metrics}
