@@ -126,6 +126,11 @@ def _on_sigterm() -> Any:
         return None
 
 
+def _one_of(value: str | None, allowed: tuple[str, ...], flag: str) -> None:
+    if value is not None and value not in allowed:
+        raise BigModelError(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got '{value}'")
+
+
 def _config(config: Path | None, sets: list[str] | None, **fixed: Any) -> Any:
     from .config import load_config
 
@@ -285,10 +290,8 @@ def evaluate(
     """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json. Exit 1 if a gate fails."""
     with guard(ctx):
         from . import evaluate as stage
-        from .errors import BigModelError as UsageError
 
-        if split is not None and split not in ("train", "val", "test"):
-            raise UsageError(f"--split must be train, val or test, got '{split}'")
+        _one_of(split, ("train", "val", "test"), "--split")
         result = stage.run(run_dir, data, split, unsafe, gates=gate, bootstrap=bootstrap, plots=plots)
         _render(result, as_json, lambda: _show_metrics(result.doc))
         if result.failed_gates:
@@ -339,10 +342,8 @@ def export(
     """Export RUN_DIR's model with its preprocessing inside; checks parity with `bigmodel predict`."""
     with guard(ctx):
         from . import export as stage
-        from .errors import BigModelError as UsageError
 
-        if fmt is not None and fmt not in ("savedmodel", "keras"):
-            raise UsageError(f"--format must be savedmodel or keras, got '{fmt}'")
+        _one_of(fmt, ("savedmodel", "keras"), "--format")
         result = stage.run(run_dir, out_dir, fmt, unsafe)
 
         def human() -> None:
@@ -395,10 +396,8 @@ def compare(
     """Metrics side by side with deltas against the first run, config differences and data fingerprints."""
     with guard(ctx):
         from . import compare as stage
-        from .errors import BigModelError as UsageError
 
-        if fmt not in ("table", "markdown", "json"):
-            raise UsageError(f"--format must be table, markdown or json, got '{fmt}'")
+        _one_of(fmt, ("table", "markdown", "json"), "--format")
         result = stage.run(runs, fail_on)
         doc = result.doc
         if as_json or fmt == "json":
