@@ -49,6 +49,7 @@ class DataConfig(_Section):
 
 class PreprocessConfig(_Section):
     scaling: Literal["minmax", "standard"] = "minmax"
+    categorical_encoding: Literal["one_hot", "embedding"] = "one_hot"
     max_categories: int = Field(50, ge=1)
     text_max_tokens: int = Field(1000, ge=2)
     text_output: Literal["tf_idf", "multi_hot", "count"] = "tf_idf"

@@ -49,8 +49,10 @@ def _encoder(f: Feature, schema: Schema) -> list[Any]:
         idf = {"idf_weights": f.idf_weights} if schema.text_output == "tf_idf" else {}
         return [L.TextVectorization(max_tokens=schema.text_max_tokens, output_mode=schema.text_output,
                                     vocabulary=f.vocabulary or ["[empty]"], name=f"{f.key}_text", **idf)]
+    # one-hot, or (categorical_encoding: embedding) the index, 0 for out-of-vocabulary, embedded by the network
+    mode = "int" if schema.categorical_encoding == "embedding" else "one_hot"
     return [Impute(f.fill, name=f"{f.key}_impute"),
-            L.StringLookup(vocabulary=f.vocabulary or [""], num_oov_indices=1, output_mode="one_hot",
+            L.StringLookup(vocabulary=f.vocabulary or [""], num_oov_indices=1, output_mode=mode,
                            name=f"{f.key}_lookup")]
 
 
@@ -59,7 +61,7 @@ def inputs(schema: Schema) -> dict[str, Any]:
             for f in schema.features}
 
 
-def encode(schema: Schema, raw: dict[str, Any]) -> Any:
+def _parts(schema: Schema, raw: dict[str, Any]) -> list[Any]:
     parts = []
     for f in schema.features:
         x = raw[f.key]
@@ -68,7 +70,57 @@ def encode(schema: Schema, raw: dict[str, Any]) -> Any:
         for layer in _encoder(f, schema):
             x = layer(x)
         parts.append(keras.ops.cast(x, "float32"))
+    return parts
+
+
+def encode(schema: Schema, raw: dict[str, Any]) -> Any:
+    parts = _parts(schema, raw)
     return keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+
+
+def embedded_columns(schema: Schema) -> list[tuple[int, int]]:
+    """(position in the encoded vector, vocabulary size incl. the OOV index) of each categorical index column,
+    when preprocess.categorical_encoding is `embedding`."""
+    if schema.categorical_encoding != "embedding":
+        return []
+    out, position = [], 0
+    for f, part in zip(schema.features, _parts(schema, inputs(schema)), strict=True):
+        if f.kind in ("categorical", "boolean"):
+            out.append((position, len(f.vocabulary) + 1))
+        position += int(part.shape[-1])
+    return out
+
+
+@keras.saving.register_keras_serializable(package="bigmodel")
+class Embeddings(keras.layers.Layer):
+    """The network's first layer when categoricals are embedded: the index columns of the encoded vector
+    go through one trainable `Embedding` each; the other columns pass through; all are concatenated."""
+
+    def __init__(self, columns: list[tuple[int, int]], width: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.columns = [(int(p), int(v)) for p, v in columns]
+        self.width = int(width)
+        index = {p for p, _ in self.columns}
+        self.rest = [i for i in range(self.width) if i not in index]
+        self.embeddings = [keras.layers.Embedding(v, min(16, (v + 1) // 2), name=f"embedding_{p}")
+                           for p, v in self.columns]
+
+    def build(self, input_shape: Any) -> None:
+        for emb in self.embeddings:  # so that loading finds the variables to fill
+            emb.build((None,))
+
+    def call(self, x: Any) -> Any:
+        ops = keras.ops
+        parts = [ops.take(x, self.rest, axis=1)] if self.rest else []
+        for (p, _), emb in zip(self.columns, self.embeddings, strict=True):
+            parts.append(emb(ops.cast(x[:, p], "int32")))
+        return ops.concatenate(parts, axis=1)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (input_shape[0], len(self.rest) + sum(e.output_dim for e in self.embeddings))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "columns": self.columns, "width": self.width}
 
 
 def preprocessing_model(schema: Schema) -> Any:

@@ -32,7 +32,11 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
     registry.activation(act, "model.output_activation")
     # the output stays float32 under a mixed-precision policy, for stable losses and probabilities
     out = keras.layers.Dense(output_units(schema), activation=act, name="output", dtype="float32")
-    stack = [keras.Input(shape=(n_inputs,), name="features"), *layers, out]
+    from .features import Embeddings, embedded_columns
+
+    embedded = embedded_columns(schema)
+    first = [Embeddings(embedded, n_inputs, name="embeddings")] if embedded else []
+    stack = [keras.Input(shape=(n_inputs,), name="features"), *first, *layers, out]
     try:
         if cfg.train.privacy is not None:
             from .privacy import DPSequential

@@ -220,7 +220,7 @@ def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
         id_columns=[c for c, k in inf.kinds.items() if k == "id"],
         dropped={c: k for c, k in inf.kinds.items() if k in ("id", "ignore")},
         scaling=cfg.preprocess.scaling, text_output=cfg.preprocess.text_output,
-        text_max_tokens=cfg.preprocess.text_max_tokens,
+        text_max_tokens=cfg.preprocess.text_max_tokens, categorical_encoding=cfg.preprocess.categorical_encoding,
     )
     report = _report(df, rows_in, duplicates, missing_target, schema, inf, splits)
 

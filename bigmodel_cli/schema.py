@@ -51,6 +51,7 @@ class Schema:
     scaling: str = "minmax"
     text_output: str = "tf_idf"
     text_max_tokens: int = 1000
+    categorical_encoding: str = "one_hot"  # one_hot | embedding
 
     @property
     def is_classification(self) -> bool:

@@ -254,3 +254,19 @@ def test_later_stage_refuses_incomplete_folder(penguins_prep, tmp_path):
     assert "incomplete" in r.stderr
     r = bm("evaluate", penguins_prep, code=2)
     assert "prep folder, not a run folder" in r.stderr
+
+
+def test_categorical_embeddings(tmp_path):
+    bm("preprocess", PENGUINS, "--target", "species", "--out", tmp_path / "prep",
+       "--set", "preprocess.categorical_encoding=embedding")
+    bm("train", tmp_path / "prep", "--out", tmp_path / "run", "--set", "train.epochs=30")
+    import keras
+
+    net = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    assert isinstance(net, keras.Sequential) and type(net.layers[0]).__name__ == "Embeddings"
+    # island and sex: one index column each, embedded by the network (vocabulary + the OOV index)
+    assert [e.input_dim for e in net.layers[0].embeddings] == [4, 3]
+    doc = json.loads(bm("evaluate", tmp_path / "run", "--json", "--no-plots").stdout)
+    assert doc["metrics"]["accuracy"] >= 0.9
+    doc = json.loads(bm("export", tmp_path / "run", "--out", tmp_path / "export", "--json").stdout)
+    assert max(doc["max_abs_diff"].values()) <= 1e-5
