@@ -382,6 +382,37 @@ def predict(
 
 
 @app.command()
+def federated(
+    ctx: typer.Context,
+    prep_dir: Annotated[
+        Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.", show_default=False)
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the configured Sequential by FedAvg over simulated clients (Flower); writes a run folder.
+
+    The `federated` config section sets clients, rounds, local_epochs, fraction_fit, min_clients and the
+    partition (iid | dirichlet with alpha | by_column with column). Needs the `federated` extra.
+    """
+    with guard(ctx):
+        from . import federated as stage
+        from . import train
+
+        cfg = train.resolve_config(prep_dir, config, sets or [])
+        result = stage.run(prep_dir, out_dir, cfg)
+
+        def human() -> None:
+            rows = [["rounds", result.epochs_run], *[[k, v] for k, v in result.final.items()],
+                    ["seconds", round(result.seconds, 1)]]
+            out.print(table(f"federated {result.out}", ["", "value"], rows))
+
+        _render(result, as_json, human)
+
+
+@app.command()
 def compare(
     ctx: typer.Context,
     runs: Annotated[list[Path], typer.Argument(help="Two or more evaluated run folders; the first is the baseline.",

@@ -149,6 +149,25 @@ class ExportConfig(_Section):
     parity_tolerance: float = Field(1e-5, gt=0)
 
 
+class FederatedConfig(_Section):
+    """`bigmodel federated`: FedAvg over simulated clients (Flower's simulation engine)."""
+
+    clients: int = Field(4, ge=2)
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    min_clients: int = Field(2, ge=1)
+    partition: Literal["iid", "dirichlet", "by_column"] = "iid"
+    alpha: float = Field(0.5, gt=0)  # Dirichlet label skew: small = skewed
+    column: str | None = None  # by_column: one client per value of this column
+
+    @model_validator(mode="after")
+    def _column_given(self) -> FederatedConfig:
+        if self.partition == "by_column" and not self.column:
+            raise ValueError("partition: by_column needs column (e.g. island)")
+        return self
+
+
 class Config(_Section):
     seed: int = Field(42, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -157,6 +176,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -32,10 +32,11 @@ def _figure(path: Path, ncols: int = 1, width: float = 5.0) -> Iterator[Any]:
 
 def training_curves(history: pd.DataFrame, path: Path) -> None:
     """Loss and the metrics per epoch, train vs validation."""
-    metrics = [m for m in history.columns if m != "epoch" and not m.startswith("val_")]
+    metrics = list(dict.fromkeys(m.removeprefix("val_") for m in history.columns if m != "epoch"))
     with _figure(path, len(metrics)) as axes:
         for ax, m in zip(axes, metrics, strict=True):
-            ax.plot(history["epoch"], history[m], label="train")
+            if m in history:
+                ax.plot(history["epoch"], history[m], label="train")
             if f"val_{m}" in history:
                 ax.plot(history["epoch"], history[f"val_{m}"], label="validation")
             ax.set_xlabel("epoch")

@@ -66,6 +66,27 @@ def class_weights(cfg: Config, schema: Schema, y: np.ndarray) -> dict[int, float
     return {i: float(cw.get(c, 1.0)) for i, c in enumerate(schema.classes)}
 
 
+def write_run(folder: artifacts.Folder, prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
+              cfg: Config, net: Any, history: pd.DataFrame, best: int, extra: dict[str, Any]) -> dict[str, float]:
+    """Write a complete run folder (model.keras last but the manifest); return the best row's metrics.
+    Shared by `train` and `federated`, so that evaluate / export / predict / compare read either."""
+    with artifacts.atomic_path(folder / artifacts.HISTORY) as tmp:
+        history.to_csv(tmp, index=False)
+    plots.training_curves(history, folder / artifacts.CURVE)
+    schema.save(folder.path)
+    artifacts.write_json(folder / artifacts.REPORT, artifacts.read_json(prep_folder / artifacts.REPORT))
+    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
+    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
+        net.save(tmp)
+    folder.finish({
+        "prep_dir": str(prep_folder.path.resolve()), "data": prep_manifest["data"], "splits": prep_manifest["splits"],
+        "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
+        "versions": artifacts.versions(), "finished": artifacts.now(), "task": schema.task, "target": schema.target,
+        **extra,
+    })
+    return {k: float(v) for k, v in history.iloc[best - 1].items() if k not in ("epoch", "round")}
+
+
 def decision_threshold(cfg: Config, schema: Schema, net: Any, x_val: np.ndarray, y_val: np.ndarray) -> float | None:
     """Binary tasks: the probability above which the positive class is predicted. `auto` picks, among the
     validation scores, the threshold that maximises evaluate.threshold_metric on the validation split."""
@@ -218,22 +239,8 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
     best = int(history["epoch"][history[monitor].idxmin() if "loss" in monitor else history[monitor].idxmax()])
     seconds = time.perf_counter() - t0
 
-    with artifacts.atomic_path(folder / artifacts.HISTORY) as tmp:
-        history.to_csv(tmp, index=False)
-    plots.training_curves(history, folder / artifacts.CURVE)
-    schema.save(folder.path)
-    artifacts.write_json(folder / artifacts.REPORT, artifacts.read_json(prep_folder / artifacts.REPORT))
-    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
-    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
-        net.save(tmp)
-    final = {k: float(v) for k, v in history.iloc[best - 1].items() if k != "epoch"}
-    folder.finish({
-        "prep_dir": str(prep_folder.path.resolve()), "data": prep_manifest["data"], "splits": prep_manifest["splits"],
-        "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
-        "versions": artifacts.versions(), "started": started, "finished": artifacts.now(),
-        "seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": best,
-        "resumed": resume, "task": schema.task, "target": schema.target, "threshold": threshold,
-        "privacy": privacy,
-    })
+    final = write_run(folder, prep_folder, prep_manifest, schema, cfg, net, history, best, {
+        "started": started, "seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": best,
+        "resumed": resume, "threshold": threshold, "privacy": privacy})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainResult(folder.path, len(history), best, final, seconds)
