@@ -47,6 +47,9 @@ SetOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")]
 UnsafeOpt = Annotated[bool, typer.Option(
     "--unsafe-load", help="Load a model that contains code (e.g. a Lambda layer). Only for files you trust.")]
+PrepDirArg = Annotated[Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.",
+                                            show_default=False)]
+RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `bigmodel train`.", show_default=False)]
 
 
@@ -233,10 +236,8 @@ class _EpochProgress:
 @app.command()
 def train(
     ctx: typer.Context,
-    prep_dir: Annotated[
-        Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.", show_default=False)
-    ],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)],
+    prep_dir: PrepDirArg,
+    out_dir: RunOutOpt,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: Annotated[bool, typer.Option(
@@ -384,10 +385,8 @@ def predict(
 @app.command()
 def federated(
     ctx: typer.Context,
-    prep_dir: Annotated[
-        Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.", show_default=False)
-    ],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)],
+    prep_dir: PrepDirArg,
+    out_dir: RunOutOpt,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     as_json: JsonOpt = False,
