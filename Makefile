@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 BM     := $(BIN)/bigmodel
 OUT    ?= build
 
-.PHONY: demo test lint install dev bench clean help report-check
+.PHONY: demo test lint install dev bench federated-table clean help report-check
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -15,6 +15,8 @@ help:
 	@echo "make demo   - create $(VENV), install, run preprocess/train/evaluate/export/predict on sample_data/"
 	@echo "make test   - install the dev extras and run the whole test suite"
 	@echo "make lint   - ruff"
+	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
+	@echo "make federated-table - centralized vs federated variants on penguins (the README table)"
 	@echo "make clean  - remove $(OUT)/"
 
 $(BIN)/python:
@@ -56,6 +58,10 @@ demo: $(foreach d,$(DEMO_SETS),$(OUT)/$(d)/run/metrics.json $(OUT)/$(d)/export/m
 # benchmarks/results/<name>.json. About 10 minutes on 2 cores (the first run also generates the data).
 bench: $(VENV)/.installed-dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit $$?; done
+
+# The README's federated table: centralized vs FedAvg / SecAgg+ / client DP on penguins (~4 minutes).
+federated-table: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/federated_table.py
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

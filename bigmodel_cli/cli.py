@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from . import __version__
 from .console import emit_json, err, out, table
@@ -382,8 +383,44 @@ def predict(
         _render(result, as_json, human)
 
 
-@app.command()
-def federated(
+class _RunByDefault(TyperGroup):
+    """`bigmodel federated PREP_DIR ...` means `bigmodel federated run PREP_DIR ...`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+federated_app = typer.Typer(
+    cls=_RunByDefault, no_args_is_help=True,
+    help="Federated training on Flower: FedAvg, SecAgg+, client-level DP; simulated or deployed.")
+app.add_typer(federated_app, name="federated")
+
+
+def _fed_result(result: Any, as_json: bool) -> None:
+    def human() -> None:
+        rows = [["rounds", result.epochs_run], *[[k, v] for k, v in result.final.items()],
+                ["seconds", round(result.seconds, 1)]]
+        out.print(table(f"federated {result.out}", ["", "value"], rows))
+
+    _render(result, as_json, human)
+
+
+@contextlib.contextmanager
+def _budget(as_json: bool) -> Iterator[None]:
+    """A privacy budget that stops training early still wrote a run: print it, then exit 1."""
+    from .federated import BudgetExhausted
+
+    try:
+        yield
+    except BudgetExhausted as e:
+        _fed_result(e.result, as_json)
+        raise
+
+
+@federated_app.command("run")
+def federated_run(
     ctx: typer.Context,
     prep_dir: PrepDirArg,
     out_dir: RunOutOpt,
@@ -391,24 +428,73 @@ def federated(
     sets: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train the configured Sequential by FedAvg over simulated clients (Flower); writes a run folder.
+    """Simulate clients on one machine (Flower's simulation engine); writes a run folder.
 
-    The `federated` config section sets clients, rounds, local_epochs, fraction_fit, min_clients and the
-    partition (iid | dirichlet with alpha | by_column with column). Needs the `federated` extra.
+    The `federated` config section sets clients, rounds, local_epochs, fraction_fit, min_clients, the partition
+    (iid | dirichlet with alpha | by_column with column), secure_aggregation and privacy (client-level DP with
+    max_epsilon: exit 1 when the budget stops training early). `bigmodel federated PREP_DIR` is this command.
     """
     with guard(ctx):
         from . import federated as stage
         from . import train
 
         cfg = train.resolve_config(prep_dir, config, sets or [])
-        result = stage.run(prep_dir, out_dir, cfg)
+        if cfg.federated.engine == "deployment":
+            raise BigModelError("federated.engine is deployment: start `bigmodel federated serve` and a "
+                                "`bigmodel federated join` per client instead")
+        with _budget(as_json):
+            _fed_result(stage.simulate(prep_dir, out_dir, cfg), as_json)
 
-        def human() -> None:
-            rows = [["rounds", result.epochs_run], *[[k, v] for k, v in result.final.items()],
-                    ["seconds", round(result.seconds, 1)]]
-            out.print(table(f"federated {result.out}", ["", "value"], rows))
 
-        _render(result, as_json, human)
+AddressOpt = Annotated[str | None, typer.Option(
+    "--address", help="HOST:PORT to listen on (serve) or connect to (join); default: federated.address.")]
+
+
+@federated_app.command()
+def serve(
+    ctx: typer.Context,
+    prep_dir: PrepDirArg,
+    out_dir: RunOutOpt,
+    address: AddressOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The server of a deployment: waits for clients, runs the rounds, writes the run folder.
+
+    It waits for `federated.clients` clients to join, evaluates the global model on PREP_DIR's validation split
+    after every round, and sends the config (model, local_epochs, batch size) to the clients.
+    """
+    with guard(ctx):
+        from . import federated as stage
+        from . import train
+
+        cfg = train.resolve_config(prep_dir, config, [*(sets or []), "federated.engine=deployment"])
+        with _budget(as_json):
+            _fed_result(stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address), as_json)
+
+
+@federated_app.command()
+def join(
+    ctx: typer.Context,
+    prep_dir: PrepDirArg,
+    data: Annotated[Path, typer.Option("--data", "-d", help="This client's own rows (CSV or Parquet), with the "
+                                       "target column.", show_default=False)],
+    server: Annotated[str, typer.Option("--server", help="The server's HOST:PORT.", show_default=False)],
+    seed: Annotated[int, typer.Option("--seed", help="This client's seed.")] = 0,
+    wait: Annotated[float, typer.Option("--wait", help="Give up after retrying to reach the server this many "
+                                        "seconds.")] = 600.0,
+) -> None:
+    """A client of a deployment: trains on its own rows, sends only model weights.
+
+    DATA is encoded with PREP_DIR's fitted preprocessing (the prep folder the server uses); the client trains in
+    each round the server asks for and returns when the server is done.
+    """
+    with guard(ctx):
+        from . import federated as stage
+
+        rows = stage.join(prep_dir, data, server, seed, wait)
+        err.print(f"federation finished; trained on {rows} local rows", highlight=False)
 
 
 @app.command()

@@ -149,8 +149,21 @@ class ExportConfig(_Section):
     parity_tolerance: float = Field(1e-5, gt=0)
 
 
+class FederatedPrivacyConfig(_Section):
+    """Client-level DP for `federated` (Flower's DP strategy wrappers): each client's update is clipped to
+    `clipping_norm` in L2 norm and Gaussian noise of std noise_multiplier * clipping_norm / clients is added to
+    the average; ε at `delta` after each round by dp-accounting's RDP accountant."""
+
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    clipping_norm: float = Field(1.0, gt=0)  # adaptive: the initial norm
+    target_quantile: float = Field(0.5, gt=0, lt=1)  # adaptive: the share of updates left unclipped
+    noise_multiplier: float = Field(1.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_epsilon: float | None = Field(None, gt=0)  # stop (exit 1) before a round would exceed it
+
+
 class FederatedConfig(_Section):
-    """`bigmodel federated`: FedAvg over simulated clients (Flower's simulation engine)."""
+    """`bigmodel federated`: FedAvg of the model over clients on Flower (simulation or deployment)."""
 
     clients: int = Field(4, ge=2)
     rounds: int = Field(5, ge=1)
@@ -160,6 +173,10 @@ class FederatedConfig(_Section):
     partition: Literal["iid", "dirichlet", "by_column"] = "iid"
     alpha: float = Field(0.5, gt=0)  # Dirichlet label skew: small = skewed
     column: str | None = None  # by_column: one client per value of this column
+    secure_aggregation: bool = False  # Flower's SecAgg+: the server only sees masked updates
+    privacy: FederatedPrivacyConfig | None = None  # client-level DP when set
+    engine: Literal["simulation", "deployment"] = "simulation"  # deployment: `federated serve` + `federated join`
+    address: str = "127.0.0.1:8080"  # deployment: where the server listens and clients connect
 
     @model_validator(mode="after")
     def _column_given(self) -> FederatedConfig:
@@ -262,7 +279,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if last:
             node[part] = parse_yaml(value, f"--set {key}")
         else:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # an absent or switched-off (null) section, e.g. train.privacy
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict | list):
                 raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
 

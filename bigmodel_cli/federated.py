@@ -1,16 +1,28 @@
-"""`bigmodel federated`: FedAvg of the configured Sequential over simulated clients, on Flower.
+"""`bigmodel federated`: FedAvg of the configured Sequential over clients, on Flower.
 
-Each client holds one partition of the prep folder's train split (iid, Dirichlet label skew, or one client
-per value of a column), trains the model for `local_epochs` on it, and returns its weights with its example
-count; Flower's FedAvg strategy averages them weighted by count. The global model is evaluated on the
-validation split after every round. The run folder is the same as `train` writes, so evaluate, export,
-predict and compare accept it. Flower (`flwr[simulation]`) is the optional `federated` extra.
+Each client trains the model for `local_epochs` on its own rows and returns its weights with its example
+count; Flower's FedAvg strategy averages them weighted by count (θ = Σ n_k θ_k / Σ n_k). The global model
+is evaluated on the validation split after every round; the run folder is the same as `train` writes, so
+evaluate, export, predict and compare accept it.
+
+Two engines, one server (`Federation`) and one client (`KerasClient`):
+- simulation (`bigmodel federated PREP_DIR`): Flower's simulation engine (Ray) runs K clients, each on a
+  partition of the train split (iid, Dirichlet label skew, or one client per value of a column);
+- deployment (`bigmodel federated serve` / `bigmodel federated join`): a server and clients in separate
+  processes or hosts over Flower's gRPC transport; each client brings its own CSV.
+
+Options, all Flower's own: `secure_aggregation` runs the SecAgg+ workflow (clients mask their updates, the
+server only ever sees the masked sum); `privacy` wraps the strategy in Flower's client-level DP wrappers
+(each update clipped to an L2 norm, fixed or adaptive, and Gaussian noise added to the average), with ε after
+each round from dp-accounting's RDP accountant. Flower (`flwr[simulation]`) is the optional `federated` extra.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,127 +30,345 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts
-from .config import Config
-from .errors import ConfigError, DataError
+from .config import Config, FederatedPrivacyConfig
+from .errors import ConfigError, DataError, GateFailed
 from .schema import Schema
 from .train import TrainResult, load_split, write_run
 
 
-def partitions(n_clients: int, y: np.ndarray | None, groups: pd.Series | None, cfg: Config) -> list[np.ndarray]:
-    """Row positions of each client's partition of the train split."""
+def _flwr() -> Any:
+    try:
+        import flwr
+    except ImportError:
+        raise ConfigError("bigmodel federated needs Flower: pip install 'bigmodel[federated]'") from None
+    return flwr
+
+
+def partitions(n_rows: int, n_clients: int, y: np.ndarray | None, groups: pd.Series | None,
+               cfg: Config) -> list[np.ndarray]:
+    """Row positions of each client's partition of the train split (y: class codes, None for regression)."""
     f = cfg.federated
     rng = np.random.default_rng(cfg.seed)
     if f.partition == "by_column":
         codes = pd.factorize(groups, sort=True)[0]
         return [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
-    if f.partition == "iid" or y is None:
-        return [np.sort(p) for p in np.array_split(rng.permutation(len(y) if y is not None else len(groups)),
-                                                  n_clients)]
-    parts: list[list[int]] = [[] for _ in range(n_clients)]  # Dirichlet label skew (Hsu et al. 2019)
-    for c in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == c))
-        shares = rng.dirichlet(np.full(n_clients, f.alpha))
-        for k, chunk in enumerate(np.split(rows, (np.cumsum(shares)[:-1] * len(rows)).astype(int))):
-            parts[k].extend(chunk.tolist())
+    if f.partition == "iid" or y is None:  # Dirichlet label skew needs labels: regression falls back to iid
+        return [np.sort(p) for p in np.array_split(rng.permutation(n_rows), n_clients)]
+    for _ in range(100):  # Dirichlet label skew (Hsu et al. 2019), redrawn until no client is empty
+        parts: list[list[int]] = [[] for _ in range(n_clients)]
+        for c in np.unique(y):
+            rows = rng.permutation(np.flatnonzero(y == c))
+            shares = rng.dirichlet(np.full(n_clients, f.alpha))
+            for k, chunk in enumerate(np.split(rows, (np.cumsum(shares)[:-1] * len(rows)).astype(int))):
+                parts[k].extend(chunk.tolist())
+        if min(map(len, parts)) > 0:
+            break
     return [np.sort(np.array(p, dtype=int)) for p in parts]
 
 
-def run(prep: Path, out: Path, cfg: Config) -> TrainResult:
-    try:
-        from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-        from flwr.clientapp import ClientApp
-        from flwr.serverapp import Grid, ServerApp
-        from flwr.serverapp.strategy import FedAvg
-        from flwr.simulation import run_simulation
-    except ImportError:
-        raise ConfigError("bigmodel federated needs Flower: pip install 'bigmodel[federated]'") from None
-    from . import features, model
-    from .keras_env import import_keras
+def epsilon(rounds: int, p: FederatedPrivacyConfig) -> float:
+    """Client-level ε at p.delta after `rounds` releases of the noised average (RDP accountant).
 
-    prep_folder = artifacts.Folder(Path(prep), "prep")
-    prep_manifest = prep_folder.manifest()
-    schema = Schema.load(prep_folder.path)
-    folder = artifacts.Folder(Path(out), "run")
-    folder.prepare()
-    import_keras(cfg.seed)
-    started, t0 = artifacts.now(), time.perf_counter()
-    encoder = features.preprocessing_model(schema)
-    splits = {name: load_split(prep_folder.path, name) for name in ("train", "val")}
-    x = {n: features.predict(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
-    y = {n: schema.labels(df, n) for n, df in splits.items()}
+    Each round is a Gaussian mechanism on the sum of updates clipped to norm C with noise std z·C, so
+    adding or removing one client's data changes it by at most C. No amplification by client sampling is
+    claimed (Flower samples a fixed number of clients, not Poisson), so this is an upper bound."""
+    import dp_accounting as dpa
+    from dp_accounting import rdp
+
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(p.noise_multiplier), rounds))
+    return float(accountant.get_epsilon(p.delta))
+
+
+def affordable_rounds(rounds: int, p: FederatedPrivacyConfig) -> int:
+    """How many of `rounds` fit in p.max_epsilon (all of them without a budget)."""
+    if p.max_epsilon is None:
+        return rounds
+    return sum(1 for r in range(1, rounds + 1) if epsilon(r, p) <= p.max_epsilon)
+
+
+class KerasClient:
+    """One Flower client: trains the model the server's config describes on its own (encoded) rows.
+
+    The server sends the config with every round, so a client needs only the prep folder's schema and
+    its data; it answers with its weights and example count (1 under DP: every client weighs alike)."""
+
+    def __init__(self, schema: Schema, x: np.ndarray, y: np.ndarray, seed: int) -> None:
+        self.schema, self.x, self.y, self.seed = schema, x, y, seed
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        import yaml
+
+        from . import model
+        from .config import validate
+        from .keras_env import import_keras
+
+        cfg = validate(yaml.safe_load(str(config["config"])), "the server's config")
+        import_keras(self.seed + 1000 * int(config["round"]))
+        net = model.build(cfg, self.schema, self.x.shape[1])
+        net.set_weights(parameters)
+        h = net.fit(self.x, self.y, epochs=cfg.federated.local_epochs, batch_size=cfg.train.batch_size,
+                    verbose=0, shuffle=True)
+        weight = 1 if cfg.federated.privacy is not None else len(self.y)
+        return net.get_weights(), weight, {"train_loss": float(h.history["loss"][-1]), "rows": len(self.y)}
+
+    def to_client(self) -> Any:
+        from flwr.client import NumPyClient
+
+        outer = self
+
+        class _Client(NumPyClient):  # type: ignore[misc]
+            def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
+                return outer.fit(parameters, config)
+
+        return _Client().to_client()
+
+
+@dataclass
+class Federation:
+    """The server side: the prep folder's validation split, the global model, the strategy, the history."""
+
+    prep: Path
+    out: Path
+    cfg: Config
+    folder: artifacts.Folder = field(init=False)
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: list[np.ndarray] | None = None
+    rounds: int = 0
+
+    def __post_init__(self) -> None:
+        from . import features, model
+        from .keras_env import import_keras
+
+        _flwr()
+        self.prep_folder = artifacts.Folder(Path(self.prep), "prep")
+        self.prep_manifest = self.prep_folder.manifest()
+        self.schema = Schema.load(self.prep_folder.path)
+        self.folder = artifacts.Folder(Path(self.out), "run")
+        self.folder.prepare()
+        import_keras(self.cfg.seed)
+        self.started, self.t0 = artifacts.now(), time.perf_counter()
+        self.encoder = features.preprocessing_model(self.schema)
+        self.x_val, self.y_val = self.encode(load_split(self.prep_folder.path, "val"), "the val split")
+        self.model = model.build(self.cfg, self.schema, self.x_val.shape[1])
+        p = self.cfg.federated.privacy
+        self.rounds = affordable_rounds(self.cfg.federated.rounds, p) if p else self.cfg.federated.rounds
+        if self.rounds == 0:
+            raise GateFailed(f"federated.privacy.max_epsilon {p.max_epsilon}: one round already spends "
+                             f"ε={epsilon(1, p):.3g}; raise max_epsilon or noise_multiplier")
+        self._round: dict[str, float] = {}
+
+    def encode(self, df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
+        from . import features
+
+        return (features.predict(self.encoder, features.to_inputs(df, self.schema, source)),
+                self.schema.labels(df, source))
+
+    def strategy(self, n_clients: int, max_rows: int = 0) -> Any:
+        """Flower's FedAvg, wrapped in its DP wrapper when `federated.privacy` is set."""
+        from flwr.common import ndarrays_to_parameters
+        from flwr.server import strategy as fs
+
+        f = self.cfg.federated
+        sampled = max(1, min(n_clients, int(f.fraction_fit * n_clients)), min(f.min_clients, n_clients))
+        config_yaml = self.cfg.to_yaml()
+        base = fs.FedAvg(
+            fraction_fit=f.fraction_fit, fraction_evaluate=0.0, min_fit_clients=sampled,
+            min_evaluate_clients=0, min_available_clients=max(sampled, min(f.min_clients, n_clients)),
+            evaluate_fn=self._evaluate, on_fit_config_fn=lambda r: {"config": config_yaml, "round": r},
+            fit_metrics_aggregation_fn=self._fit_metrics,
+            initial_parameters=ndarrays_to_parameters(self.model.get_weights()))
+        p = f.privacy
+        if p is None:
+            return base
+        client_side = f.secure_aggregation  # the server sees only the masked sum: clients must clip
+        if p.clipping == "fixed":
+            cls = (fs.DifferentialPrivacyClientSideFixedClipping if client_side
+                   else fs.DifferentialPrivacyServerSideFixedClipping)
+            return cls(base, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
+                       num_sampled_clients=sampled)
+        cls = (fs.DifferentialPrivacyClientSideAdaptiveClipping if client_side
+               else fs.DifferentialPrivacyServerSideAdaptiveClipping)
+        return cls(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
+                   initial_clipping_norm=p.clipping_norm, target_clipped_quantile=p.target_quantile)
+
+    def client_mods(self) -> list[Any]:
+        from flwr.client import mod
+
+        f = self.cfg.federated
+        mods = [mod.secaggplus_mod] if f.secure_aggregation else []
+        if f.secure_aggregation and f.privacy is not None:
+            mods.append(mod.fixedclipping_mod if f.privacy.clipping == "fixed" else mod.adaptiveclipping_mod)
+        return mods
+
+    def _fit_metrics(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        rows = sum(int(m.get("rows", 0)) for _, m in results)
+        self._round = {"clients": len(results), "train_loss": float(
+            sum(float(m["train_loss"]) * int(m.get("rows", 1)) for _, m in results) / max(rows, 1))}
+        return {}
+
+    def _evaluate(self, server_round: int, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
+        self.model.set_weights(parameters)
+        values = self.model.evaluate(self.x_val, self.y_val, verbose=0, return_dict=True)
+        if server_round > 0:
+            row = {"loss": self._round.get("train_loss", float("nan")),
+                   **{f"val_{k}": float(v) for k, v in values.items()},
+                   "clients": self._round.get("clients", 0)}
+            if self.cfg.federated.privacy is not None:
+                row["epsilon"] = epsilon(server_round, self.cfg.federated.privacy)
+            self.history.append(row)
+            self.final = parameters
+            self._round = {}
+        return float(values["loss"]), {}
+
+    def finish(self, extra: dict[str, Any]) -> TrainResult:
+        if self.final is None:
+            raise DataError("federated: no round finished, so there is no global model (see the log above)")
+        self.model.set_weights(self.final)
+        hist = pd.DataFrame(self.history)
+        hist.insert(0, "epoch", np.arange(1, len(hist) + 1))  # epoch = round
+        best = len(hist)  # the final global model is the one written
+        seconds = time.perf_counter() - self.t0
+        f, p = self.cfg.federated, self.cfg.federated.privacy
+        privacy = None if p is None else {
+            "level": "client", "epsilon": float(hist["epsilon"].iloc[-1]), "delta": p.delta,
+            "noise_multiplier": p.noise_multiplier, "clipping": p.clipping, "clipping_norm": p.clipping_norm,
+            "max_epsilon": p.max_epsilon, "accountant": "dp-accounting RDP, no sampling amplification"}
+        final = write_run(self.folder, self.prep_folder, self.prep_manifest, self.schema, self.cfg, self.model, hist,
+                          best, {"started": self.started, "seconds": round(seconds, 3), "epochs_run": len(hist),
+                                 "best_epoch": best, "threshold": 0.5 if self.schema.task == "binary" else None,
+                                 "privacy": privacy, "federated": {
+                                     "engine": f.engine, "rounds": len(hist), "rounds_asked": f.rounds,
+                                     "secure_aggregation": f.secure_aggregation, **extra}})
+        result = TrainResult(self.folder.path, len(hist), best, final, seconds)
+        if len(hist) < f.rounds and p is not None and p.max_epsilon is not None:
+            raise BudgetExhausted(result, f"federated.privacy.max_epsilon {p.max_epsilon}: stopped after "
+                                          f"{len(hist)} of {f.rounds} rounds (ε={final['epsilon']:.3g}); round "
+                                          f"{len(hist) + 1} would spend ε={epsilon(len(hist) + 1, p):.3g}")
+        return result
+
+
+class BudgetExhausted(GateFailed):
+    """Training stopped before the privacy budget ran out; the run folder holds the last affordable model."""
+
+    def __init__(self, result: TrainResult, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def simulate(prep: Path, out: Path, cfg: Config) -> TrainResult:
+    """`bigmodel federated`: K simulated clients on Flower's simulation engine."""
+    _flwr()
+    from flwr.client import ClientApp
+    from flwr.common import Context
+    from flwr.server import LegacyContext, ServerApp, ServerConfig
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.simulation import run_simulation
+
+    fed = Federation(prep, out, cfg)
     f = cfg.federated
+    train = load_split(fed.prep_folder.path, "train")
+    x, y = fed.encode(train, "the train split")
     column = None
     if f.partition == "by_column":
-        if f.column not in splits["train"].columns:
+        if f.column not in train.columns:
             raise DataError(f"federated.column: no column '{f.column}' in the prep folder's train split")
-        column = splits["train"][f.column].astype(str)
-    parts = partitions(f.clients, y["train"] if schema.is_classification else None, column, cfg)
-    clients = len(parts)
-    balance = [{c: int((y["train"][p] == i).sum()) for i, c in enumerate(schema.classes)} if schema.classes
-               else {"rows": len(p)} for p in parts]
+        column = train[f.column].astype(str)
+    schema = fed.schema
+    parts = partitions(len(y), f.clients, y if schema.is_classification else None, column, cfg)
     if min(len(p) for p in parts) == 0:
         raise DataError("federated: a client got no rows; use fewer clients or a larger alpha")
-
-    work = Path(tempfile.mkdtemp(prefix=".federated.", dir=folder.path))
+    balance = [{c: int((y[p] == i).sum()) for i, c in enumerate(schema.classes)} if schema.classes
+               else {"rows": len(p)} for p in parts]
+    work = Path(tempfile.mkdtemp(prefix=".federated.", dir=fed.folder.path))
     data_file = str(work / "train.npz")
-    np.savez(data_file, x=x["train"], y=y["train"], **{f"part{k}": p for k, p in enumerate(parts)})
-    n_inputs = x["train"].shape[1]
-    server_model = model.build(cfg, schema, n_inputs)
-    history: list[dict[str, float]] = []
-    final: dict[str, Any] = {}
+    np.savez(data_file, x=x, y=y, **{f"part{k}": p for k, p in enumerate(parts)})
+    seed = cfg.seed
 
-    client_app = ClientApp()
-
-    @client_app.train()
-    def local_train(msg: Message, context: Context) -> Message:
-        from bigmodel_cli import model as client_model
-        from bigmodel_cli.keras_env import import_keras as client_keras
-
+    def client_fn(context: Context) -> Any:
         pid = int(context.node_config["partition-id"])
-        client_keras(cfg.seed + pid)
         with np.load(data_file) as d:
             rows = d[f"part{pid}"]
-            xs, ys = d["x"][rows], d["y"][rows]
-        net = client_model.build(cfg, schema, n_inputs)
-        net.set_weights(msg.content["arrays"].to_numpy_ndarrays())
-        h = net.fit(xs, ys, epochs=f.local_epochs, batch_size=cfg.train.batch_size, verbose=0, shuffle=True)
-        metrics = MetricRecord({"train_loss": float(h.history["loss"][-1]), "num-examples": len(ys)})
-        return Message(RecordDict({"arrays": ArrayRecord(net.get_weights()), "metrics": metrics}), reply_to=msg)
+            return KerasClient(schema, d["x"][rows], d["y"][rows], seed + pid).to_client()
 
-    def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        server_model.set_weights(arrays.to_numpy_ndarrays())
-        values = server_model.evaluate(x["val"], y["val"], verbose=0, return_dict=True)
-        if server_round > 0:
-            history.append({f"val_{k}": float(v) for k, v in values.items()})
-        return MetricRecord({k: float(v) for k, v in values.items()})
-
+    strategy = fed.strategy(len(parts))
     server_app = ServerApp()
 
     @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(fraction_train=f.fraction_fit, fraction_evaluate=0.0,
-                          min_train_nodes=min(f.min_clients, clients), min_available_nodes=min(f.min_clients, clients))
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(server_model.get_weights()),
-                                num_rounds=f.rounds, evaluate_fn=central_eval)
-        final["weights"] = result.arrays.to_numpy_ndarrays()
+    def main(grid: Any, context: Context) -> None:
+        fit = (SecAggPlusWorkflow(num_shares=len(parts), reconstruction_threshold=max(2, len(parts) - 1),
+                                  max_weight=float(1 if f.privacy else max(len(p) for p in parts)))
+               if f.secure_aggregation else None)
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed.rounds), strategy=strategy)
+        DefaultWorkflow(fit_workflow=fit)(grid, legacy)
 
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=clients,
+        run_simulation(server_app=server_app, client_app=ClientApp(client_fn=client_fn, mods=fed.client_mods()),
+                       num_supernodes=len(parts),
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": {"num_cpus": 2, "include_dashboard": False}})
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
-    if "weights" not in final:
-        raise DataError("federated: the simulation ended without a global model (see the log above)")
-    server_model.set_weights(final["weights"])
-    hist = pd.DataFrame(history)
-    hist.insert(0, "epoch", np.arange(1, len(hist) + 1))
-    best = len(hist)  # the final global model is the one written
-    seconds = time.perf_counter() - t0
-    result = write_run(folder, prep_folder, prep_manifest, schema, cfg, server_model, hist, best, {
-        "started": started, "seconds": round(seconds, 3), "epochs_run": len(hist), "best_epoch": best,
-        "threshold": 0.5 if schema.task == "binary" else None, "privacy": None,
-        "federated": {"clients": clients, "rounds": f.rounds, "partition": f.partition, "class_balance": balance}})
-    return TrainResult(folder.path, len(hist), best, result, seconds)
+    return fed.finish({"clients": len(parts), "partition": f.partition, "class_balance": balance})
+
+
+def serve(prep: Path, out: Path, cfg: Config, address: str) -> TrainResult:
+    """`bigmodel federated serve`: the server of a deployment; waits for `federated.clients` clients."""
+    from flwr.server import ServerConfig, start_server
+
+    f = cfg.federated
+    if f.secure_aggregation:
+        raise ConfigError("federated.secure_aggregation is only available with the simulation engine for now")
+    fed = Federation(prep, out, cfg)
+    start_server(server_address=address, config=ServerConfig(num_rounds=fed.rounds),
+                 strategy=fed.strategy(f.clients))
+    return fed.finish({"clients": f.clients, "partition": "deployment"})
+
+
+def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0) -> int:
+    """`bigmodel federated join`: one client of a deployment, training on its own CSV or Parquet file
+    encoded with the prep folder's fitted preprocessing. Returns its row count when the server is done."""
+    from flwr.client import start_client
+
+    from . import features
+    from .config import load_config
+    from .data import read_table
+    from .keras_env import import_keras
+
+    _flwr()
+    prep_folder = artifacts.Folder(Path(prep), "prep")
+    prep_folder.manifest()
+    schema = Schema.load(prep_folder.path)
+    cfg = load_config(prep_folder / artifacts.CONFIG)
+    df = read_table(Path(data), cfg.data)
+    source = str(data)
+    schema.check_columns(df, source, need_target=True)
+    import_keras(seed)
+    x = features.predict(features.preprocessing_model(schema), features.to_inputs(df, schema, source))
+    y = schema.labels(df, source)
+    _wait_for(address, wait)
+    import grpc
+
+    try:
+        start_client(server_address=address, client=KerasClient(schema, x, y, seed).to_client(), max_wait_time=wait)
+    except grpc.RpcError as e:
+        raise DataError(f"federated join: lost the server at {address}: {e.code().name}") from None
+    return len(y)
+
+
+def _wait_for(address: str, seconds: float) -> None:
+    """Block until something listens at HOST:PORT (the server may start after its clients)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--server {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise DataError(f"federated join: no server at {address} after {seconds:g} s ({e})") from None
+            time.sleep(0.5)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from .conftest import bm, read_json
@@ -39,3 +45,106 @@ def test_dirichlet_and_by_column_partitions(penguins_prep, tmp_path):
     assert read_json(tmp_path / "isl" / "manifest.json")["federated"]["clients"] == 3  # Biscoe, Dream, Torgersen
     r = bm("federated", penguins_prep, "--out", tmp_path / "bad", "--set", "federated.partition=by_column", code=2)
     assert "needs column" in r.stderr
+
+
+def _weights(run):
+    from bigmodel_cli.predict import load_network
+
+    return load_network(run / "model.keras").get_weights()
+
+
+def test_secure_aggregation_equals_fedavg(penguins_prep, tmp_path):
+    """SecAgg+ masks every update, yet the unmasked sum gives FedAvg's global model (up to quantization)."""
+    common = [*FAST, "--set", "federated.clients=3", "--set", "federated.rounds=1"]
+    bm("federated", penguins_prep, "--out", tmp_path / "plain", *common)
+    bm("federated", penguins_prep, "--out", tmp_path / "secagg", *common, "--set", "federated.secure_aggregation=true")
+    assert read_json(tmp_path / "secagg" / "manifest.json")["federated"]["secure_aggregation"] is True
+    plain, secagg = _weights(tmp_path / "plain"), _weights(tmp_path / "secagg")
+    assert len(plain) == len(secagg) >= 4
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(plain, secagg, strict=True))
+    moved = max(float(np.abs(a).max()) for a in plain)
+    assert 0 < diff < 1e-4 < moved, diff  # quantization noise only: SecAgg+ really ran, and agrees
+
+
+def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
+    # noise 1.0: ε after 1, 2, 3 rounds = 4.73, 7.08, 9.01 at δ=1e-5 (RDP); a budget of 8 affords two rounds
+    r = bm("federated", penguins_prep, "--out", tmp_path / "dp", *FAST, "--set", "federated.clients=3",
+           "--set", "federated.rounds=3", "--set", "federated.privacy.noise_multiplier=1.0",
+           "--set", "federated.privacy.max_epsilon=8", "--json", code=1)
+    assert "stopped after 2 of 3 rounds" in r.stderr and "max_epsilon" in r.stderr
+    assert json.loads(r.stdout)["epochs_run"] == 2  # the run within budget was written and printed
+    hist = pd.read_csv(tmp_path / "dp" / "history.csv")
+    assert list(hist["clients"]) == [3, 3] and hist["epsilon"].is_monotonic_increasing
+    assert hist["epsilon"].round(2).tolist() == [4.73, 7.08]
+    privacy = read_json(tmp_path / "dp" / "manifest.json")["privacy"]
+    assert privacy["level"] == "client" and privacy["epsilon"] == pytest.approx(hist["epsilon"].iloc[-1])
+    bm("evaluate", tmp_path / "dp", "--no-plots")  # an ordinary run folder
+    r = bm("federated", penguins_prep, "--out", tmp_path / "none", "--set", "federated.privacy.noise_multiplier=0.5",
+           "--set", "federated.privacy.max_epsilon=1", code=1)  # not even one round fits: nothing is written
+    assert "one round already spends" in r.stderr and not (tmp_path / "none" / "model.keras").exists()
+
+
+def test_partitions_without_labels_fall_back_to_iid():
+    """Regression tasks have no labels to skew: dirichlet partitions them like iid (no crash)."""
+    from bigmodel_cli.config import validate
+    from bigmodel_cli.federated import partitions
+
+    cfg = validate({"federated": {"partition": "dirichlet", "clients": 3}})
+    parts = partitions(10, 3, None, None, cfg)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
+    """`federated serve` and two `federated join` as separate processes on 127.0.0.1, each client with its own
+    half of the train split; the server writes an ordinary run folder."""
+    train = pd.read_parquet(penguins_prep / "train.parquet")
+    halves = [tmp_path / "client0.csv", tmp_path / "client1.csv"]
+    train.iloc[::2].to_csv(halves[0], index=False)
+    train.iloc[1::2].to_csv(halves[1], index=False)
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "bigmodel_cli"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    server = subprocess.Popen([*cmd, "federated", "serve", str(penguins_prep), "--out", str(tmp_path / "run"),
+                               "--address", address, *FAST, "--set", "federated.clients=2",
+                               "--set", "federated.rounds=4", "--set", "federated.local_epochs=2", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    logs = [tmp_path / f"client{k}.log" for k in range(2)]  # files, not pipes: Flower logs every message
+    clients = [subprocess.Popen([*cmd, "federated", "join", str(penguins_prep), "--data", str(h), "--server", address,
+                                 "--seed", str(k), "--wait", "120"],
+                                stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+               for k, (h, log) in enumerate(zip(halves, logs, strict=True))]
+    try:
+        out, err = server.communicate(timeout=300)
+        assert server.returncode == 0, err[-3000:]
+        for k, c in enumerate(clients):
+            c.wait(timeout=60)
+            assert c.returncode == 0, logs[k].read_text()[-3000:]
+            assert f"trained on {len(train.iloc[k::2])} local rows" in logs[k].read_text()
+    finally:
+        for p in (server, *clients):
+            p.kill()
+    result = json.loads(out)
+    assert result["epochs_run"] == 4 and result["final"]["clients"] == 2
+    assert result["final"]["val_accuracy"] > 0.8, result  # lr 0.01, 4 rounds x 2 local epochs
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert m["federated"]["engine"] == "deployment"
+    bm("evaluate", tmp_path / "run", "--no-plots")
+
+
+def test_join_without_a_server_is_a_clear_error(penguins_prep, tmp_path):
+    data = tmp_path / "mine.csv"
+    pd.read_parquet(penguins_prep / "train.parquet").head(20).to_csv(data, index=False)
+    r = bm("federated", "join", penguins_prep, "--data", data, "--server", f"127.0.0.1:{_free_port()}",
+           "--wait", "0.5", code=2)
+    assert "no server at 127.0.0.1:" in r.stderr
+    r = bm("federated", "join", penguins_prep, "--data", data, "--server", "nohostport", code=2)
+    assert "expected HOST:PORT" in r.stderr
+    pd.read_parquet(penguins_prep / "train.parquet").drop(columns="species").to_csv(data, index=False)
+    r = bm("federated", "join", penguins_prep, "--data", data, "--server", "127.0.0.1:1", code=2)
+    assert "species" in r.stderr  # its data is checked before it connects
