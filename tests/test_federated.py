@@ -41,8 +41,11 @@ def test_dirichlet_and_by_column_partitions(penguins_prep, tmp_path):
     balance = read_json(tmp_path / "dir" / "manifest.json")["federated"]["class_balance"]
     assert len(balance) == 3 and any(min(b.values()) == 0 or max(b.values()) > 0.8 * sum(b.values()) for b in balance)
     bm("federated", penguins_prep, "--out", tmp_path / "isl", *FAST, "--set", "federated.partition=by_column",
-       "--set", "federated.column=island", "--set", "federated.rounds=1")
-    assert read_json(tmp_path / "isl" / "manifest.json")["federated"]["clients"] == 3  # Biscoe, Dream, Torgersen
+       "--set", "federated.column=island", "--set", "federated.rounds=1",
+       "--set", "federated.privacy.clipping=adaptive", "--set", "federated.privacy.noise_multiplier=0.1")
+    m = read_json(tmp_path / "isl" / "manifest.json")
+    assert m["federated"]["clients"] == 3  # Biscoe, Dream, Torgersen
+    assert m["privacy"]["clipping"] == "adaptive" and m["privacy"]["epsilon"] > 40  # z=0.1: a weak guarantee
     r = bm("federated", penguins_prep, "--out", tmp_path / "bad", "--set", "federated.partition=by_column", code=2)
     assert "needs column" in r.stderr
 
