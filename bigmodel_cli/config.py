@@ -104,7 +104,7 @@ class TrainConfig(_Section):
     tensorboard: bool = True  # TensorBoard logs in RUN_DIR/logs/
     steps_per_execution: int = Field(64, ge=1)  # batches per compiled call: 2.6x at batch 32 (bench_train.py)
     jit_compile: bool | Literal["auto"] = "auto"
-    strategy: Literal["default", "mirrored"] = "default"
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"  # multi_worker: by TF_CONFIG
     mixed_precision: Literal["off", "bf16", "fp16"] = "off"
     privacy: PrivacyConfig | None = None  # DP-SGD when set, e.g. {l2_norm_clip: 1.0, noise_multiplier: 1.1}
 
@@ -115,6 +115,8 @@ class TrainConfig(_Section):
             raise ValueError(f"privacy.microbatches ({p.microbatches}) must divide batch_size ({self.batch_size})")
         if p is not None and self.class_weight != "none":
             raise ValueError("class_weight cannot be combined with privacy (DP-SGD weighs every example alike)")
+        if self.strategy == "multi_worker" and (p is not None or self.class_weight != "none"):
+            raise ValueError("strategy multi_worker does not support privacy or class_weight yet")
         return self
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -24,15 +26,15 @@ OnEpoch = Callable[[int, int, dict[str, float]], None]
 
 @dataclass(frozen=True)
 class TrainResult:
-    out: Path
+    out: Path | None  # None: a multi-worker non-chief, which writes nothing
     epochs_run: int
     best_epoch: int
     final: dict[str, float]
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
-                "final": self.final, "seconds": round(self.seconds, 3)}
+        return {"out": None if self.out is None else str(self.out), "epochs_run": self.epochs_run,
+                "best_epoch": self.best_epoch, "final": self.final, "seconds": round(self.seconds, 3)}
 
 
 def resolve_config(prep: Path, config: Path | None, overrides: list[str]) -> Config:
@@ -142,9 +144,20 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, res
     prep_manifest = prep_folder.manifest()
     schema = Schema.load(prep_folder.path)
     folder = artifacts.Folder(Path(out), "run")
+    multi = None
+    if cfg.train.strategy == "multi_worker":
+        from . import multi_worker
+        from .keras_env import import_keras
+
+        if resume:
+            raise ConfigError("--resume is not available with train.strategy multi_worker")
+        import_keras(cfg.seed)
+        multi = multi_worker.strategy()  # before any other TensorFlow op
+        if not multi_worker.is_chief(multi):  # trains in step with the chief, writes nothing
+            return _train(prep_folder, prep_manifest, schema, None, cfg, on_epoch, False, multi)
     folder.prepare()
     with folder.lock():
-        return _train(prep_folder, prep_manifest, schema, folder, cfg, on_epoch, resume)
+        return _train(prep_folder, prep_manifest, schema, folder, cfg, on_epoch, resume, multi)
 
 
 @contextlib.contextmanager
@@ -164,28 +177,40 @@ def _precision(cfg: Config) -> Iterator[None]:
 
 def distribution(cfg: Config) -> Any:
     """train.strategy: `default` (one device) or `mirrored` (tf.distribute.MirroredStrategy: every GPU of
-    this host, or the CPU). Multi-worker training is not offered: Keras 3's fit does not run under
-    MultiWorkerMirroredStrategy (keras-team/keras#20585)."""
+    this host, or the CPU). `multi_worker` does not come here: see multi_worker.py."""
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy() if cfg.train.strategy == "mirrored" else tf.distribute.get_strategy()
 
 
-def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema, folder: artifacts.Folder,
-           cfg: Config, on_epoch: OnEpoch | None, resume: bool) -> TrainResult:
+def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
+           folder: artifacts.Folder | None, cfg: Config, on_epoch: OnEpoch | None, resume: bool,
+           multi: Any = None) -> TrainResult:
+    """Train and write the run folder (folder None: a multi-worker non-chief, which writes nothing)."""
     from . import checkpoint, features, model
     from .keras_env import import_keras
 
     keras = import_keras(cfg.seed)
     started, t0 = artifacts.now(), time.perf_counter()
     config_sha = hashlib.sha256(cfg.to_yaml().encode()).hexdigest()
-    ckpt_dir = folder / artifacts.CHECKPOINT
     encoder = features.preprocessing_model(schema)
     splits = {name: load_split(prep_folder.path, name) for name in ("train", "val")}
     x = {n: features.predict(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
     y = {n: schema.labels(df, n) for n, df in splits.items()}
 
     state, best_weights = checkpoint.State(config_sha256=config_sha, splits=prep_manifest["splits"]), None
+    has_val = len(y["val"]) > 0
+    es = cfg.train.early_stopping
+    monitor = es.monitor if has_val else es.monitor.removeprefix("val_")
+    if multi is not None:
+        from . import multi_worker
+
+        with _precision(cfg):
+            net, state.history = multi_worker.fit(multi, cfg, schema, x, y, monitor, on_epoch)
+        return _finish(prep_folder, prep_manifest, schema, folder, cfg, net, x, y, state.history, monitor,
+                       started, t0, resume, None)
+    assert folder is not None
+    ckpt_dir = folder / artifacts.CHECKPOINT
     with _precision(cfg), distribution(cfg).scope():  # the network's layers take the policy as they are made
         if resume:
             net, state, best_weights = checkpoint.load(ckpt_dir)
@@ -195,9 +220,6 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
         else:
             net = model.build(cfg, schema, x["train"].shape[1])
 
-    has_val = len(y["val"]) > 0
-    es = cfg.train.early_stopping
-    monitor = es.monitor if has_val else es.monitor.removeprefix("val_")
     stopper = None
     if es.enabled:
         saved = (state.early_stopping, best_weights) if resume and state.early_stopping else None
@@ -223,24 +245,40 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
     elif stopper is not None and best_weights is not None:
         net.set_weights(best_weights)  # the interrupted run had finished training: only its ending is left
 
+    result = _finish(prep_folder, prep_manifest, schema, folder, cfg, net, x, y, state.history, monitor, started, t0,
+                     resume, ckpt_dir)
+    return result
+
+
+def _finish(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
+            folder: artifacts.Folder | None, cfg: Config, net: Any, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
+            rows: list[dict[str, float]], monitor: str, started: str, t0: float, resume: bool,
+            ckpt_dir: Path | None) -> TrainResult:
+    """The decision threshold, ε, the history and the best epoch; then the run folder (unless folder is None)."""
+    es = cfg.train.early_stopping
     threshold = decision_threshold(cfg, schema, net, x["val"], y["val"])
     privacy = None
     if (p := cfg.train.privacy) is not None:
         from .privacy import epsilon
 
-        privacy = {"epsilon": epsilon(len(y["train"]), cfg.train.batch_size, len(state.history), p.noise_multiplier,
+        privacy = {"epsilon": epsilon(len(y["train"]), cfg.train.batch_size, len(rows), p.noise_multiplier,
                                       p.delta), "delta": p.delta, "noise_multiplier": p.noise_multiplier,
                    "l2_norm_clip": p.l2_norm_clip, "accountant": "rdp (dp-accounting)"}
-    history = pd.DataFrame(state.history)
+    history = pd.DataFrame(rows)
     if monitor not in history:
         raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not logged; "
                           f"choose one of {', '.join(history.columns)}")
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     best = int(history["epoch"][history[monitor].idxmin() if "loss" in monitor else history[monitor].idxmax()])
     seconds = time.perf_counter() - t0
-
+    if folder is None:  # a multi-worker non-chief
+        final = {k: float(v) for k, v in history.iloc[best - 1].items() if k != "epoch"}
+        return TrainResult(None, len(history), best, final, seconds)
+    extra = {"workers": len(json.loads(os.environ["TF_CONFIG"])["cluster"].get("worker", []))} \
+        if cfg.train.strategy == "multi_worker" else {}
     final = write_run(folder, prep_folder, prep_manifest, schema, cfg, net, history, best, {
         "started": started, "seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": best,
-        "resumed": resume, "threshold": threshold, "privacy": privacy})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+        "resumed": resume, "threshold": threshold, "privacy": privacy, **extra})
+    if ckpt_dir is not None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrainResult(folder.path, len(history), best, final, seconds)
