@@ -211,9 +211,10 @@ def _show_report(result: Any) -> None:
 class _EpochProgress:
     """Per-epoch progress on stderr: a live bar on a terminal, a line every few epochs elsewhere."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "epoch") -> None:
         self.progress: Any = None
         self.task: Any = None
+        self.unit = unit
 
     def __call__(self, epoch: int, total: int, logs: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
@@ -221,13 +222,13 @@ class _EpochProgress:
             if self.progress is None:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-                self.progress = Progress(TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
+                self.progress = Progress(TextColumn(self.unit), MofNCompleteColumn(), BarColumn(),
                                          TextColumn("{task.description}"), console=err, transient=True)
                 self.progress.start()
                 self.task = self.progress.add_task("", total=total)
             self.progress.update(self.task, completed=epoch, description=shown)
         elif epoch == 1 or epoch % max(1, total // 10) == 0:
-            err.print(f"epoch {epoch}/{total}  {shown}", soft_wrap=True, highlight=False)
+            err.print(f"{self.unit} {epoch}/{total}  {shown}", soft_wrap=True, highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -244,7 +245,8 @@ def train(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete epoch).")] = False,
     strategy: Annotated[str | None, typer.Option(
-        "--strategy", help="default | mirrored (all GPUs of this host); same as --set train.strategy=...")] = None,
+        "--strategy", help="default | mirrored (all GPUs of this host) | multi_worker (a cluster, by TF_CONFIG); "
+                     "same as --set train.strategy=...")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the configured keras.Sequential and train it on PREP_DIR's train split.
@@ -266,7 +268,8 @@ def train(
         def human() -> None:
             rows = [["epochs run", result.epochs_run], ["best epoch", result.best_epoch],
                     *[[k, v] for k, v in result.final.items()], ["seconds", round(result.seconds, 1)]]
-            out.print(table(f"trained {result.out}", ["", "value"], rows))
+            where = result.out if result.out is not None else "(a worker: the chief writes the run folder)"
+            out.print(table(f"trained {where}", ["", "value"], rows))
 
         _render(result, as_json, human)
 
@@ -442,8 +445,9 @@ def federated_run(
         if cfg.federated.engine == "deployment":
             raise BigModelError("federated.engine is deployment: start `bigmodel federated serve` and a "
                                 "`bigmodel federated join` per client instead")
-        with _budget(as_json):
-            _fed_result(stage.simulate(prep_dir, out_dir, cfg), as_json)
+        progress = _EpochProgress("round")
+        with _budget(as_json), contextlib.closing(progress):
+            _fed_result(stage.simulate(prep_dir, out_dir, cfg, progress), as_json)
 
 
 AddressOpt = Annotated[str | None, typer.Option(
@@ -470,8 +474,9 @@ def serve(
         from . import train
 
         cfg = train.resolve_config(prep_dir, config, [*(sets or []), "federated.engine=deployment"])
-        with _budget(as_json):
-            _fed_result(stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address), as_json)
+        progress = _EpochProgress("round")
+        with _budget(as_json), contextlib.closing(progress):
+            _fed_result(stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress), as_json)
 
 
 @federated_app.command()

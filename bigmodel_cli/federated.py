@@ -19,6 +19,8 @@ each round from dp-accounting's RDP accountant. Flower (`flwr[simulation]`) is t
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import tempfile
 import time
@@ -37,6 +39,9 @@ from .train import TrainResult, load_split, write_run
 
 
 def _flwr() -> Any:
+    from .keras_env import import_keras
+
+    import_keras()  # first: with TensorFlow's start-up logs silenced, before Flower and Ray may import it
     try:
         import flwr
     except ImportError:
@@ -131,6 +136,7 @@ class Federation:
     prep: Path
     out: Path
     cfg: Config
+    on_round: Any = None  # (round, rounds, metrics) after each round, for progress
     folder: artifacts.Folder = field(init=False)
     history: list[dict[str, float]] = field(default_factory=list)
     final: list[np.ndarray] | None = None
@@ -141,6 +147,8 @@ class Federation:
         from .keras_env import import_keras
 
         _flwr()
+        if not _verbose():  # Flower logs every message at INFO; the CLI shows one line per round instead
+            logging.getLogger("flwr").setLevel(logging.WARNING)
         self.prep_folder = artifacts.Folder(Path(self.prep), "prep")
         self.prep_manifest = self.prep_folder.manifest()
         self.schema = Schema.load(self.prep_folder.path)
@@ -217,6 +225,8 @@ class Federation:
             if self.cfg.federated.privacy is not None:
                 row["epsilon"] = epsilon(server_round, self.cfg.federated.privacy)
             self.history.append(row)
+            if self.on_round is not None:
+                self.on_round(server_round, self.rounds, {k: v for k, v in row.items() if k != "clients"})
             self.final = parameters
             self._round = {}
         return float(values["loss"]), {}
@@ -256,7 +266,11 @@ class BudgetExhausted(GateFailed):
         self.result = result
 
 
-def simulate(prep: Path, out: Path, cfg: Config) -> TrainResult:
+def _verbose() -> bool:
+    return logging.getLogger().getEffectiveLevel() <= logging.INFO  # `bigmodel --verbose`
+
+
+def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None) -> TrainResult:
     """`bigmodel federated`: K simulated clients on Flower's simulation engine."""
     _flwr()
     from flwr.client import ClientApp
@@ -265,7 +279,8 @@ def simulate(prep: Path, out: Path, cfg: Config) -> TrainResult:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.simulation import run_simulation
 
-    fed = Federation(prep, out, cfg)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs asked for: Ray's own advice
+    fed = Federation(prep, out, cfg, on_round)
     f = cfg.federated
     train = load_split(fed.prep_folder.path, "train")
     x, y = fed.encode(train, "the train split")
@@ -306,20 +321,24 @@ def simulate(prep: Path, out: Path, cfg: Config) -> TrainResult:
         run_simulation(server_app=server_app, client_app=ClientApp(client_fn=client_fn, mods=fed.client_mods()),
                        num_supernodes=len(parts),
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": 2, "include_dashboard": False}})
+                                       "init_args": {"num_cpus": 2, "include_dashboard": False,
+                                                     "log_to_driver": _verbose(),  # clients' logs: --verbose
+                                                     "logging_level": logging.INFO if _verbose() else logging.ERROR}},
+                       verbose_logging=_verbose())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return fed.finish({"clients": len(parts), "partition": f.partition, "class_balance": balance})
 
 
-def serve(prep: Path, out: Path, cfg: Config, address: str) -> TrainResult:
+def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None) -> TrainResult:
     """`bigmodel federated serve`: the server of a deployment; waits for `federated.clients` clients."""
+    _flwr()
     from flwr.server import ServerConfig, start_server
 
     f = cfg.federated
     if f.secure_aggregation:
         raise ConfigError("federated.secure_aggregation is only available with the simulation engine for now")
-    fed = Federation(prep, out, cfg)
+    fed = Federation(prep, out, cfg, on_round)
     start_server(server_address=address, config=ServerConfig(num_rounds=fed.rounds),
                  strategy=fed.strategy(f.clients))
     return fed.finish({"clients": f.clients, "partition": "deployment"})
@@ -328,6 +347,7 @@ def serve(prep: Path, out: Path, cfg: Config, address: str) -> TrainResult:
 def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0) -> int:
     """`bigmodel federated join`: one client of a deployment, training on its own CSV or Parquet file
     encoded with the prep folder's fitted preprocessing. Returns its row count when the server is done."""
+    _flwr()
     from flwr.client import start_client
 
     from . import features
@@ -335,7 +355,6 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0) -
     from .data import read_table
     from .keras_env import import_keras
 
-    _flwr()
     prep_folder = artifacts.Folder(Path(prep), "prep")
     prep_folder.manifest()
     schema = Schema.load(prep_folder.path)
