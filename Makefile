@@ -55,7 +55,7 @@ demo: $(foreach d,$(DEMO_SETS),$(OUT)/$(d)/run/metrics.json $(OUT)/$(d)/export/m
 	@for d in $(DEMO_SETS); do $(BM) evaluate $(OUT)/$$d/run || exit $$?; done
 
 # Benchmarks (not part of `make test`): every benchmarks/bench_*.py; each prints a table and writes
-# benchmarks/results/<name>.json. About 10 minutes on 2 cores (the first run also generates the data).
+# benchmarks/results/<name>.json. About 10 minutes on 2 cores (the first run also generates the data, ~4 more).
 bench: $(VENV)/.installed-dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit $$?; done
 

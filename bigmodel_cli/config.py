@@ -45,6 +45,10 @@ class DataConfig(_Section):
     delimiter: str | None = None
     encoding: str = "utf-8"
     split: SplitConfig = Field(default_factory=SplitConfig)
+    # bounded memory: read in chunks, write row-grouped splits, train from an on-disk feature matrix;
+    # auto: for files over 512 MiB
+    streaming: bool | Literal["auto"] = "auto"
+    chunk_rows: int = Field(200_000, ge=10)  # rows per chunk when streaming
 
 
 class PreprocessConfig(_Section):

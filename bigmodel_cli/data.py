@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,25 +35,14 @@ def _sniff_delimiter(path: Path, encoding: str) -> str:
         return ","
 
 
-def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
-    """Read a CSV (optionally .gz; delimiter sniffed unless data.delimiter is set) or Parquet file."""
-    options = options or DataConfig()
-    encoding = "utf-8-sig" if options.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else options.encoding
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+@contextlib.contextmanager
+def _reading(path: Path, options: DataConfig) -> Iterator[None]:
+    """Turn a reader's exceptions into one-line DataErrors naming the file."""
     try:
-        if is_parquet(path):
-            df = pd.read_parquet(path)
-        else:
-            sep = options.delimiter or _sniff_delimiter(path, encoding)
-            with warnings.catch_warnings():
-                # index_col=False: never take surplus fields for an index; surplus fields then warn, which we refuse
-                warnings.simplefilter("error", pd.errors.ParserWarning)
-                df = pd.read_csv(path, sep=sep, encoding=encoding, compression="infer", skipinitialspace=True,
-                                 index_col=False)
+        with warnings.catch_warnings():
+            # index_col=False: never take surplus fields for an index; surplus fields then warn, which we refuse
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            yield
     except pd.errors.ParserWarning:
         raise DataError(f"{path}: some rows have more fields than the header; fix the rows or the delimiter "
                         f"(data.delimiter)") from None
@@ -65,6 +57,23 @@ def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
         raise DataError(f"{path}: cannot parse as CSV: {str(e).strip()}") from None
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
+
+
+def _csv_options(path: Path, options: DataConfig) -> dict[str, Any]:
+    encoding = "utf-8-sig" if options.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else options.encoding
+    with _reading(path, options):
+        sep = options.delimiter or _sniff_delimiter(path, encoding)
+    return {"sep": sep, "encoding": encoding, "compression": "infer", "skipinitialspace": True, "index_col": False}
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+
+
+def _check_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     if df.shape[1] == 0:
         raise DataError(f"{path}: no columns found")
     df.columns = [str(c).strip() for c in df.columns]
@@ -73,9 +82,47 @@ def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
     mangled = [c for c in df.columns if (p := c.rpartition("."))[1] and p[0] in df.columns and p[2].isdigit()]
     if dupes or mangled:
         raise DataError(f"{path}: duplicate column names: {', '.join(dupes or mangled)}")
+    return df
+
+
+def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
+    """Read a CSV (optionally .gz; delimiter sniffed unless data.delimiter is set) or Parquet file."""
+    options = options or DataConfig()
+    path = Path(path)
+    _check_file(path)
+    kwargs = {} if is_parquet(path) else _csv_options(path, options)
+    with _reading(path, options):
+        df = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, **kwargs)
+    df = _check_columns(df, path)
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (only a header)")
     return df
+
+
+def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataFrame]:
+    """The same file as `read_table` reads, as DataFrames of at most `rows` rows (bounded memory)."""
+    path = Path(path)
+    _check_file(path)
+    if is_parquet(path):
+        import pyarrow.parquet as pq
+
+        with _reading(path, options):
+            batches = pq.ParquetFile(path).iter_batches(batch_size=rows)
+        chunks: Iterator[pd.DataFrame] = (b.to_pandas() for b in batches)
+    else:
+        kwargs = _csv_options(path, options)
+        with _reading(path, options):
+            chunks = iter(pd.read_csv(path, chunksize=rows, **kwargs))
+    seen = 0
+    while True:
+        with _reading(path, options):
+            chunk = next(chunks, None)
+        if chunk is None:
+            break
+        seen += len(chunk)
+        yield _check_columns(chunk, path)
+    if seen == 0:
+        raise DataError(f"{path}: no data rows (only a header)")
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

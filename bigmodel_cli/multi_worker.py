@@ -66,6 +66,7 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
     per_example = loss_fn.call if isinstance(loss_fn, keras.losses.Loss) else loss_fn
     column = schema.task != "multiclass"  # binary / regression outputs have shape (batch, 1)
     y_train = y["train"].reshape(-1, 1).astype("float32") if column else y["train"]
+    x_train = np.asarray(x["train"])  # a streamed split is read into memory here
     batch = cfg.train.batch_size
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -88,7 +89,7 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
     best, best_weights, waited = None, None, 0
     for epoch in range(cfg.train.epochs):
         # the same shuffle on every worker (seed, epoch); full global batches only, so every replica steps alike
-        data = (tf.data.Dataset.from_tensor_slices((x["train"], y_train))
+        data = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
                 .shuffle(len(y_train), seed=cfg.seed + epoch, reshuffle_each_iteration=False)
                 .batch(batch, drop_remainder=True).with_options(opts))
         losses = [float(step(b)) for b in strat.experimental_distribute_dataset(data)]

@@ -100,13 +100,14 @@ def infer_task(y: pd.Series, cfg: Config) -> str:
     return "multiclass"
 
 
-def _split(df: pd.DataFrame, y: pd.Series | None, cfg: Config, notes: list[str]) -> dict[str, pd.DataFrame]:
-    """Seeded train/val/test split, stratified on the label for classification: each class's rows are
-    shuffled and cut by the ratios (so every split keeps the class balance), then each split is shuffled.
-    Plain NumPy on row positions: no frame copies, and no scikit-learn import (2 s) in this stage."""
+def split_positions(n: int, y: pd.Series | None, cfg: Config, notes: list[str]) -> dict[str, np.ndarray]:
+    """Seeded train/val/test split of n rows, stratified on the label for classification: each class's rows
+    are shuffled and cut by the ratios (so every split keeps the class balance). Each split keeps the file's
+    row order (training shuffles every epoch), which is what lets the streaming path write the same splits
+    chunk by chunk. Plain NumPy on row positions: no frame copies, and no scikit-learn import (2 s)."""
     rng = np.random.default_rng(cfg.seed)
     ratios = cfg.data.split
-    groups = [np.arange(len(df))] if y is None else [
+    groups = [np.arange(n)] if y is None else [
         np.flatnonzero(codes == c) for codes in [pd.factorize(y, sort=True)[0]] for c in range(codes.max() + 1)]
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for rows in groups:
@@ -118,23 +119,50 @@ def _split(df: pd.DataFrame, y: pd.Series | None, cfg: Config, notes: list[str])
         parts["train"].append(rows[n_test + n_val:])
     if y is not None and any(len(g) < 3 for g in groups):
         notes.append("a class has fewer than 3 rows: some splits do not contain it")
-    return {name: df.iloc[rng.permutation(np.concatenate(p))] for name, p in parts.items()}
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
 
 
-def _fit_text(values: pd.Series, cfg: Config) -> tuple[list[str], list[float]]:
-    """Vocabulary (and idf weights) of a text column, from Keras' own TextVectorization.adapt."""
+def _fit_text(values: Any, cfg: Config) -> tuple[list[str], list[float]]:
+    """Vocabulary (and idf weights) of a text column (an array of strings, or a tf.data dataset of
+    batches of them), from Keras' own TextVectorization.adapt."""
     from .keras_env import import_keras
 
     keras = import_keras()
     mode = cfg.preprocess.text_output
     layer = keras.layers.TextVectorization(max_tokens=cfg.preprocess.text_max_tokens, output_mode=mode)
-    layer.adapt(values.to_numpy(dtype=str))
+    layer.adapt(values)
     vocab = [str(v) for v in layer.get_vocabulary()[1:]]  # [0] is the OOV token
     idf: list[float] = []
     if mode == "tf_idf":
         weights = keras.ops.convert_to_numpy(layer._lookup_layer.idf_weights_const)  # noqa: SLF001
         idf = [float(w) for w in weights[1:]]
     return vocab, idf
+
+
+def numeric_feature(col: str, key: str, v: np.ndarray) -> Feature:
+    """Median imputation and min/max/mean/std from a train column (float64, NaN for missing)."""
+    finite = v[~np.isnan(v)]
+    if finite.size == 0:
+        finite = np.zeros(1)
+    return Feature(col, key, "numeric", fill=float(np.median(finite)), min=float(finite.min()),
+                   max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std()))
+
+
+def category_counts(s: pd.Series) -> pd.Series:
+    text = as_str(s)
+    return text[text != ""].value_counts()
+
+
+def categorical_feature(col: str, key: str, kind: str, counts: pd.Series, cfg: Config) -> Feature:
+    """The vocabulary: the most frequent values (ties by value), the most frequent one imputed."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.preprocess.max_categories]
+    vocab = [str(k) for k, _ in ordered]
+    return Feature(col, key, kind, fill=vocab[0] if vocab else "", vocabulary=vocab)
+
+
+def text_feature(col: str, key: str, values: Any, cfg: Config) -> Feature:
+    vocab, idf = _fit_text(values, cfg)
+    return Feature(col, key, "text", fill="", vocabulary=vocab, idf_weights=idf)
 
 
 def fit_features(train: pd.DataFrame, kinds: dict[str, str], cfg: Config) -> list[Feature]:
@@ -146,22 +174,11 @@ def fit_features(train: pd.DataFrame, kinds: dict[str, str], cfg: Config) -> lis
         key = model_key(col, taken)
         s = train[col]
         if kind == "numeric":
-            v = numeric_column(s, col, "train split")
-            finite = v[~np.isnan(v)]
-            if finite.size == 0:
-                finite = np.zeros(1)
-            features.append(Feature(col, key, kind, fill=float(np.median(finite)), min=float(finite.min()),
-                                    max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std())))
+            features.append(numeric_feature(col, key, numeric_column(s, col, "train split")))
         elif kind in ("categorical", "boolean"):
-            text = as_str(s)
-            text = text[text != ""]
-            counts = text.value_counts()
-            ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.preprocess.max_categories]
-            vocab = [str(k) for k, _ in ordered]
-            features.append(Feature(col, key, kind, fill=vocab[0] if vocab else "", vocabulary=vocab))
+            features.append(categorical_feature(col, key, kind, category_counts(s), cfg))
         elif kind == "text":
-            vocab, idf = _fit_text(as_str(s), cfg)
-            features.append(Feature(col, key, kind, fill="", vocabulary=vocab, idf_weights=idf))
+            features.append(text_feature(col, key, as_str(s).to_numpy(dtype=str), cfg))
     if not features:
         raise DataError("no usable feature columns: every column is the target, an id, empty or ignored")
     return features
@@ -169,6 +186,10 @@ def fit_features(train: pd.DataFrame, kinds: dict[str, str], cfg: Config) -> lis
 
 def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
     """Read DATA, clean it, split it, fit the preprocessing on train and write PREP_DIR."""
+    from . import streaming
+
+    if streaming.wanted(data, cfg):
+        return streaming.preprocess(data, out, cfg)
     folder = artifacts.Folder(Path(out), "prep")
     df = read_table(data, cfg.data)
     target = cfg.data.target
@@ -211,7 +232,8 @@ def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
         if task == "binary" and len(classes) != 2:
             raise DataError(f"{data}: data.task is binary but target '{target}' has {len(classes)} classes")
 
-    splits = _split(df, y if task != "regression" else None, cfg, inf.notes)
+    positions = split_positions(len(df), y if task != "regression" else None, cfg, inf.notes)
+    splits = {name: df.iloc[pos] for name, pos in positions.items()}
     if len(splits["train"]) < 2:
         raise DataError(f"{data}: too few rows ({len(df)}) to split into train / validation / test")
     features = fit_features(splits["train"], inf.kinds, cfg)

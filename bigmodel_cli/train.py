@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -118,7 +119,21 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
     import tensorflow as tf
 
     n = len(x)
-    xs, ys = tf.constant(x), tf.constant(y)
+    ys = tf.constant(y)
+    from .streaming import DiskMatrix
+
+    if isinstance(x, DiskMatrix):  # streaming: each batch's rows are read from the file, in the same order
+        width = x.shape[1]
+
+        def rows(i: Any) -> Any:
+            out = tf.numpy_function(x.take, [i], tf.float32, stateful=False)
+            out.set_shape((None, width))
+            return out
+    else:
+        xs = tf.constant(x)
+
+        def rows(i: Any) -> Any:
+            return tf.gather(xs, i)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def epoch_order(_: Any) -> Any:
@@ -128,7 +143,7 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
 
     batches = tf.data.Dataset.from_tensors(0).flat_map(epoch_order)
     steps = n // batch_size if drop_remainder else -(-n // batch_size)
-    ds = batches.map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)))
+    ds = batches.map(lambda i: (rows(i), tf.gather(ys, i)))
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
     set_epoch = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs=None: epoch.assign(e))
     return ds, set_epoch
@@ -187,16 +202,45 @@ def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema:
            folder: artifacts.Folder | None, cfg: Config, on_epoch: OnEpoch | None, resume: bool,
            multi: Any = None) -> TrainResult:
     """Train and write the run folder (folder None: a multi-worker non-chief, which writes nothing)."""
-    from . import checkpoint, features, model
+    from . import features
     from .keras_env import import_keras
 
-    keras = import_keras(cfg.seed)
+    import_keras(cfg.seed)
     started, t0 = artifacts.now(), time.perf_counter()
     config_sha = hashlib.sha256(cfg.to_yaml().encode()).hexdigest()
     encoder = features.preprocessing_model(schema)
-    splits = {name: load_split(prep_folder.path, name) for name in ("train", "val")}
-    x = {n: features.predict(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
-    y = {n: schema.labels(df, n) for n, df in splits.items()}
+    work: Any = contextlib.nullcontext()
+    if "streaming" in prep_manifest:  # the train features stay on disk; batches are gathered from there
+        from .streaming import encode_split
+
+        work = tempfile.TemporaryDirectory(prefix=".features.", dir=folder.path if folder else None)
+        x, y = {}, {}
+        for n in ("train", "val"):
+            x[n], y[n] = encode_split(prep_folder / artifacts.SPLIT_FILES[n], schema, encoder,
+                                      Path(work.name) / f"{n}.f32", f"the {n} split")
+        val = x["val"]
+        x["val"] = np.asarray(val)  # a fraction of the rows: Keras validates from memory
+        val.close()
+    else:
+        splits = {name: load_split(prep_folder.path, name) for name in ("train", "val")}
+        x = {n: features.predict(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
+        y = {n: schema.labels(df, n) for n, df in splits.items()}
+    with work:
+        try:
+            return _fit(prep_folder, prep_manifest, schema, folder, cfg, on_epoch, resume, multi, x, y, started, t0,
+                        config_sha)
+        finally:
+            if "streaming" in prep_manifest:
+                x["train"].close()
+
+
+def _fit(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
+         folder: artifacts.Folder | None, cfg: Config, on_epoch: OnEpoch | None, resume: bool, multi: Any,
+         x: dict[str, np.ndarray], y: dict[str, np.ndarray], started: str, t0: float, config_sha: str) -> TrainResult:
+    from . import checkpoint, model
+    from .keras_env import import_keras
+
+    keras = import_keras()
 
     state, best_weights = checkpoint.State(config_sha256=config_sha, splits=prep_manifest["splits"]), None
     has_val = len(y["val"]) > 0
