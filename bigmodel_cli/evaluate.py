@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pandas as pd
 from . import artifacts
 from .data import read_table
 from .errors import DataError
-from .predict import LoadedRun, Predictions, load
+from .predict import LoadedRun, Predictions, load, merge
 from .schema import Schema
 
 
@@ -32,18 +33,31 @@ class EvaluateResult:
         return self.doc
 
 
-def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[Iterable[pd.DataFrame], dict[str, Any]]:
+    """The rows to evaluate, as one DataFrame or (data.streaming) chunk by chunk, and where they come from."""
+    from . import streaming
+    from .data import read_chunks
+
+    chunk = run.config.data.chunk_rows
     if data is not None and not Path(data).is_dir():
-        return read_table(data, run.config.data), {"source": str(data), "split": None,
-                                                              "sha256": artifacts.sha256(Path(data))}
+        source = {"source": str(data), "split": None, "sha256": artifacts.sha256(Path(data))}
+        if streaming.wanted(data, run.config):
+            return read_chunks(data, run.config.data, chunk), source
+        return [read_table(data, run.config.data)], source
     if data is not None:
-        artifacts.Folder(Path(data), "prep").manifest()
+        streamed = "streaming" in artifacts.Folder(Path(data), "prep").manifest()
         _same_features(run, Schema.load(Path(data)), Path(data))
         path = Path(data) / artifacts.SPLIT_FILES[split]
-        return pd.read_parquet(path), {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
-    df = run.split(split)
-    path = run.prep_dir / artifacts.SPLIT_FILES[split]
-    return df, {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
+    else:
+        path = run.split_path(split)
+        manifest = run.prep_dir / artifacts.MANIFEST
+        streamed = manifest.exists() and "streaming" in artifacts.read_json(manifest)
+    source = {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
+    if streamed:
+        import pyarrow.parquet as pq
+
+        return (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk)), source
+    return [pd.read_parquet(path)], source
 
 
 def _same_features(run: LoadedRun, other: Schema, where: Path) -> None:
@@ -102,16 +116,20 @@ def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsaf
     loaded = load(run_dir, unsafe)
     cfg = loaded.config.evaluate
     split = split or cfg.split
-    df, source = _source(loaded, data, split)
+    frames, source = _source(loaded, data, split)
     s = loaded.schema
-    s.check_columns(df, source["source"], need_target=True)
-    y = s.labels(df, source["source"])
-    preds = loaded.predict(df, source["source"])
+    labels, parts, rows = [], [], 0
+    for df in frames:
+        s.check_columns(df, source["source"], need_target=True)
+        labels.append(s.labels(df, source["source"]))
+        parts.append(loaded.predict(df, source["source"]))
+        rows += len(df)
+    y, preds = np.concatenate(labels), merge(parts)
     body = classification_metrics(y, preds, s.classes) if s.is_classification else regression_metrics(y, preds)
     verdicts = gate_checks.check([*cfg.gates, *(gates or [])], body["metrics"])
     doc: dict[str, Any] = {
         "schema_version": artifacts.SCHEMA_VERSION, "task": s.task, "target": s.target,
-        "data": {**source, "rows": len(df)}, **body,
+        "data": {**source, "rows": rows}, **body,
         "unseen_categories": preds.unseen_categories, "ignored_columns": preds.ignored_columns,
         "gates": [v.to_dict() for v in verdicts],
     }

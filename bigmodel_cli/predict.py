@@ -6,6 +6,7 @@ from raw columns to predictions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zipfile
 from dataclasses import dataclass
@@ -62,12 +63,15 @@ class LoadedRun:
             return Predictions(probs, (out[:, 0] >= self.threshold).astype(int), unseen, ignored)
         return Predictions(out, out.argmax(axis=1), unseen, ignored)
 
-    def split(self, name: str) -> pd.DataFrame:
+    def split_path(self, name: str) -> Path:
         path = self.prep_dir / artifacts.SPLIT_FILES[name]
         if not path.exists():
             raise DataError(f"{self.path}: its prep folder {self.prep_dir} has no {artifacts.SPLIT_FILES[name]}; "
                             f"pass --data")
-        return pd.read_parquet(path)
+        return path
+
+    def split(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.split_path(name))
 
 
 def load_network(path: Path, unsafe: bool = False) -> Any:
@@ -136,14 +140,55 @@ class PredictResult:
                 "ignored_columns": self.ignored_columns}
 
 
+def merge(parts: list[Predictions]) -> Predictions:
+    """Predictions of consecutive chunks as one."""
+    if len(parts) == 1:
+        return parts[0]
+    unseen: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.unseen_categories.items():
+            unseen[k] = unseen.get(k, 0) + v
+    probs = None if parts[0].probabilities is None else np.concatenate([p.probabilities for p in parts])
+    return Predictions(probs, np.concatenate([p.values for p in parts]), unseen, parts[0].ignored_columns)
+
+
 def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictResult:
+    from . import streaming
+
     loaded = load(run_dir, unsafe)
-    df = read_table(data, loaded.config.data)
-    preds = loaded.predict(df, str(data))
-    table = frame(loaded, df, preds)
+    if not streaming.wanted(data, loaded.config):
+        df = read_table(data, loaded.config.data)
+        preds = loaded.predict(df, str(data))
+        table = frame(loaded, df, preds)
+        try:
+            with artifacts.atomic_path(Path(out)) as tmp:
+                write_table(table, tmp)
+        except OSError as e:
+            raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
+        return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns)
+    # data.streaming: chunk by chunk, appended to the output
+    from .data import is_parquet, read_chunks
+
+    parts, rows = [], 0
     try:
-        with artifacts.atomic_path(Path(out)) as tmp:
-            write_table(table, tmp)
+        with artifacts.atomic_path(Path(out)) as tmp, contextlib.ExitStack() as stack:
+            writer = None
+            for df in read_chunks(data, loaded.config.data, loaded.config.data.chunk_rows):
+                preds = loaded.predict(df, str(data))
+                table = frame(loaded, df, preds)
+                if is_parquet(Path(out)):
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
+
+                    arrow = pa.Table.from_pandas(table, preserve_index=False)
+                    if writer is None:
+                        writer = stack.enter_context(pq.ParquetWriter(tmp, arrow.schema))
+                    writer.write_table(arrow)
+                else:
+                    table.to_csv(tmp, index=False, mode="a" if rows else "w", header=not rows)
+                rows += len(table)
+                parts.append(Predictions(None, np.zeros(0), preds.unseen_categories, preds.ignored_columns))
     except OSError as e:
         raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
-    return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns)
+    summary = merge(parts)
+    return PredictResult(Path(out), rows, summary.unseen_categories, summary.ignored_columns)
