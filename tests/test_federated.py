@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import bm, read_json
+from .conftest import PENGUINS, bm, read_json
 
 pytest.importorskip("flwr", reason="the federated extra is not installed")
 
@@ -31,7 +31,12 @@ def test_fedavg_iid_matches_centralized(penguins_prep, tmp_path):
     m = read_json(tmp_path / "fed" / "manifest.json")
     assert m["kind"] == "run" and m["federated"]["clients"] == 4 and m["epochs_run"] == rounds
     assert sum(sum(b.values()) for b in m["federated"]["class_balance"]) == 240
-    bm("export", tmp_path / "fed", "--format", "keras", "--out", tmp_path / "export")  # an ordinary run folder
+    # an ordinary run folder for every later stage
+    bm("export", tmp_path / "fed", "--format", "keras", "--out", tmp_path / "export")
+    doc = json.loads(bm("compare", tmp_path / "central", tmp_path / "fed", "--json").stdout)
+    assert doc["metrics"]["accuracy"]["values"] == [central, fed] and not doc["warnings"]  # same test split
+    r = json.loads(bm("predict", tmp_path / "fed", PENGUINS, "--out", tmp_path / "p.csv", "--json").stdout)
+    assert r["rows"] == 344
 
 
 def test_dirichlet_and_by_column_partitions(penguins_prep, tmp_path):
