@@ -223,39 +223,55 @@ def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
         numeric_column(y, target, str(data))
     else:
         y = as_str(y)
-        classes = sorted(y.unique())
-        if len(classes) < 2:
-            raise DataError(f"{data}: target '{target}' has a single class ({classes[0]!r}): nothing to learn")
-        if len(classes) > MAX_CLASSES:
-            raise DataError(f"{data}: target '{target}' has {len(classes)} classes; "
-                            f"for a numeric target set data.task: regression")
-        if task == "binary" and len(classes) != 2:
-            raise DataError(f"{data}: data.task is binary but target '{target}' has {len(classes)} classes")
+        classes = check_classes(y, task, target, data)
 
     positions = split_positions(len(df), y if task != "regression" else None, cfg, inf.notes)
     splits = {name: df.iloc[pos] for name, pos in positions.items()}
     if len(splits["train"]) < 2:
         raise DataError(f"{data}: too few rows ({len(df)}) to split into train / validation / test")
-    features = fit_features(splits["train"], inf.kinds, cfg)
-    schema = Schema(
+    schema = make_schema(target, task, fit_features(splits["train"], inf.kinds, cfg), classes, inf, cfg)
+    report = _report(df, rows_in, duplicates, missing_target, schema, inf, splits)
+
+    for name, part in splits.items():
+        with artifacts.atomic_path(folder / artifacts.SPLIT_FILES[name]) as tmp:
+            part.reset_index(drop=True).to_parquet(tmp, index=False)
+    return finish(folder, data, cfg, schema, report, rows_in, {})
+
+
+def check_classes(y: pd.Series, task: str, target: str, data: Path) -> list[str]:
+    """The sorted classes of a classification target, or an error saying why it cannot be learned."""
+    classes = sorted(y.unique())
+    if len(classes) < 2:
+        raise DataError(f"{data}: target '{target}' has a single class ({classes[0]!r}): nothing to learn")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{data}: target '{target}' has {len(classes)} classes; "
+                        f"for a numeric target set data.task: regression")
+    if task == "binary" and len(classes) != 2:
+        raise DataError(f"{data}: data.task is binary but target '{target}' has {len(classes)} classes")
+    return classes
+
+
+def make_schema(target: str, task: str, features: list[Feature], classes: list[str], inf: Inference,
+                cfg: Config) -> Schema:
+    return Schema(
         target=target, task=task, features=features, classes=classes,
         id_columns=[c for c, k in inf.kinds.items() if k == "id"],
         dropped={c: k for c, k in inf.kinds.items() if k in ("id", "ignore")},
         scaling=cfg.preprocess.scaling, text_output=cfg.preprocess.text_output,
         text_max_tokens=cfg.preprocess.text_max_tokens, categorical_encoding=cfg.preprocess.categorical_encoding,
     )
-    report = _report(df, rows_in, duplicates, missing_target, schema, inf, splits)
 
-    for name, part in splits.items():
-        with artifacts.atomic_path(folder / artifacts.SPLIT_FILES[name]) as tmp:
-            part.reset_index(drop=True).to_parquet(tmp, index=False)
+
+def finish(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema, report: dict[str, Any], rows_in: int,
+           extra: dict[str, Any]) -> PreprocessResult:
+    """Write the schema, report and config, then the manifest (last): the prep folder is complete."""
     schema.save(folder.path)
     artifacts.write_json(folder / artifacts.REPORT, report)
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
     folder.finish({
         "data": {"path": str(data), "sha256": artifacts.sha256(Path(data)), "rows": rows_in},
         "seed": cfg.seed, "created": artifacts.now(),
-        "splits": {n: artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()},
+        "splits": {n: artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()}, **extra,
     })
     return PreprocessResult(folder.path, schema, report)
 

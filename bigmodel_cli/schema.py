@@ -120,8 +120,9 @@ def as_str(s: pd.Series) -> pd.Series:
     return s.astype("string").fillna("").str.strip().astype(object)
 
 
-def numeric_column(s: pd.Series, name: str, source: str) -> np.ndarray:
-    """A column as float64, ±inf and huge values as missing; a non-numeric string is an error naming its row."""
+def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0) -> np.ndarray:
+    """A column as float64, ±inf and huge values as missing; a non-numeric string is an error naming its row
+    (counted from `first_row`, for a chunk of a larger file)."""
     if pd.api.types.is_bool_dtype(s):
         return s.astype("float64").to_numpy()
     if not pd.api.types.is_numeric_dtype(s):
@@ -129,7 +130,8 @@ def numeric_column(s: pd.Series, name: str, source: str) -> np.ndarray:
         bad = parsed.isna() & s.notna() & (s.astype("string").str.strip() != "")
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{source}: column '{name}' is numeric but data row {row + 1} holds {s.iloc[row]!r}")
+            raise DataError(f"{source}: column '{name}' is numeric but data row {first_row + row + 1} holds "
+                            f"{s.iloc[row]!r}")
         s = parsed
     values = np.array(s.to_numpy(dtype="float64", na_value=np.nan), copy=True)
     # ±inf, and values too large for the model's float32, count as missing (imputed, and reported)

@@ -29,21 +29,23 @@ import pandas as pd
 
 from . import artifacts
 from .config import Config
-from .data import is_parquet, read_chunks
+from .data import read_chunks
 from .errors import DataError
 from .preprocess import (
-    MAX_CLASSES,
     Inference,
     PreprocessResult,
     categorical_feature,
     category_counts,
+    check_classes,
+    finish,
     infer_kinds,
     infer_task,
+    make_schema,
     numeric_feature,
     split_positions,
     text_feature,
 )
-from .schema import Schema, as_str, model_key
+from .schema import Schema, as_str, model_key, numeric_column
 
 AUTO_BYTES = 512 << 20  # data.streaming: auto streams files larger than this
 
@@ -55,22 +57,8 @@ def wanted(data: Path, cfg: Config) -> bool:
             size = Path(data).stat().st_size
         except OSError:
             return False
-        return size > AUTO_BYTES * (1 if is_parquet(Path(data)) else 1)
+        return size > AUTO_BYTES
     return bool(s)
-
-
-def _numeric(s: pd.Series, col: str, source: str, start: int) -> np.ndarray:
-    """A column as float64 (missing: NaN); a non-numeric value is an error naming its row in the file."""
-    if pd.api.types.is_bool_dtype(s):
-        return s.astype("float64").to_numpy()
-    parsed = pd.to_numeric(s, errors="coerce") if not pd.api.types.is_numeric_dtype(s) else s
-    bad = parsed.isna() & s.notna() & (s.astype("string").str.strip() != "")
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{source}: column '{col}' is numeric but data row {start + row + 1} holds {s.iloc[row]!r}")
-    values = np.array(parsed.to_numpy(dtype="float64", na_value=np.nan), copy=True)
-    values[~np.isfinite(values) | (np.abs(values) > np.finfo(np.float32).max)] = np.nan
-    return values
 
 
 def preprocess(data: Path, out: Path, cfg: Config) -> PreprocessResult:
@@ -114,7 +102,7 @@ def _run(data: Path, folder: artifacts.Folder, cfg: Config, work: Path, first: p
         for chunk in _chain(first, chunks):
             if list(chunk.columns) != columns:
                 raise DataError(f"{data}: the columns change at data row {start + 1}")
-            norm = pd.DataFrame({c: _numeric(chunk[c], c, source, start) if c in numeric
+            norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start) if c in numeric
                                  else _strings(chunk[c]) for c in columns})
             hashes.append(pd.util.hash_pandas_object(norm, index=False).to_numpy())
             # compact: a copy of the column (a view would keep the whole chunk's string block alive), categorical
@@ -131,16 +119,7 @@ def _run(data: Path, folder: artifacts.Folder, cfg: Config, work: Path, first: p
     y = y_all[keep].reset_index(drop=True)
     if len(y) == 0:
         raise DataError(f"{data}: target column '{target}' has no values")
-    classes: list[str] = []
-    if task != "regression":
-        classes = sorted(y.unique())
-        if len(classes) < 2:
-            raise DataError(f"{data}: target '{target}' has a single class ({classes[0]!r}): nothing to learn")
-        if len(classes) > MAX_CLASSES:
-            raise DataError(f"{data}: target '{target}' has {len(classes)} classes; "
-                            f"for a numeric target set data.task: regression")
-        if task == "binary" and len(classes) != 2:
-            raise DataError(f"{data}: data.task is binary but target '{target}' has {len(classes)} classes")
+    classes = [] if task == "regression" else check_classes(y, task, target, data)
     positions = split_positions(len(y), y if task != "regression" else None, cfg, inf.notes)
     which = np.full(len(y), -1, dtype=np.int8)
     names = list(positions)
@@ -203,13 +182,7 @@ def _run(data: Path, folder: artifacts.Folder, cfg: Config, work: Path, first: p
             features.append(text_feature(col, key, _text_batches(folder / artifacts.TRAIN, col), cfg))
     if not features:
         raise DataError("no usable feature columns: every column is the target, an id, empty or ignored")
-    schema = Schema(
-        target=target, task=task, features=features, classes=classes,
-        id_columns=[c for c, k in inf.kinds.items() if k == "id"],
-        dropped={c: k for c, k in inf.kinds.items() if k in ("id", "ignore")},
-        scaling=cfg.preprocess.scaling, text_output=cfg.preprocess.text_output,
-        text_max_tokens=cfg.preprocess.text_max_tokens, categorical_encoding=cfg.preprocess.categorical_encoding,
-    )
+    schema = make_schema(target, task, features, classes, inf, cfg)
     report = {
         "rows_in": rows_in, "duplicates_dropped": int(dup.sum()), "missing_target_dropped": int(missing.sum()),
         "rows_out": int(keep.sum()), "splits": {n: len(p) for n, p in positions.items()},
@@ -219,15 +192,7 @@ def _run(data: Path, folder: artifacts.Folder, cfg: Config, work: Path, first: p
                                               and k != "text"), None)} for c, k in inf.kinds.items()},
         "class_balance": balance, "notes": inf.notes, "streaming": True,
     }
-    schema.save(folder.path)
-    artifacts.write_json(folder / artifacts.REPORT, report)
-    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
-    folder.finish({
-        "data": {"path": str(data), "sha256": artifacts.sha256(Path(data)), "rows": rows_in},
-        "seed": cfg.seed, "created": artifacts.now(), "streaming": {"chunk_rows": cfg.data.chunk_rows},
-        "splits": {n: artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()},
-    })
-    return PreprocessResult(folder.path, schema, report)
+    return finish(folder, data, cfg, schema, report, rows_in, {"streaming": {"chunk_rows": cfg.data.chunk_rows}})
 
 
 def _strings(s: pd.Series) -> pd.Series:
