@@ -410,16 +410,21 @@ def _fed_result(result: Any, as_json: bool) -> None:
     _render(result, as_json, human)
 
 
-@contextlib.contextmanager
-def _budget(as_json: bool) -> Iterator[None]:
-    """A privacy budget that stops training early still wrote a run: print it, then exit 1."""
-    from .federated import BudgetExhausted
+def _federate(prep_dir: Path, config: Path | None, overrides: list[str], as_json: bool, start: Any) -> None:
+    """Resolve the config, run `start(stage, cfg, progress)` with a progress line per round, print the run.
+    A privacy budget that stops training early still wrote a run: it is printed too, then exit 1."""
+    from . import federated as stage
+    from . import train
 
+    cfg = train.resolve_config(prep_dir, config, overrides)
+    progress = _EpochProgress("round")
     try:
-        yield
-    except BudgetExhausted as e:
+        with contextlib.closing(progress):
+            result = start(stage, cfg, progress)
+    except stage.BudgetExhausted as e:
         _fed_result(e.result, as_json)
         raise
+    _fed_result(result, as_json)
 
 
 @federated_app.command("run")
@@ -437,21 +442,18 @@ def federated_run(
     (iid | dirichlet with alpha | by_column with column), secure_aggregation and privacy (client-level DP with
     max_epsilon: exit 1 when the budget stops training early). `bigmodel federated PREP_DIR` is this command.
     """
-    with guard(ctx):
-        from . import federated as stage
-        from . import train
-
-        cfg = train.resolve_config(prep_dir, config, sets or [])
+    def start(stage: Any, cfg: Any, progress: Any) -> Any:
         if cfg.federated.engine == "deployment":
             raise BigModelError("federated.engine is deployment: start `bigmodel federated serve` and a "
                                 "`bigmodel federated join` per client instead")
-        progress = _EpochProgress("round")
-        with _budget(as_json), contextlib.closing(progress):
-            _fed_result(stage.simulate(prep_dir, out_dir, cfg, progress), as_json)
+        return stage.simulate(prep_dir, out_dir, cfg, progress)
+
+    with guard(ctx):
+        _federate(prep_dir, config, sets or [], as_json, start)
 
 
 AddressOpt = Annotated[str | None, typer.Option(
-    "--address", help="HOST:PORT to listen on (serve) or connect to (join); default: federated.address.")]
+    "--address", help="HOST:PORT to listen on; default: federated.address.")]
 
 
 @federated_app.command()
@@ -470,13 +472,9 @@ def serve(
     after every round, and sends the config (model, local_epochs, batch size) to the clients.
     """
     with guard(ctx):
-        from . import federated as stage
-        from . import train
-
-        cfg = train.resolve_config(prep_dir, config, [*(sets or []), "federated.engine=deployment"])
-        progress = _EpochProgress("round")
-        with _budget(as_json), contextlib.closing(progress):
-            _fed_result(stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress), as_json)
+        _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json,
+                  lambda stage, cfg, progress: stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address,
+                                                           progress))
 
 
 @federated_app.command()

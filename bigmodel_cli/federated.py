@@ -172,7 +172,7 @@ class Federation:
         return (features.predict(self.encoder, features.to_inputs(df, self.schema, source)),
                 self.schema.labels(df, source))
 
-    def strategy(self, n_clients: int, max_rows: int = 0) -> Any:
+    def strategy(self, n_clients: int) -> Any:
         """Flower's FedAvg, wrapped in its DP wrapper when `federated.privacy` is set."""
         from flwr.common import ndarrays_to_parameters
         from flwr.server import strategy as fs

@@ -156,3 +156,5 @@ def test_join_without_a_server_is_a_clear_error(penguins_prep, tmp_path):
     pd.read_parquet(penguins_prep / "train.parquet").drop(columns="species").to_csv(data, index=False)
     r = bm("federated", "join", penguins_prep, "--data", data, "--server", "127.0.0.1:1", code=2)
     assert "species" in r.stderr  # its data is checked before it connects
+    r = bm("federated", penguins_prep, "--out", tmp_path / "dep", "--set", "federated.engine=deployment", code=2)
+    assert "federated serve" in r.stderr and not (tmp_path / "dep").exists()
