@@ -466,15 +466,21 @@ def serve(
     sets: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The server of a deployment: waits for clients, runs the rounds, writes the run folder.
+    """The server of a deployment: a Flower SuperLink at --address; waits for clients, runs the rounds, writes
+    the run folder.
 
-    It waits for `federated.clients` clients to join, evaluates the global model on PREP_DIR's validation split
-    after every round, and sends the config (model, local_epochs, batch size) to the clients.
+    It starts Flower's SuperLink (one HTTP port, no TLS: use it on a network you trust), submits bigmodel's Flower
+    App to it, waits for `federated.clients` clients (`bigmodel federated join`), evaluates the global model on
+    PREP_DIR's validation split after every round and sends the config (model, local_epochs, batch size) to the
+    clients. secure_aggregation and privacy work as in simulation.
     """
+    def start(stage: Any, cfg: Any, progress: Any) -> Any:
+        from . import federated_deploy
+
+        return federated_deploy.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress)
+
     with guard(ctx):
-        _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json,
-                  lambda stage, cfg, progress: stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address,
-                                                           progress))
+        _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json, start)
 
 
 @federated_app.command()
@@ -488,16 +494,17 @@ def join(
     wait: Annotated[float, typer.Option("--wait", help="Give up after retrying to reach the server this many "
                                         "seconds.")] = 600.0,
 ) -> None:
-    """A client of a deployment: trains on its own rows, sends only model weights.
+    """A client of a deployment: a Flower SuperNode; trains on its own rows, sends only model weights.
 
     DATA is encoded with PREP_DIR's fitted preprocessing (the prep folder the server uses); the client trains in
-    each round the server asks for and returns when the server is done.
+    each round the server asks for and returns when the server is done (exit 2 if the server is unreachable
+    for a minute).
     """
     with guard(ctx):
-        from . import federated as stage
+        from . import federated_deploy as stage
 
-        rows = stage.join(prep_dir, data, server, seed, wait)
-        err.print(f"federation finished; trained on {rows} local rows", highlight=False)
+        rows, rounds = stage.join(prep_dir, data, server, seed, wait)
+        err.print(f"federation finished; trained in {rounds} round(s) on {rows} local rows", highlight=False)
 
 
 @app.command()

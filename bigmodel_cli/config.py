@@ -182,12 +182,15 @@ class FederatedConfig(_Section):
     secure_aggregation: bool = False  # Flower's SecAgg+: the server only sees masked updates
     privacy: FederatedPrivacyConfig | None = None  # client-level DP when set
     engine: Literal["simulation", "deployment"] = "simulation"  # deployment: `federated serve` + `federated join`
-    address: str = "127.0.0.1:8080"  # deployment: where the server listens and clients connect
+    address: str = "127.0.0.1:9092"  # deployment: where the SuperLink listens and clients connect
 
     @model_validator(mode="after")
     def _column_given(self) -> FederatedConfig:
         if self.partition == "by_column" and not self.column:
             raise ValueError("partition: by_column needs column (e.g. island)")
+        if self.secure_aggregation and self.partition != "by_column" and self.clients < 3:
+            raise ValueError("secure_aggregation needs clients >= 3 (SecAgg+ shares each client's keys among the "
+                             f"others), got {self.clients}")
         return self
 
 

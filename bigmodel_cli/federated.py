@@ -8,8 +8,8 @@ evaluate, export, predict and compare accept it.
 Two engines, one server (`Federation`) and one client (`KerasClient`):
 - simulation (`bigmodel federated PREP_DIR`): Flower's simulation engine (Ray) runs K clients, each on a
   partition of the train split (iid, Dirichlet label skew, or one client per value of a column);
-- deployment (`bigmodel federated serve` / `bigmodel federated join`): a server and clients in separate
-  processes or hosts over Flower's gRPC transport; each client brings its own CSV.
+- deployment (`bigmodel federated serve` / `bigmodel federated join`): Flower's deployment runtime, a
+  SuperLink and SuperNodes in separate processes or hosts; see federated_deploy.py.
 
 Options, all Flower's own: `secure_aggregation` runs the SecAgg+ workflow (clients mask their updates, the
 server only ever sees the masked sum); `privacy` wraps the strategy in Flower's client-level DP wrappers
@@ -19,6 +19,7 @@ each round from dp-accounting's RDP accountant. Flower (`flwr[simulation]`) is t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -92,14 +93,24 @@ def affordable_rounds(rounds: int, p: FederatedPrivacyConfig) -> int:
     return sum(1 for r in range(1, rounds + 1) if epsilon(r, p) <= p.max_epsilon)
 
 
+def planned_rounds(cfg: Config) -> int:
+    """The rounds to run: federated.rounds, or fewer when the privacy budget runs out (none fit: exit 1)."""
+    p = cfg.federated.privacy
+    rounds = affordable_rounds(cfg.federated.rounds, p) if p else cfg.federated.rounds
+    if rounds == 0:
+        raise GateFailed(f"federated.privacy.max_epsilon {p.max_epsilon}: one round already spends "
+                         f"ε={epsilon(1, p):.3g}; raise max_epsilon or noise_multiplier")
+    return rounds
+
+
 class KerasClient:
     """One Flower client: trains the model the server's config describes on its own (encoded) rows.
 
     The server sends the config with every round, so a client needs only the prep folder's schema and
     its data; it answers with its weights and example count (1 under DP: every client weighs alike)."""
 
-    def __init__(self, schema: Schema, x: np.ndarray, y: np.ndarray, seed: int) -> None:
-        self.schema, self.x, self.y, self.seed = schema, x, y, seed
+    def __init__(self, schema: Schema, x: np.ndarray, y: np.ndarray, seed: int, status: Path | None = None) -> None:
+        self.schema, self.x, self.y, self.seed, self.status = schema, x, y, seed, status
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         import yaml
@@ -115,7 +126,14 @@ class KerasClient:
         h = net.fit(self.x, self.y, epochs=cfg.federated.local_epochs, batch_size=cfg.train.batch_size,
                     verbose=0, shuffle=True)
         weight = 1 if cfg.federated.privacy is not None else len(self.y)
+        note_status(self.status, {"round": int(config["round"])})
         return net.get_weights(), weight, {"train_loss": float(h.history["loss"][-1]), "rows": len(self.y)}
+
+    def properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The server's questions outside the rounds: the row count, and "done" at the end."""
+        if config.get("done"):
+            note_status(self.status, {"done": True})
+        return {"rows": len(self.y)}
 
     def to_client(self) -> Any:
         from flwr.client import NumPyClient
@@ -126,7 +144,45 @@ class KerasClient:
             def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
                 return outer.fit(parameters, config)
 
+            def get_properties(self, config: dict[str, Any]) -> Any:
+                return outer.properties(config)
+
         return _Client().to_client()
+
+
+def client_mod(msg: Any, context: Any, call_next: Any) -> Any:
+    """The clients' Flower mod: SecAgg+ when the server's message runs that protocol, then client-side
+    clipping when the server's DP wrapper asks for it (it does only under SecAgg+: the server never sees
+    one client's update). One mod for every config, since a client learns the config from the server."""
+    from flwr.client import mod
+    from flwr.common import MessageType
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return mod.secaggplus_mod(msg, context, lambda m, c: _clipping_mod(m, c, call_next))
+    return _clipping_mod(msg, context, call_next)
+
+
+def _clipping_mod(msg: Any, context: Any, call_next: Any) -> Any:
+    import yaml
+    from flwr.client import mod
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    config = compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    if KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    fixed = yaml.safe_load(str(config["config"]))["federated"]["privacy"]["clipping"] == "fixed"
+    return (mod.fixedclipping_mod if fixed else mod.adaptiveclipping_mod)(msg, context, call_next)
+
+
+def note_status(status: Path | None, record: dict[str, Any]) -> None:
+    """Append one JSON record to a status file (the channel from Flower's app processes to ours)."""
+    if status is not None:
+        with open(status, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -147,7 +203,7 @@ class Federation:
         from .keras_env import import_keras
 
         _flwr()
-        if not _verbose():  # Flower logs every message at INFO; the CLI shows one line per round instead
+        if not verbose_logging():  # Flower logs every message at INFO; the CLI shows one line per round instead
             logging.getLogger("flwr").setLevel(logging.WARNING)
         self.prep_folder = artifacts.Folder(Path(self.prep), "prep")
         self.prep_manifest = self.prep_folder.manifest()
@@ -159,11 +215,7 @@ class Federation:
         self.encoder = features.preprocessing_model(self.schema)
         self.x_val, self.y_val = self.encode(load_split(self.prep_folder.path, "val"), "the val split")
         self.model = model.build(self.cfg, self.schema, self.x_val.shape[1])
-        p = self.cfg.federated.privacy
-        self.rounds = affordable_rounds(self.cfg.federated.rounds, p) if p else self.cfg.federated.rounds
-        if self.rounds == 0:
-            raise GateFailed(f"federated.privacy.max_epsilon {p.max_epsilon}: one round already spends "
-                             f"ε={epsilon(1, p):.3g}; raise max_epsilon or noise_multiplier")
+        self.rounds = planned_rounds(self.cfg)
         self._round: dict[str, float] = {}
 
     def encode(self, df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -200,14 +252,19 @@ class Federation:
         return cls(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
                    initial_clipping_norm=p.clipping_norm, target_clipped_quantile=p.target_quantile)
 
-    def client_mods(self) -> list[Any]:
-        from flwr.client import mod
+    def run_rounds(self, grid: Any, context: Any, n_clients: int, max_weight: float) -> None:
+        """The server's main on Flower's Grid: FedAvg rounds, through the SecAgg+ workflow when asked."""
+        from flwr.server import LegacyContext, ServerConfig
+        from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-        f = self.cfg.federated
-        mods = [mod.secaggplus_mod] if f.secure_aggregation else []
-        if f.secure_aggregation and f.privacy is not None:
-            mods.append(mod.fixedclipping_mod if f.privacy.clipping == "fixed" else mod.adaptiveclipping_mod)
-        return mods
+        if self.cfg.federated.secure_aggregation and n_clients < 3:
+            raise ConfigError(f"federated.secure_aggregation needs 3 or more clients, got {n_clients}")
+        fit = (SecAggPlusWorkflow(num_shares=n_clients, reconstruction_threshold=max(2, n_clients - 1),
+                                  max_weight=max_weight)
+               if self.cfg.federated.secure_aggregation else None)
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=self.rounds),
+                               strategy=self.strategy(n_clients))
+        DefaultWorkflow(fit_workflow=fit)(grid, legacy)
 
     def _fit_metrics(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         rows = sum(int(m.get("rows", 0)) for _, m in results)
@@ -266,7 +323,7 @@ class BudgetExhausted(GateFailed):
         self.result = result
 
 
-def _verbose() -> bool:
+def verbose_logging() -> bool:
     return logging.getLogger().getEffectiveLevel() <= logging.INFO  # `bigmodel --verbose`
 
 
@@ -275,8 +332,7 @@ def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None) -> TrainR
     _flwr()
     from flwr.client import ClientApp
     from flwr.common import Context
-    from flwr.server import LegacyContext, ServerApp, ServerConfig
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server import ServerApp
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs asked for: Ray's own advice
@@ -306,88 +362,22 @@ def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None) -> TrainR
             rows = d[f"part{pid}"]
             return KerasClient(schema, d["x"][rows], d["y"][rows], seed + pid).to_client()
 
-    strategy = fed.strategy(len(parts))
     server_app = ServerApp()
+    max_weight = float(1 if f.privacy else max(len(p) for p in parts))
 
     @server_app.main()
     def main(grid: Any, context: Context) -> None:
-        fit = (SecAggPlusWorkflow(num_shares=len(parts), reconstruction_threshold=max(2, len(parts) - 1),
-                                  max_weight=float(1 if f.privacy else max(len(p) for p in parts)))
-               if f.secure_aggregation else None)
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed.rounds), strategy=strategy)
-        DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+        fed.run_rounds(grid, context, len(parts), max_weight)
 
+    loud = verbose_logging()
     try:
-        run_simulation(server_app=server_app, client_app=ClientApp(client_fn=client_fn, mods=fed.client_mods()),
+        run_simulation(server_app=server_app, client_app=ClientApp(client_fn=client_fn, mods=[client_mod]),
                        num_supernodes=len(parts),
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": {"num_cpus": 2, "include_dashboard": False,
-                                                     "log_to_driver": _verbose(),  # clients' logs: --verbose
-                                                     "logging_level": logging.INFO if _verbose() else logging.ERROR}},
-                       verbose_logging=_verbose())
+                                                     "log_to_driver": loud,  # clients' logs: --verbose
+                                                     "logging_level": logging.INFO if loud else logging.ERROR}},
+                       verbose_logging=loud)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return fed.finish({"clients": len(parts), "partition": f.partition, "class_balance": balance})
-
-
-def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None) -> TrainResult:
-    """`bigmodel federated serve`: the server of a deployment; waits for `federated.clients` clients."""
-    _flwr()
-    from flwr.server import ServerConfig, start_server
-
-    f = cfg.federated
-    if f.secure_aggregation:
-        raise ConfigError("federated.secure_aggregation is only available with the simulation engine for now")
-    fed = Federation(prep, out, cfg, on_round)
-    start_server(server_address=address, config=ServerConfig(num_rounds=fed.rounds),
-                 strategy=fed.strategy(f.clients))
-    return fed.finish({"clients": f.clients, "partition": "deployment"})
-
-
-def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0) -> int:
-    """`bigmodel federated join`: one client of a deployment, training on its own CSV or Parquet file
-    encoded with the prep folder's fitted preprocessing. Returns its row count when the server is done."""
-    _flwr()
-    from flwr.client import start_client
-
-    from . import features
-    from .config import load_config
-    from .data import read_table
-    from .keras_env import import_keras
-
-    prep_folder = artifacts.Folder(Path(prep), "prep")
-    prep_folder.manifest()
-    schema = Schema.load(prep_folder.path)
-    cfg = load_config(prep_folder / artifacts.CONFIG)
-    df = read_table(Path(data), cfg.data)
-    source = str(data)
-    schema.check_columns(df, source, need_target=True)
-    import_keras(seed)
-    x = features.predict(features.preprocessing_model(schema), features.to_inputs(df, schema, source))
-    y = schema.labels(df, source)
-    _wait_for(address, wait)
-    import grpc
-
-    try:
-        start_client(server_address=address, client=KerasClient(schema, x, y, seed).to_client(), max_wait_time=wait)
-    except grpc.RpcError as e:
-        raise DataError(f"federated join: lost the server at {address}: {e.code().name}") from None
-    return len(y)
-
-
-def _wait_for(address: str, seconds: float) -> None:
-    """Block until something listens at HOST:PORT (the server may start after its clients)."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--server {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-            return
-        except OSError as e:
-            if time.monotonic() > deadline:
-                raise DataError(f"federated join: no server at {address} after {seconds:g} s ({e})") from None
-            time.sleep(0.5)

@@ -72,6 +72,13 @@ def test_secure_aggregation_equals_fedavg(penguins_prep, tmp_path):
     diff = max(float(np.abs(a - b).max()) for a, b in zip(plain, secagg, strict=True))
     moved = max(float(np.abs(a).max()) for a in plain)
     assert 0 < diff < 1e-4 < moved, diff  # quantization noise only: SecAgg+ really ran, and agrees
+    # with client-level DP under SecAgg+ the clients clip their own updates (the server never sees one):
+    # clipped to norm 1e-3 with next to no noise, the global model stays near its start, far from plain FedAvg's
+    bm("federated", penguins_prep, "--out", tmp_path / "clipped", *common, "--set", "federated.secure_aggregation=true",
+       "--set", "federated.privacy.clipping_norm=0.001", "--set", "federated.privacy.noise_multiplier=0.01")
+    clipped = _weights(tmp_path / "clipped")
+    away = max(float(np.abs(a - b).max()) for a, b in zip(plain, clipped, strict=True))
+    assert away > 100 * diff, (away, diff)
 
 
 def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
@@ -109,8 +116,8 @@ def _free_port() -> int:
 
 
 def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
-    """`federated serve` and two `federated join` as separate processes on 127.0.0.1, each client with its own
-    half of the train split; the server writes an ordinary run folder."""
+    """`federated serve` (a Flower SuperLink) and two `federated join` (SuperNodes) as separate processes on
+    127.0.0.1, each client with its own half of the train split; the server writes an ordinary run folder."""
     train = pd.read_parquet(penguins_prep / "train.parquet")
     halves = [tmp_path / "client0.csv", tmp_path / "client1.csv"]
     train.iloc[::2].to_csv(halves[0], index=False)
@@ -120,7 +127,7 @@ def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     server = subprocess.Popen([*cmd, "federated", "serve", str(penguins_prep), "--out", str(tmp_path / "run"),
                                "--address", address, *FAST, "--set", "federated.clients=2",
-                               "--set", "federated.rounds=4", "--set", "federated.local_epochs=2", "--json"],
+                               "--set", "federated.rounds=3", "--set", "federated.local_epochs=3", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     logs = [tmp_path / f"client{k}.log" for k in range(2)]  # files, not pipes: Flower logs every message
     clients = [subprocess.Popen([*cmd, "federated", "join", str(penguins_prep), "--data", str(h), "--server", address,
@@ -133,16 +140,31 @@ def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
         for k, c in enumerate(clients):
             c.wait(timeout=60)
             assert c.returncode == 0, logs[k].read_text()[-3000:]
-            assert f"trained on {len(train.iloc[k::2])} local rows" in logs[k].read_text()
+            assert f"trained in 3 round(s) on {len(train.iloc[k::2])} local rows" in logs[k].read_text()
     finally:
         for p in (server, *clients):
             p.kill()
     result = json.loads(out)
-    assert result["epochs_run"] == 4 and result["final"]["clients"] == 2
-    assert result["final"]["val_accuracy"] > 0.8, result  # lr 0.01, 4 rounds x 2 local epochs
+    assert result["epochs_run"] == 3 and result["final"]["clients"] == 2
+    assert result["final"]["val_accuracy"] > 0.8, result  # lr 0.01, 3 rounds x 3 local epochs
     m = read_json(tmp_path / "run" / "manifest.json")
     assert m["federated"]["engine"] == "deployment"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no Flower leftovers
     bm("evaluate", tmp_path / "run", "--no-plots")
+
+
+def test_serve_errors_before_starting_flower(penguins_prep, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--address", address, code=2)
+    assert f"--address {address}" in r.stderr and "in use" in r.stderr
+    r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--set", "federated.clients=2",
+           "--set", "federated.secure_aggregation=true", code=2)
+    assert "federated: secure_aggregation needs clients >= 3" in r.stderr
+    r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--address", "nohostport", code=2)
+    assert "expected HOST:PORT" in r.stderr
 
 
 def test_join_without_a_server_is_a_clear_error(penguins_prep, tmp_path):
