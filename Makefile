@@ -59,7 +59,7 @@ demo: $(foreach d,$(DEMO_SETS),$(OUT)/$(d)/run/metrics.json $(OUT)/$(d)/export/m
 bench: $(VENV)/.installed-dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit $$?; done
 
-# The README's federated table: centralized vs FedAvg / SecAgg+ / client DP on penguins (~4 minutes).
+# The README's federated table: centralized vs FedAvg / SecAgg+ / client DP / deployment on penguins (~8 minutes).
 federated-table: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/federated_table.py
 

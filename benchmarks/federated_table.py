@@ -2,7 +2,8 @@
 
 Every row trains the same Sequential with the same total number of epochs (rounds x local epochs) and is
 scored by `bigmodel evaluate` on the same test split. Wall time is the whole CLI command, start-up included
-(a simulation also starts Ray). Run: `make federated-table` (about 3 minutes on 2 cores).
+(a simulation also starts Ray; a deployment a SuperLink, four SuperNodes and their app processes).
+Run: `make federated-table` (about 6 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ROWS = [
     ("FedAvg + SecAgg+", ["federated"], [*FED, "--set", "federated.secure_aggregation=true"]),
     ("FedAvg + client DP, z=0.5", ["federated"], [*FED, "--set", "federated.privacy.noise_multiplier=0.5"]),
     ("FedAvg + client DP, z=2", ["federated"], [*FED, "--set", "federated.privacy.noise_multiplier=2"]),
+    ("FedAvg, deployment (SuperLink + 4 SuperNodes)", ["federated", "serve"], FED),
 ]
 
 
@@ -40,6 +42,31 @@ def bm(*args: object) -> str:
     return r.stdout
 
 
+def deployment(prep: Path, out: Path, args: list[str]) -> None:
+    """`federated serve` and one `federated join` per client (rows k::CLIENTS of the train split), all on
+    this machine: what Flower's deployment runtime costs against its simulation engine."""
+    import socket
+
+    import pandas as pd
+
+    train = pd.read_parquet(prep / "train.parquet")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    cmd = [sys.executable, "-m", "bigmodel_cli", "federated"]
+    server = subprocess.Popen([*cmd, "serve", str(prep), "--out", str(out), "--address", address, *args],
+                              stdout=subprocess.DEVNULL, stderr=(out.parent / "serve.log").open("w"))
+    clients = []
+    for k in range(CLIENTS):
+        data = out.parent / f"client{k}.csv"
+        train.iloc[k::CLIENTS].to_csv(data, index=False)
+        clients.append(subprocess.Popen([*cmd, "join", str(prep), "--data", str(data), "--server", address,
+                                         "--seed", str(k)], stdout=subprocess.DEVNULL,
+                                        stderr=(out.parent / f"client{k}.log").open("w")))
+    if server.wait() != 0 or any(c.wait() != 0 for c in clients):
+        raise SystemExit(f"deployment failed: see the logs in {out.parent}")
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bigmodel-fed-"))
     prep = work / "prep"
@@ -48,7 +75,10 @@ def main() -> None:
     for i, (name, cmd, extra) in enumerate(ROWS):
         out = work / f"run{i}"
         t0 = time.perf_counter()
-        bm(*cmd, prep, "--out", out, *COMMON, *extra)
+        if cmd[-1] == "serve":
+            deployment(prep, out, [*COMMON, *extra])
+        else:
+            bm(*cmd, prep, "--out", out, *COMMON, *extra)
         seconds = time.perf_counter() - t0
         metrics = json.loads(bm("evaluate", out, "--json", "--no-plots"))["metrics"]
         privacy = json.loads((out / "manifest.json").read_text()).get("privacy") or {}

@@ -27,6 +27,7 @@ app = typer.Typer(
     help="From a table of data to a trained, evaluated, exported Keras model.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     add_completion=False,
 )
 
@@ -396,7 +397,7 @@ class _RunByDefault(TyperGroup):
 
 
 federated_app = typer.Typer(
-    cls=_RunByDefault, no_args_is_help=True,
+    cls=_RunByDefault, no_args_is_help=True, rich_markup_mode="markdown",
     help="Federated training on Flower: FedAvg, SecAgg+, client-level DP; simulated or deployed.")
 app.add_typer(federated_app, name="federated")
 
@@ -469,7 +470,8 @@ def serve(
     """The server of a deployment: a Flower SuperLink at --address; waits for clients, runs the rounds, writes
     the run folder.
 
-    It starts Flower's SuperLink (one HTTP port, no TLS: use it on a network you trust), submits bigmodel's Flower
+    It starts Flower's SuperLink (one HTTP port, no TLS, open to anyone who reaches it: bind it only on a network
+    you trust), submits bigmodel's Flower
     App to it, waits for `federated.clients` clients (`bigmodel federated join`), evaluates the global model on
     PREP_DIR's validation split after every round and sends the config (model, local_epochs, batch size) to the
     clients. secure_aggregation and privacy work as in simulation.
