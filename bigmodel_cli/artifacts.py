@@ -163,7 +163,7 @@ class Folder:
                     owner = int(path.read_text().strip() or 0)
                 except (OSError, ValueError):
                     owner = 0
-                if owner and owner != os.getpid() and _alive(owner):
+                if owner and owner != os.getpid() and alive(owner):
                     raise DataError(f"{self.path}: in use by another bigmodel process (pid {owner}, {path}); "
                                     f"wait for it or remove the lock if that process is gone") from None
                 path.unlink(missing_ok=True)  # stale: its owner died
@@ -194,7 +194,8 @@ class Folder:
         return doc
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a zombie not yet reaped counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -231,8 +231,8 @@ def _until_done(status: Path, supernode: Any, log: Path, address: str, patience:
 
 @contextlib.contextmanager
 def _process(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """One of Flower's programs as a child process, its output in `log` (on stderr with --verbose),
-    stopped (SIGTERM, then SIGKILL) when the block ends, whatever ends it."""
+    """One of Flower's programs as a child process, its output in `log` (on stderr with --verbose), stopped
+    with everything it started when the block ends, whatever ends it."""
     exe = Path(sys.executable).parent / cmd[0]
     with open(log, "wb") as f:
         proc = subprocess.Popen([str(exe) if exe.exists() else cmd[0], *cmd[1:]], env=env, stdin=subprocess.DEVNULL,
@@ -240,13 +240,43 @@ def _process(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subproc
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s, to `proc` and all its descendants. Flower's SuperLink and SuperNode
+    start their app processes in sessions of their own, which outlive them (a ServerApp left waiting for
+    clients polls a SuperLink that is gone, forever), so a process group is not enough: the family is
+    read from /proc (Linux; elsewhere only `proc` itself is signalled)."""
+    import signal
+
+    family = [proc.pid, *_descendants(proc.pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not any(artifacts.alive(p) for p in family[1:]):
+                return
+            time.sleep(0.2)
+    proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    family, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        family += kids
+        todo += kids
+    return family
 
 
 @contextlib.contextmanager

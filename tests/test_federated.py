@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,6 +154,58 @@ def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
     assert m["federated"]["engine"] == "deployment"
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no Flower leftovers
     bm("evaluate", tmp_path / "run", "--no-plots")
+
+
+def _flower_processes(port: int) -> dict[int, str]:
+    """pid: command line of the live Flower programs started for the SuperLink at this port."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any("flwr" in a or "flower-" in a for a in args[:2]) and any(str(port) in a for a in args):
+            found[int(cmdline.parent.name)] = " ".join(args)
+    return found
+
+
+def _waiting_server_app(port: int) -> bool:
+    """Whether the ServerApp process runs and has loaded TensorFlow (it then waits for clients)."""
+    for pid, cmd in _flower_processes(port).items():
+        try:
+            if "flwr-serverapp" in cmd and "tensorflow" in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_serve_stopped_by_sigterm_leaves_no_flower_process(penguins_prep, tmp_path):
+    """SIGTERM while the server waits for clients: exit 143, and the SuperLink, its SuperExec and the ServerApp
+    process (which Flower starts in a session of its own) are all gone, with our temporary files."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "federated", "serve", str(penguins_prep), "--out",
+                               str(tmp_path / "run"), "--address", f"127.0.0.1:{port}", "--set", "federated.clients=2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(240):
+            if _waiting_server_app(port):
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"no ServerApp with TensorFlow loaded after 60 s: {_flower_processes(port)}")
+        time.sleep(8)  # now waiting for clients
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 143, server.stderr.read()
+        for _ in range(40):
+            if not _flower_processes(port):
+                break
+            time.sleep(0.25)
+        assert _flower_processes(port) == {}
+        assert list((tmp_path / "run").iterdir()) == []
+    finally:
+        server.kill()
 
 
 def test_serve_errors_before_starting_flower(penguins_prep, tmp_path):
