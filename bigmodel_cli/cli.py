@@ -455,6 +455,9 @@ def federated_run(
 
 AddressOpt = Annotated[str | None, typer.Option(
     "--address", help="HOST:PORT to listen on; default: federated.address.")]
+TlsCaOpt = Annotated[Path | None, typer.Option(
+    "--tls-ca", exists=True, dir_okay=False, show_default=False,
+    help="TLS: the CA certificate (PEM) that signed the server's certificate. Without TLS options: no TLS.")]
 
 
 @federated_app.command()
@@ -463,6 +466,13 @@ def serve(
     prep_dir: PrepDirArg,
     out_dir: RunOutOpt,
     address: AddressOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", exists=True, dir_okay=False, show_default=False,
+        help="TLS: the server's certificate (PEM), naming the hosts clients connect to and 127.0.0.1.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", exists=True, dir_okay=False, show_default=False,
+        help="TLS: the server's private key (PEM).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     as_json: JsonOpt = False,
@@ -470,16 +480,21 @@ def serve(
     """The server of a deployment: a Flower SuperLink at --address; waits for clients, runs the rounds, writes
     the run folder.
 
-    It starts Flower's SuperLink (one HTTP port, no TLS, open to anyone who reaches it: bind it only on a network
-    you trust), submits bigmodel's Flower
-    App to it, waits for `federated.clients` clients (`bigmodel federated join`), evaluates the global model on
+    It starts Flower's SuperLink (one HTTP port; TLS with the --tls-* options; its control API has no
+    authentication, so bind it only on a network you trust), submits bigmodel's Flower App to it, waits for
+    `federated.clients` clients (`bigmodel federated join`), evaluates the global model on
     PREP_DIR's validation split after every round and sends the config (model, local_epochs, batch size) to the
     clients. secure_aggregation and privacy work as in simulation.
     """
     def start(stage: Any, cfg: Any, progress: Any) -> Any:
         from . import federated_deploy
 
-        return federated_deploy.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress)
+        tls = None
+        if tls_ca or tls_cert or tls_key:
+            if not (tls_ca and tls_cert and tls_key):
+                raise BigModelError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+            tls = federated_deploy.Tls(tls_ca, tls_cert, tls_key)
+        return federated_deploy.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress, tls)
 
     with guard(ctx):
         _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json, start)
@@ -495,6 +510,7 @@ def join(
     seed: Annotated[int, typer.Option("--seed", help="This client's seed.")] = 0,
     wait: Annotated[float, typer.Option("--wait", help="Give up after retrying to reach the server this many "
                                         "seconds.")] = 600.0,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """A client of a deployment: a Flower SuperNode; trains on its own rows, sends only model weights.
 
@@ -505,7 +521,7 @@ def join(
     with guard(ctx):
         from . import federated_deploy as stage
 
-        rows, rounds = stage.join(prep_dir, data, server, seed, wait)
+        rows, rounds = stage.join(prep_dir, data, server, seed, wait, tls_ca)
         err.print(f"federation finished; trained in {rounds} round(s) on {rows} local rows", highlight=False)
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,48 @@ from .schema import Schema
 from .train import TrainResult
 
 
-def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None) -> TrainResult:
+@dataclass(frozen=True)
+class Tls:
+    """TLS for the SuperLink: the CA that signed `cert` (clients verify the server with it), and the server's
+    certificate and key (PEM files). The certificate must name the hosts clients connect to and 127.0.0.1,
+    where the SuperLink's own processes reach it."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def superlink_args(self) -> list[str]:
+        return ["--ssl-ca-certfile", str(self.ca), "--ssl-certfile", str(self.cert), "--ssl-keyfile", str(self.key)]
+
+    def check(self) -> None:
+        """Load the files as Python's ssl would, so that a wrong file is a one-line error here, not a hung
+        Flower process."""
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=str(self.ca))
+        except (ssl.SSLError, ValueError) as e:
+            raise ConfigError(f"--tls-ca {self.ca}: not a PEM CA certificate ({e})") from None
+        if self.cert is not None and self.key is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.cert), str(self.key))
+            except ssl.SSLError as e:
+                raise ConfigError(f"--tls-cert {self.cert} / --tls-key {self.key}: not a matching PEM certificate "
+                                  f"and key ({e})") from None
+
+
+CONNECT_SECONDS = 30  # a SuperNode gives up after failing to reach the SuperLink this long
+
+
+def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None,
+          tls: Tls | None = None) -> TrainResult:
     """`bigmodel federated serve`: a SuperLink at `address` and our Flower App run on it, which waits for
     `federated.clients` SuperNodes (`bigmodel federated join`), runs the rounds and writes the run folder."""
     _need_flwr()
     host, port = _host_port(address, "--address")
     _check_free(host, port, address)
+    if tls is not None:
+        tls.check()
     planned_rounds(cfg)  # a budget that fits no round fails here, before anything starts
     artifacts.Folder(Path(prep), "prep").manifest()
     folder = artifacts.Folder(Path(out), "run")
@@ -56,10 +93,12 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
         job = json.dumps(str(work / "job.json"))
         (app / "pyproject.toml").write_text(_APP_TOML.format(version=_version(), job=job))
         reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        security = (f"root-certificates = {json.dumps(str(tls.ca.resolve()))}\n" if tls else "insecure = true\n")
         env = _flower_env(work, f'[superlink]\ndefault = "bigmodel"\n[superlink.bigmodel]\n'
-                                f'address = "{reach}:{port}"\ninsecure = true\n')
-        with _process(["flower-superlink", "--insecure", "--host", host, "--port", str(port),
-                       "--disable-runtime-dependency-installation"], work / "superlink.log", env) as link:
+                                f'address = "{reach}:{port}"\n{security}')
+        with _process(["flower-superlink", *(tls.superlink_args() if tls else ["--insecure"]), "--host", host,
+                       "--port", str(port), "--disable-runtime-dependency-installation"],
+                      work / "superlink.log", env) as link:
             _wait_for(f"{reach}:{port}", 60, link, work / "superlink.log")
             with _process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env) as run:
                 record = _follow(status, run, work / "run.log", on_round)
@@ -103,12 +142,15 @@ def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
     note_status(status, record)
 
 
-def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0) -> tuple[int, int]:
+def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
+         tls_ca: Path | None = None) -> tuple[int, int]:
     """`bigmodel federated join`: a SuperNode connected to the SuperLink at `address`, whose client trains on
     its own CSV or Parquet file encoded with the prep folder's fitted preprocessing. Returns its row count
     and the rounds it trained in when the server says it is done."""
     _need_flwr()
     _host_port(address, "--server")
+    if tls_ca is not None:
+        Tls(tls_ca).check()
     from . import features
     from .config import load_config
     from .data import read_table
@@ -132,7 +174,10 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0) -
         node.write_text(json.dumps({"prep": str(prep_folder.path.resolve()), "data": str(work / "data.npz"),
                                     "seed": seed, "status": str(status)}))
         _wait_for(address, wait)
-        with _process(["flower-supernode", "--insecure", "--superlink", address, "--port", str(_free_port()),
+        security = ["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"]
+        # --max-wait-time: a SuperNode that cannot talk to the server (say, TLS on one side only) stops
+        with _process(["flower-supernode", *security, "--superlink", address, "--port", str(_free_port()),
+                       "--max-wait-time", str(CONNECT_SECONDS),
                        "--node-config", f"bigmodel={json.dumps(str(node))}"],
                       work / "supernode.log", _flower_env(work)) as supernode:
             rounds = _until_done(status, supernode, work / "supernode.log", address)
@@ -218,6 +263,10 @@ def _until_done(status: Path, supernode: Any, log: Path, address: str, patience:
         if any(r.get("done") for r in records):
             return rounds
         if supernode.poll() is not None:
+            if not records:
+                raise DataError(f"federated join: no connection to the server at {address} in {CONNECT_SECONDS} s "
+                                f"({_last_line(log)}); if the server uses TLS, pass the CA that signed its "
+                                "certificate with --tls-ca, and only then")
             raise DataError(f"federated join: Flower's SuperNode stopped: {_last_line(log)}")
         try:
             socket.create_connection((host, port), timeout=5).close()
@@ -303,7 +352,8 @@ def _last_line(log: Path) -> str:
     """The log's last exception line (`ValueError: ...`), else its last line."""
     import re
 
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace")) if log.exists() else ""  # colours
+    lines = [re.sub(r"\s+", " ", ln).strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
     return (errors or lines or ["no output"])[-1]
 

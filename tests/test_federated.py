@@ -118,9 +118,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _tls_files(folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate for localhost / 127.0.0.1 signed by it (PEM), valid for a day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(name: str, key, issuer: str, signer, *extensions):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now)
+             .not_valid_after(now + datetime.timedelta(days=1)))
+        for ext in extensions:
+            b = b.add_extension(ext, critical=False)
+        return b.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+    files["ca"].write_bytes(certificate("test CA", ca_key, "test CA", ca_key, x509.BasicConstraints(True, None)))
+    files["cert"].write_bytes(certificate("localhost", key, "test CA", ca_key, x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])))
+    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return files
+
+
 def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
     """`federated serve` (a Flower SuperLink) and two `federated join` (SuperNodes) as separate processes on
-    127.0.0.1, each client with its own half of the train split; the server writes an ordinary run folder."""
+    127.0.0.1 over TLS, each client with its own half of the train split; the server writes an ordinary run
+    folder. (The same without TLS: `make federated-table`'s deployment row, and the SIGTERM test below.)"""
+    tls = _tls_files(tmp_path)
     train = pd.read_parquet(penguins_prep / "train.parquet")
     halves = [tmp_path / "client0.csv", tmp_path / "client1.csv"]
     train.iloc[::2].to_csv(halves[0], index=False)
@@ -129,12 +162,13 @@ def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
     cmd = [sys.executable, "-m", "bigmodel_cli"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     server = subprocess.Popen([*cmd, "federated", "serve", str(penguins_prep), "--out", str(tmp_path / "run"),
-                               "--address", address, *FAST, "--set", "federated.clients=2",
+                               "--address", address, "--tls-ca", str(tls["ca"]), "--tls-cert", str(tls["cert"]),
+                               "--tls-key", str(tls["key"]), *FAST, "--set", "federated.clients=2",
                                "--set", "federated.rounds=3", "--set", "federated.local_epochs=3", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     logs = [tmp_path / f"client{k}.log" for k in range(2)]  # files, not pipes: Flower logs every message
     clients = [subprocess.Popen([*cmd, "federated", "join", str(penguins_prep), "--data", str(h), "--server", address,
-                                 "--seed", str(k), "--wait", "120"],
+                                 "--seed", str(k), "--wait", "120", "--tls-ca", str(tls["ca"])],
                                 stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
                for k, (h, log) in enumerate(zip(halves, logs, strict=True))]
     try:
@@ -220,6 +254,16 @@ def test_serve_errors_before_starting_flower(penguins_prep, tmp_path):
     assert "federated: secure_aggregation needs clients >= 3" in r.stderr
     r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--address", "nohostport", code=2)
     assert "expected HOST:PORT" in r.stderr
+    tls = _tls_files(tmp_path)
+    r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--tls-ca", tls["ca"], code=2)
+    assert "all three of --tls-ca, --tls-cert and --tls-key" in r.stderr
+    r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--tls-ca", tls["ca"],
+           "--tls-cert", tls["ca"], "--tls-key", tls["key"], code=2)  # the CA's certificate with the server's key
+    assert "not a matching PEM certificate and key" in r.stderr
+    r = bm("federated", "join", penguins_prep, "--data", PENGUINS, "--server", "127.0.0.1:1", "--tls-ca", tls["key"],
+           code=2)
+    assert "--tls-ca" in r.stderr and "not a PEM CA certificate" in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_join_without_a_server_is_a_clear_error(penguins_prep, tmp_path):
