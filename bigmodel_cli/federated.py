@@ -39,14 +39,21 @@ from .schema import Schema
 from .train import TrainResult, load_split, write_run
 
 
+def need_flwr() -> None:
+    """Fail with the install hint when Flower (the `federated` extra) is missing; imports nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        raise ConfigError("bigmodel federated needs Flower: pip install 'bigmodel[federated]'")
+
+
 def _flwr() -> Any:
     from .keras_env import import_keras
 
+    need_flwr()
     import_keras()  # first: with TensorFlow's start-up logs silenced, before Flower and Ray may import it
-    try:
-        import flwr
-    except ImportError:
-        raise ConfigError("bigmodel federated needs Flower: pip install 'bigmodel[federated]'") from None
+    import flwr
+
     return flwr
 
 
@@ -183,6 +190,12 @@ def note_status(status: Path | None, record: dict[str, Any]) -> None:
     if status is not None:
         with open(status, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def read_status(status: Path) -> list[dict[str, Any]]:
+    """The status file's complete records (a line still being written is left for the next read)."""
+    text = status.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
 @dataclass

@@ -28,10 +28,19 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from . import __version__, artifacts
 from .config import Config
 from .errors import ConfigError, DataError, GateFailed
-from .federated import BudgetExhausted, Federation, KerasClient, note_status, planned_rounds, verbose_logging
+from .federated import (
+    BudgetExhausted,
+    Federation,
+    KerasClient,
+    need_flwr,
+    note_status,
+    planned_rounds,
+    read_status,
+    verbose_logging,
+)
 from .schema import Schema
 from .train import TrainResult
 
@@ -73,7 +82,7 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
           tls: Tls | None = None) -> TrainResult:
     """`bigmodel federated serve`: a SuperLink at `address` and our Flower App run on it, which waits for
     `federated.clients` SuperNodes (`bigmodel federated join`), runs the rounds and writes the run folder."""
-    _need_flwr()
+    need_flwr()
     host, port = _host_port(address, "--address")
     _check_free(host, port, address)
     if tls is not None:
@@ -91,7 +100,7 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
         app = work / "app"
         app.mkdir()
         job = json.dumps(str(work / "job.json"))
-        (app / "pyproject.toml").write_text(_APP_TOML.format(version=_version(), job=job))
+        (app / "pyproject.toml").write_text(_APP_TOML.format(version=__version__, job=job))
         reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
         security = (f"root-certificates = {json.dumps(str(tls.ca.resolve()))}\n" if tls else "insecure = true\n")
         env = _flower_env(work, f'[superlink]\ndefault = "bigmodel"\n[superlink.bigmodel]\n'
@@ -147,7 +156,7 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
     """`bigmodel federated join`: a SuperNode connected to the SuperLink at `address`, whose client trains on
     its own CSV or Parquet file encoded with the prep folder's fitted preprocessing. Returns its row count
     and the rounds it trained in when the server says it is done."""
-    _need_flwr()
+    need_flwr()
     _host_port(address, "--server")
     if tls_ca is not None:
         Tls(tls_ca).check()
@@ -233,9 +242,8 @@ def _follow(status: Path, run: Any, log: Path, on_round: Any) -> dict[str, Any]:
     seen = 0
     while True:
         finished = run.poll() is not None
-        lines = status.read_text(encoding="utf-8").splitlines()
-        for line in lines[seen:]:
-            record = json.loads(line)
+        records = read_status(status)
+        for record in records[seen:]:
             if "round" in record:
                 if on_round is not None:
                     on_round(record["round"], record["rounds"], record["metrics"])
@@ -243,7 +251,7 @@ def _follow(status: Path, run: Any, log: Path, on_round: Any) -> dict[str, Any]:
                 raise (GateFailed if record["gate"] else BigModelError)(record["error"])
             else:
                 return record
-        seen = len(lines)
+        seen = len(records)
         if finished:  # the ServerApp crashed: a bug (exit 3), not a user error
             raise RuntimeError(f"federated serve: the Flower run ended without a result: {_last_line(log)} "
                                "(run with --verbose to see Flower's logs)")
@@ -253,12 +261,10 @@ def _follow(status: Path, run: Any, log: Path, on_round: Any) -> dict[str, Any]:
 def _until_done(status: Path, supernode: Any, log: Path, address: str, patience: float = 60.0) -> int:
     """Wait for the server's "done"; count the rounds this node trained in. Fails if the SuperNode stops or
     the server is unreachable for `patience` seconds."""
-    import socket
-
     host, port = _host_port(address, "--server")
     lost_since = None
     while True:
-        records = [json.loads(line) for line in status.read_text(encoding="utf-8").splitlines()]
+        records = read_status(status)
         rounds = sum(1 for r in records if "round" in r)
         if any(r.get("done") for r in records):
             return rounds
@@ -268,13 +274,12 @@ def _until_done(status: Path, supernode: Any, log: Path, address: str, patience:
                                 f"({_last_line(log)}); if the server uses TLS, pass the CA that signed its "
                                 "certificate with --tls-ca, and only then")
             raise DataError(f"federated join: Flower's SuperNode stopped: {_last_line(log)}")
-        try:
-            socket.create_connection((host, port), timeout=5).close()
+        if _reachable(host, port) is None:
             lost_since = None
-        except OSError:
+        else:
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > patience:
-                raise DataError(f"federated join: lost the server at {address} after {rounds} round(s)") from None
+                raise DataError(f"federated join: lost the server at {address} after {rounds} round(s)")
         time.sleep(1)
 
 
@@ -384,33 +389,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
-def _need_flwr() -> None:
-    import importlib.util
+def _reachable(host: str, port: int) -> OSError | None:
+    """None if something accepts a TCP connection at host:port, else why not."""
+    import socket
 
-    if importlib.util.find_spec("flwr") is None:
-        raise ConfigError("bigmodel federated needs Flower: pip install 'bigmodel[federated]'")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return None
+    except OSError as e:
+        return e
 
 
 def _wait_for(address: str, seconds: float, proc: Any = None, log: Path | None = None) -> None:
     """Block until something listens at HOST:PORT (the server may start after its clients; our own
     SuperLink takes a few seconds). Fails early if `proc`, the program that should listen, stopped."""
-    import socket
-
     host, port = _host_port(address, "--server")
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=5).close()
-            return
-        except OSError as e:
-            if proc is not None and proc.poll() is not None:
-                raise DataError(f"federated serve: Flower's SuperLink stopped: {_last_line(log)}") from None
-            if time.monotonic() > deadline:
-                raise DataError(f"federated: no server at {address} after {seconds:g} s ({e})") from None
-            time.sleep(0.5)
+    while (why := _reachable(host, port)) is not None:
+        if proc is not None and proc.poll() is not None:
+            raise DataError(f"federated serve: Flower's SuperLink stopped: {_last_line(log)}")
+        if time.monotonic() > deadline:
+            raise DataError(f"federated: no server at {address} after {seconds:g} s ({why})")
+        time.sleep(0.5)

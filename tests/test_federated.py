@@ -102,6 +102,21 @@ def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
     assert "one round already spends" in r.stderr and not (tmp_path / "none" / "model.keras").exists()
 
 
+def test_status_file_records_are_read_whole(tmp_path):
+    """Flower's app processes append records while serve/join read them: a half-written line waits."""
+    from bigmodel_cli.federated import note_status, read_status
+
+    status = tmp_path / "status.jsonl"
+    status.write_text("")
+    note_status(status, {"round": 1})
+    with status.open("a") as f:
+        f.write('{"round": 2, "metr')
+    assert read_status(status) == [{"round": 1}]
+    with status.open("a") as f:
+        f.write('ics": {}}\n')
+    assert read_status(status) == [{"round": 1}, {"round": 2, "metrics": {}}]
+
+
 def test_partitions_without_labels_fall_back_to_iid():
     """Regression tasks have no labels to skew: dirichlet partitions them like iid (no crash)."""
     from bigmodel_cli.config import validate
