@@ -13,7 +13,7 @@ OUT    ?= build
 
 help:
 	@echo "make demo   - create $(VENV), install, run preprocess/train/evaluate/export/predict on sample_data/"
-	@echo "make test   - install the dev extras and run the whole test suite"
+	@echo "make test   - install the dev extras, ruff, and the whole test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
 	@echo "make federated-table - centralized vs federated variants on penguins (the README table)"
@@ -64,6 +64,7 @@ federated-table: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/federated_table.py
 
 test: $(VENV)/.installed-dev
+	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev

@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--spe", type=int, nargs="*", default=[1, 64], help="steps_per_execution values to try")
     args = ap.parse_args()
 
-    from bigmodel_cli import features, preprocess, train
+    from bigmodel_cli import features, folders, preprocess, train
     from bigmodel_cli.config import load_config
     from bigmodel_cli.keras_env import import_keras
     from bigmodel_cli.schema import Schema
@@ -51,8 +51,8 @@ def main() -> None:
     preprocess.run(data, prep, load_config(None, ["data.target=label"]))
     schema = Schema.load(prep)
     encoder = features.preprocessing_model(schema)
-    splits = {n: train.load_split(prep, n) for n in ("train", "val")}
-    x = {n: features.predict(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
+    splits = {n: folders.open_prep(prep).split(n) for n in ("train", "val")}
+    x = {n: features.apply(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
     y = {n: schema.labels(df, n) for n, df in splits.items()}
     n_train = len(y["train"])
 

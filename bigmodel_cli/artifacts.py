@@ -1,8 +1,13 @@
-"""Every artifact path, written atomically; a folder is complete once its manifest.json exists."""
+"""Every artifact's file name, atomic writes, and the folder frame: manifest (with its schema_version), lock.
+
+A folder is complete once its manifest.json exists. Reading and writing the contents of prep and run
+folders is folders.py's job, on top of this.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +38,7 @@ HISTORY = "history.csv"
 CURVE = "training_curve.png"
 METRICS = "metrics.json"
 EVAL = "eval"  # evaluation plots
+HTML_REPORT = "report.html"  # `bigmodel report`'s default output
 LOGS = "logs"  # TensorBoard
 CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --resume
 LOCK = ".lock"
@@ -124,9 +130,9 @@ def now() -> str:
 
 def versions() -> dict[str, str]:
     """Versions of what produced an artifact (imports TensorFlow: call from stages that use it)."""
-    import keras
-    import tensorflow as tf
+    from .keras_env import import_keras, tensorflow
 
+    keras, tf = import_keras(), tensorflow()
     return {"bigmodel": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__}
 
@@ -153,30 +159,41 @@ class Folder:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold `.lock` (with our pid) for the block; a live owner makes us refuse, a dead one is taken over."""
+        """Hold an exclusive kernel lock (flock) on `.lock` for the block; another holder makes us refuse.
+
+        The kernel drops the lock when its process dies, however it dies, so there is no stale lock to take
+        over and no PID to be reused. The file records the holder's pid for the message. After locking we
+        check that the path still names the file we locked (a holder that was finishing may have removed
+        it), so two processes can never both hold the lock."""
         path = self.path / LOCK
-        for _ in range(3):
+        for _ in range(10):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    owner = int(path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    owner = 0
-                if owner and owner != os.getpid() and alive(owner):
-                    raise DataError(f"{self.path}: in use by another bigmodel process (pid {owner}, {path}); "
-                                    f"wait for it or remove the lock if that process is gone") from None
-                path.unlink(missing_ok=True)  # stale: its owner died
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            break
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as e:
+                raise DataError(f"{path}: cannot take the lock: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise DataError(f"{self.path}: in use by another bigmodel process (pid {owner}); wait for it "
+                                f"to finish") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # we locked a file its last holder had just removed: try the new one
         else:
             raise DataError(f"{path}: cannot take the lock")
         try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # while still locked: a waiter that opened it sees another inode
+            os.close(fd)
 
     def finish(self, manifest: dict[str, Any]) -> None:
         write_json(self.path / MANIFEST, {"schema_version": SCHEMA_VERSION, "kind": self.kind, **manifest})
@@ -189,17 +206,12 @@ class Folder:
         if not m.exists():
             raise DataError(f"{self.path}: incomplete {self.kind} folder (no {MANIFEST}); run the stage again")
         doc = read_json(m)
-        if doc.get("kind") != self.kind:
-            raise DataError(f"{self.path}: this is a {doc.get('kind')} folder, not a {self.kind} folder")
+        if not isinstance(doc, dict) or doc.get("kind") != self.kind:
+            kind = doc.get("kind") if isinstance(doc, dict) else None
+            raise DataError(f"{self.path}: this is a {kind} folder, not a {self.kind} folder")
+        if doc.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(f"{self.path}: written by an incompatible bigmodel version (schema_version "
+                            f"{doc.get('schema_version')}; this version reads {SCHEMA_VERSION}); run the stage "
+                            f"again with this version")
         return doc
 
-
-def alive(pid: int) -> bool:
-    """Whether a process with this pid exists (a zombie not yet reaped counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

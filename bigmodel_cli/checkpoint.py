@@ -23,12 +23,14 @@ from . import (
 from .errors import DataError
 from .keras_env import import_keras
 
-keras = import_keras()
+keras = import_keras()  # at import: the callbacks below subclass Keras
 STATE, NETWORK, BEST = "state.json", "model.keras", "best.npz"
 
 
 @dataclass
-class State:
+class Progress:
+    """How far an interrupted training got: what `--resume` continues from."""
+
     epoch: int = 0  # epochs completed
     history: list[dict[str, float]] = field(default_factory=list)
     stopped: bool = False  # early stopping ended the run
@@ -59,12 +61,12 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
 class Checkpoint(keras.callbacks.Callback):
     """Write RUN_DIR/checkpoint/ at the end of every epoch (after early stopping has had its say)."""
 
-    def __init__(self, path: Path, state: State, early_stopping: EarlyStopping | None) -> None:
+    def __init__(self, path: Path, progress: Progress, early_stopping: EarlyStopping | None) -> None:
         super().__init__()
-        self.path, self.state, self.early_stopping = Path(path), state, early_stopping
+        self.path, self.progress, self.early_stopping = Path(path), progress, early_stopping
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        s = self.state
+        s = self.progress
         s.epoch = epoch + 1
         s.history.append({k: float(v) for k, v in (logs or {}).items()})
         s.stopped = bool(self.model.stop_training)
@@ -77,8 +79,8 @@ class Checkpoint(keras.callbacks.Callback):
             (tmp / STATE).write_text(json.dumps(asdict(s), indent=1))
 
 
-def load(path: Path) -> tuple[Any, State, list[Any] | None]:
-    """The network, state and best weights of the last complete epoch (safe_mode loading)."""
+def load(path: Path) -> tuple[Any, Progress, list[Any] | None]:
+    """The network, progress and best weights of the last complete epoch (safe_mode loading)."""
     path = Path(path)
     if not (path / STATE).exists():
         old = artifacts.previous_dir(path)  # killed while swapping two checkpoints: the old one is whole
@@ -86,7 +88,7 @@ def load(path: Path) -> tuple[Any, State, list[Any] | None]:
     if not (path / STATE).exists():
         raise DataError(f"{path}: no checkpoint to resume from; run train without --resume")
     try:
-        state = State(**json.loads((path / STATE).read_text()))
+        progress = Progress(**json.loads((path / STATE).read_text()))
         network = keras.saving.load_model(path / NETWORK, safe_mode=True)
         best = None
         if (path / BEST).exists():
@@ -94,4 +96,4 @@ def load(path: Path) -> tuple[Any, State, list[Any] | None]:
                 best = [npz[f"arr_{i}"] for i in range(len(npz.files))]
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise DataError(f"{path}: the checkpoint is damaged ({e}); run train without --resume") from None
-    return network, state, best
+    return network, progress, best

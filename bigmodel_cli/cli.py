@@ -32,9 +32,16 @@ app = typer.Typer(
 )
 
 
-@dataclass
-class State:
+@dataclass(frozen=True)
+class Options:
+    """The global options, handed to every command through Typer's context."""
+
     debug: bool = False
+    verbose: bool = False
+
+
+def _verbose(ctx: typer.Context) -> bool:
+    return bool(ctx.obj and ctx.obj.verbose)
 
 
 # Options shared by several commands, defined once.
@@ -75,7 +82,7 @@ def main_callback(
     Stages chain through folders: preprocess DATA -> PREP_DIR, train PREP_DIR -> RUN_DIR,
     evaluate / export / predict RUN_DIR.
     """
-    ctx.obj = State(debug=debug)
+    ctx.obj = Options(debug=debug, verbose=verbose)
     if verbose:
         from rich.logging import RichHandler
 
@@ -257,8 +264,9 @@ def train(
     """
     with guard(ctx):
         from . import train as stage
+        from .folders import resolve_config
 
-        cfg = stage.resolve_config(prep_dir, config, [*(sets or []), *([f"train.strategy={strategy}"] if strategy
+        cfg = resolve_config(prep_dir, config, [*(sets or []), *([f"train.strategy={strategy}"] if strategy
                                                                         else [])])
         progress = _EpochProgress()
         try:
@@ -356,9 +364,12 @@ def export(
             rows = [[f, ""] for f in result.files] + [
                 [f"parity {k} (max abs diff, {result.rows_checked} rows)", f"{v:.2e}"]
                 for k, v in result.max_abs_diff.items()]
-            out.print(table(f"exported {result.out}", ["file", ""], rows))
+            out.print(table(f"exported {result.out}" if result.passed else f"not exported: {result.out}",
+                            ["file", ""], rows))
 
         _render(result, as_json, human)
+        if not result.passed:
+            raise GateFailed(str(result.mismatch))
 
 
 @app.command()
@@ -402,30 +413,23 @@ federated_app = typer.Typer(
 app.add_typer(federated_app, name="federated")
 
 
-def _fed_result(result: Any, as_json: bool) -> None:
+def _federate(prep_dir: Path, config: Path | None, overrides: list[str], as_json: bool, start: Any) -> None:
+    """Resolve the config, run `start(cfg, progress)` with a progress line per round, print the run.
+    A privacy budget that stopped training early still wrote a run: it is printed too, then exit 1."""
+    from .folders import resolve_config
+
+    cfg = resolve_config(prep_dir, config, overrides)
+    with contextlib.closing(_EpochProgress("round")) as progress:
+        result = start(cfg, progress)
+
     def human() -> None:
-        rows = [["rounds", result.epochs_run], *[[k, v] for k, v in result.final.items()],
-                ["seconds", round(result.seconds, 1)]]
+        rows = [["rounds", result.rounds], ["kept round", result.kept_round],
+                *[[k, v] for k, v in result.final.items()], ["seconds", round(result.seconds, 1)]]
         out.print(table(f"federated {result.out}", ["", "value"], rows))
 
     _render(result, as_json, human)
-
-
-def _federate(prep_dir: Path, config: Path | None, overrides: list[str], as_json: bool, start: Any) -> None:
-    """Resolve the config, run `start(stage, cfg, progress)` with a progress line per round, print the run.
-    A privacy budget that stops training early still wrote a run: it is printed too, then exit 1."""
-    from . import federated as stage
-    from . import train
-
-    cfg = train.resolve_config(prep_dir, config, overrides)
-    progress = _EpochProgress("round")
-    try:
-        with contextlib.closing(progress):
-            result = start(stage, cfg, progress)
-    except stage.BudgetExhausted as e:
-        _fed_result(e.result, as_json)
-        raise
-    _fed_result(result, as_json)
+    if result.budget_stop:
+        raise GateFailed(result.budget_stop)
 
 
 @federated_app.command("run")
@@ -443,11 +447,10 @@ def federated_run(
     (iid | dirichlet with alpha | by_column with column), secure_aggregation and privacy (client-level DP with
     max_epsilon: exit 1 when the budget stops training early). `bigmodel federated PREP_DIR` is this command.
     """
-    def start(stage: Any, cfg: Any, progress: Any) -> Any:
-        if cfg.federated.engine == "deployment":
-            raise BigModelError("federated.engine is deployment: start `bigmodel federated serve` and a "
-                                "`bigmodel federated join` per client instead")
-        return stage.simulate(prep_dir, out_dir, cfg, progress)
+    def start(cfg: Any, progress: Any) -> Any:
+        from . import federated as stage
+
+        return stage.simulate(prep_dir, out_dir, cfg, progress, _verbose(ctx))
 
     with guard(ctx):
         _federate(prep_dir, config, sets or [], as_json, start)
@@ -486,15 +489,11 @@ def serve(
     PREP_DIR's validation split after every round and sends the config (model, local_epochs, batch size) to the
     clients. secure_aggregation and privacy work as in simulation.
     """
-    def start(stage: Any, cfg: Any, progress: Any) -> Any:
-        from . import federated_deploy
+    def start(cfg: Any, progress: Any) -> Any:
+        from . import federated_deploy as stage
 
-        tls = None
-        if tls_ca or tls_cert or tls_key:
-            if not (tls_ca and tls_cert and tls_key):
-                raise BigModelError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
-            tls = federated_deploy.Tls(tls_ca, tls_cert, tls_key)
-        return federated_deploy.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress, tls)
+        return stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress,
+                           stage.server_tls(tls_ca, tls_cert, tls_key), _verbose(ctx))
 
     with guard(ctx):
         _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json, start)
@@ -511,6 +510,7 @@ def join(
     wait: Annotated[float, typer.Option("--wait", help="Give up after retrying to reach the server this many "
                                         "seconds.")] = 600.0,
     tls_ca: TlsCaOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """A client of a deployment: a Flower SuperNode; trains on its own rows, sends only model weights.
 
@@ -521,8 +521,9 @@ def join(
     with guard(ctx):
         from . import federated_deploy as stage
 
-        rows, rounds = stage.join(prep_dir, data, server, seed, wait, tls_ca)
-        err.print(f"federation finished; trained in {rounds} round(s) on {rows} local rows", highlight=False)
+        result = stage.join(prep_dir, data, server, seed, wait, tls_ca, _verbose(ctx))
+        _render(result, as_json, lambda: out.print(
+            f"federation finished; trained in {result.rounds} round(s) on {result.rows} local rows", highlight=False))
 
 
 @app.command()

@@ -12,8 +12,7 @@ import yaml
 from . import artifacts
 from .config import load_config
 from .errors import ConfigError, DataError
-
-LOWER_IS_BETTER = {"log_loss", "mae", "rmse"}
+from .gates import lower_is_better
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def run(runs: list[Path], fail_on: list[str] | None = None) -> CompareResult:
         metric, tol = parse_tolerance(text)
         if metric not in metrics:
             raise ConfigError(f"--fail-on-regression {text!r}: no metric '{metric}'; valid metrics: {', '.join(names)}")
-        sign = -1 if metric in LOWER_IS_BETTER else 1
+        sign = -1 if lower_is_better(metric) else 1
         for r, delta in zip(loaded[1:], metrics[metric]["deltas"][1:], strict=True):
             if delta is not None and sign * delta < -tol:
                 regressions.append({"run": r["path"], "metric": metric, "delta": delta, "tolerance": tol})

@@ -16,6 +16,17 @@ from .config import DataConfig
 from .errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+STREAM_BYTES = 512 << 20  # data.streaming: auto streams files larger than this
+
+
+def streams(path: Path, options: DataConfig) -> bool:
+    """Whether a stage reads this file chunk by chunk (data.streaming; auto: files over 512 MiB)."""
+    if options.streaming == "auto":
+        try:
+            return Path(path).stat().st_size > STREAM_BYTES
+        except OSError:
+            return False
+    return bool(options.streaming)
 
 
 def is_parquet(path: Path) -> bool:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts
-from .data import read_table
+from .data import read_table, streams
 from .errors import DataError
-from .predict import LoadedRun, Predictions, load, merge
+from .folders import LoadedRun, Predictions, load_run, merge, open_prep
 from .schema import Schema
 
 
@@ -35,23 +35,20 @@ class EvaluateResult:
 
 def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[Iterable[pd.DataFrame], dict[str, Any]]:
     """The rows to evaluate, as one DataFrame or (data.streaming) chunk by chunk, and where they come from."""
-    from . import streaming
     from .data import read_chunks
 
     chunk = run.config.data.chunk_rows
     if data is not None and not Path(data).is_dir():
         source = {"source": str(data), "split": None, "sha256": artifacts.sha256(Path(data))}
-        if streaming.wanted(data, run.config):
+        if streams(data, run.config.data):
             return read_chunks(data, run.config.data, chunk), source
         return [read_table(data, run.config.data)], source
     if data is not None:
-        streamed = "streaming" in artifacts.Folder(Path(data), "prep").manifest()
-        _same_features(run, Schema.load(Path(data)), Path(data))
-        path = Path(data) / artifacts.SPLIT_FILES[split]
+        prep = open_prep(Path(data))
+        _same_features(run, prep.schema, prep.path)
+        path, streamed = prep.split_path(split), prep.streamed
     else:
-        path = run.split_path(split)
-        manifest = run.prep_dir / artifacts.MANIFEST
-        streamed = manifest.exists() and "streaming" in artifacts.read_json(manifest)
+        path, streamed = run.split_path(split), run.prep_streamed
     source = {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
     if streamed:
         import pyarrow.parquet as pq
@@ -113,7 +110,7 @@ def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsaf
     from . import gates as gate_checks
     from . import plots as draw
 
-    loaded = load(run_dir, unsafe)
+    loaded = load_run(run_dir, unsafe)
     cfg = loaded.config.evaluate
     split = split or cfg.split
     frames, source = _source(loaded, data, split)
@@ -141,9 +138,7 @@ def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsaf
     if resamples:
         doc["bootstrap"] = boot.run(y, preds.values, preds.probabilities, resamples, loaded.config.seed)
     if cfg.plots if plots is None else plots:
-        history = loaded.path / artifacts.HISTORY
         doc["plots"] = [f"{artifacts.EVAL}/{name}" for name in draw.evaluation(
-            loaded.path / artifacts.EVAL, s.task, y, preds.values, preds.probabilities, s.classes,
-            pd.read_csv(history) if history.exists() else None)]
+            loaded.path / artifacts.EVAL, s.task, y, preds.values, preds.probabilities, s.classes)]
     artifacts.write_json(loaded.path / artifacts.METRICS, doc)
     return EvaluateResult(doc)

@@ -1,6 +1,7 @@
 """`bigmodel export`: the model with its fitted preprocessing inside, as a SavedModel and/or .keras file.
 
-What is written is reloaded and must reproduce `bigmodel predict` on the test split.
+What is written is reloaded and must reproduce `bigmodel predict` on the test split; an export that does
+not is not kept (the result says so, and the CLI exits 1).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts, predict
-from .errors import GateFailed
+from . import artifacts
+from .folders import load_run
 
 CHUNK = 4096
 
@@ -24,52 +25,63 @@ class ExportResult:
     files: list[str]
     max_abs_diff: dict[str, float]
     rows_checked: int
+    tolerance: float
+    mismatch: str | None = None  # the parity check that failed: nothing was written
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatch is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "format": self.format, "files": self.files,
-                "max_abs_diff": self.max_abs_diff, "rows_checked": self.rows_checked}
+        return {"out": str(self.out), "format": self.format, "files": self.files, "passed": self.passed,
+                "mismatch": self.mismatch, "max_abs_diff": self.max_abs_diff, "rows_checked": self.rows_checked,
+                "tolerance": self.tolerance}
 
 
-def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> float:
+class _Mismatch(Exception):
+    """A reloaded file does not reproduce `bigmodel predict`: leave the atomic write without keeping it."""
+
+
+def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, diffs: dict[str, float]) -> None:
     diff = float(np.max(np.abs(got.reshape(want.shape) - want))) if want.size else 0.0
+    diffs[name] = diff
     if not diff <= tolerance:
-        raise GateFailed(f"export parity: the reloaded {name} differs from `bigmodel predict` by {diff:.3g} "
-                         f"(> {tolerance:g})")
-    return diff
+        raise _Mismatch(f"export parity: the reloaded {name} differs from `bigmodel predict` by {diff:.3g} "
+                        f"(> {tolerance:g}); nothing was written")
 
 
 def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) -> ExportResult:
     from . import features
-    from .keras_env import import_keras
+    from .keras_env import import_keras, tensorflow
 
-    loaded = predict.load(run_dir, unsafe)
+    loaded = load_run(run_dir, unsafe)
     fmt = fmt or loaded.config.export.format
     tol = loaded.config.export.parity_tolerance
     folder = artifacts.Folder(Path(out), "export")
     folder.prepare()
-    keras = import_keras()
-    import tensorflow as tf
+    keras, tf = import_keras(), tensorflow()
 
     test = loaded.split("test")
     x = features.to_inputs(test, loaded.schema, "test split")
-    want = features.predict(loaded.serving, x)
+    want = features.apply(loaded.serving, x)
     diffs: dict[str, float] = {}
-
-    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
-        loaded.serving.save(tmp)
-        reloaded = keras.saving.load_model(tmp, safe_mode=not unsafe)
-        diffs["keras"] = _check(artifacts.MODEL, features.predict(reloaded, x), want, tol)
-    files = [artifacts.MODEL]
-    if fmt == "savedmodel":
-        with artifacts.atomic_dir(folder / artifacts.SAVEDMODEL) as tmp:
-            loaded.serving.export(str(tmp), format="tf_saved_model", verbose=False)
-            serve = tf.saved_model.load(str(tmp)).signatures["serving_default"]
-            n = len(test)
-            parts = [serve(**{k: tf.constant(v[i:i + CHUNK]) for k, v in x.items()})["output_0"].numpy()
-                     for i in range(0, n, CHUNK)]
-            got = np.concatenate(parts) if parts else want
-            diffs["savedmodel"] = _check("SavedModel", got, want, tol)
-        files.append(artifacts.SAVEDMODEL + "/")
+    files: list[str] = []
+    try:
+        with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
+            loaded.serving.save(tmp)
+            reloaded = keras.saving.load_model(tmp, safe_mode=not unsafe)
+            _check("keras", features.apply(reloaded, x), want, tol, diffs)
+        files.append(artifacts.MODEL)
+        if fmt == "savedmodel":
+            with artifacts.atomic_dir(folder / artifacts.SAVEDMODEL) as tmp:
+                loaded.serving.export(str(tmp), format="tf_saved_model", verbose=False)
+                serve = tf.saved_model.load(str(tmp)).signatures["serving_default"]
+                parts = [serve(**{k: tf.constant(v[i:i + CHUNK]) for k, v in x.items()})["output_0"].numpy()
+                         for i in range(0, len(test), CHUNK)]
+                _check("savedmodel", np.concatenate(parts) if parts else want, want, tol, diffs)
+            files.append(artifacts.SAVEDMODEL + "/")
+    except _Mismatch as e:
+        return ExportResult(folder.path, fmt, [], diffs, len(test), tol, str(e))
     loaded.schema.save(folder.path)
     files.append(artifacts.SCHEMA)
     folder.finish({"run_dir": str(loaded.path.resolve()), "format": fmt, "created": artifacts.now(),
@@ -79,4 +91,4 @@ def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) 
                    "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.is_numeric else "string"}
                               for f in loaded.schema.features},
                    "versions": artifacts.versions()})
-    return ExportResult(folder.path, fmt, files, diffs, len(test))
+    return ExportResult(folder.path, fmt, files, diffs, len(test), tol)

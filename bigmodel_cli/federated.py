@@ -34,9 +34,31 @@ import pandas as pd
 
 from . import artifacts
 from .config import Config, FederatedPrivacyConfig
-from .errors import ConfigError, DataError, GateFailed
+from .errors import ConfigError, DataError
+from .folders import Prep, open_prep, write_run
 from .schema import Schema
-from .train import TrainResult, load_split, write_run
+
+
+@dataclass(frozen=True)
+class FederatedResult:
+    """A federated run: the run folder, the rounds run, the round whose global model was kept, its metrics.
+    `budget_stop` says why fewer rounds than asked were run when the privacy budget stopped them (exit 1)."""
+
+    out: Path
+    rounds: int
+    kept_round: int
+    final: dict[str, float]
+    seconds: float
+    budget_stop: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "rounds": self.rounds, "kept_round": self.kept_round, "final": self.final,
+                "seconds": round(self.seconds, 3), "budget_stop": self.budget_stop}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> FederatedResult:
+        return cls(Path(doc["out"]), doc["rounds"], doc["kept_round"], doc["final"], doc["seconds"],
+                   doc.get("budget_stop"))
 
 
 def need_flwr() -> None:
@@ -101,11 +123,11 @@ def affordable_rounds(rounds: int, p: FederatedPrivacyConfig) -> int:
 
 
 def planned_rounds(cfg: Config) -> int:
-    """The rounds to run: federated.rounds, or fewer when the privacy budget runs out (none fit: exit 1)."""
+    """The rounds to run: federated.rounds, or fewer when the privacy budget runs out (none fit: a config error)."""
     p = cfg.federated.privacy
     rounds = affordable_rounds(cfg.federated.rounds, p) if p else cfg.federated.rounds
     if rounds == 0:
-        raise GateFailed(f"federated.privacy.max_epsilon {p.max_epsilon}: one round already spends "
+        raise ConfigError(f"federated.privacy.max_epsilon {p.max_epsilon}: one round already spends "
                          f"ε={epsilon(1, p):.3g}; raise max_epsilon or noise_multiplier")
     return rounds
 
@@ -200,42 +222,48 @@ def read_status(status: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class Federation:
-    """The server side: the prep folder's validation split, the global model, the strategy, the history."""
+    """The server side: the prep folder's validation split, the global model, the strategy, the history.
+    Made by `Federation.open`, which reads the prep folder and builds the model."""
 
-    prep: Path
-    out: Path
+    prep: Prep
+    folder: artifacts.Folder
     cfg: Config
+    encoder: Any
+    model: Any
+    x_val: np.ndarray
+    y_val: np.ndarray
+    rounds: int  # planned: federated.rounds, or fewer within the privacy budget
+    started: str
+    t0: float
     on_round: Any = None  # (round, rounds, metrics) after each round, for progress
-    folder: artifacts.Folder = field(init=False)
     history: list[dict[str, float]] = field(default_factory=list)
     final: list[np.ndarray] | None = None
-    rounds: int = 0
+    _round: dict[str, float] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    @property
+    def schema(self) -> Any:
+        return self.prep.schema
+
+    @classmethod
+    def open(cls, prep: Path, out: Path, cfg: Config, on_round: Any = None, verbose: bool = False) -> Federation:
         from . import features, model
         from .keras_env import import_keras
 
         _flwr()
-        if not verbose_logging():  # Flower logs every message at INFO; the CLI shows one line per round instead
+        if not verbose:  # Flower logs every message at INFO; the CLI shows one line per round instead
             logging.getLogger("flwr").setLevel(logging.WARNING)
-        self.prep_folder = artifacts.Folder(Path(self.prep), "prep")
-        self.prep_manifest = self.prep_folder.manifest()
-        self.schema = Schema.load(self.prep_folder.path)
-        self.folder = artifacts.Folder(Path(self.out), "run")
-        self.folder.prepare()
-        import_keras(self.cfg.seed)
-        self.started, self.t0 = artifacts.now(), time.perf_counter()
-        self.encoder = features.preprocessing_model(self.schema)
-        self.x_val, self.y_val = self.encode(load_split(self.prep_folder.path, "val"), "the val split")
-        self.model = model.build(self.cfg, self.schema, self.x_val.shape[1])
-        self.rounds = planned_rounds(self.cfg)
-        self._round: dict[str, float] = {}
+        prepared = open_prep(Path(prep))
+        folder = artifacts.Folder(Path(out), "run")
+        folder.prepare()
+        import_keras(cfg.seed)
+        started, t0 = artifacts.now(), time.perf_counter()
+        encoder = features.preprocessing_model(prepared.schema)
+        x_val, y_val = encode(encoder, prepared.schema, prepared.split("val"), "the val split")
+        net = model.build(cfg, prepared.schema, x_val.shape[1])
+        return cls(prepared, folder, cfg, encoder, net, x_val, y_val, planned_rounds(cfg), started, t0, on_round)
 
     def encode(self, df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
-        from . import features
-
-        return (features.predict(self.encoder, features.to_inputs(df, self.schema, source)),
-                self.schema.labels(df, source))
+        return encode(self.encoder, self.schema, df, source)
 
     def strategy(self, n_clients: int) -> Any:
         """Flower's FedAvg, wrapped in its DP wrapper when `federated.privacy` is set."""
@@ -301,47 +329,44 @@ class Federation:
             self._round = {}
         return float(values["loss"]), {}
 
-    def finish(self, extra: dict[str, Any]) -> TrainResult:
+    def finish(self, extra: dict[str, Any]) -> FederatedResult:
+        """Write the run folder with the last round's global model (within the privacy budget)."""
         if self.final is None:
             raise DataError("federated: no round finished, so there is no global model (see the log above)")
         self.model.set_weights(self.final)
         hist = pd.DataFrame(self.history)
         hist.insert(0, "epoch", np.arange(1, len(hist) + 1))  # epoch = round
-        best = len(hist)  # the final global model is the one written
+        kept = len(hist)  # the final global model is the one written
         seconds = time.perf_counter() - self.t0
         f, p = self.cfg.federated, self.cfg.federated.privacy
         privacy = None if p is None else {
             "level": "client", "epsilon": float(hist["epsilon"].iloc[-1]), "delta": p.delta,
             "noise_multiplier": p.noise_multiplier, "clipping": p.clipping, "clipping_norm": p.clipping_norm,
             "max_epsilon": p.max_epsilon, "accountant": "dp-accounting RDP, no sampling amplification"}
-        final = write_run(self.folder, self.prep_folder, self.prep_manifest, self.schema, self.cfg, self.model, hist,
-                          best, {"started": self.started, "seconds": round(seconds, 3), "epochs_run": len(hist),
-                                 "best_epoch": best, "threshold": 0.5 if self.schema.task == "binary" else None,
-                                 "privacy": privacy, "federated": {
-                                     "engine": f.engine, "rounds": len(hist), "rounds_asked": f.rounds,
-                                     "secure_aggregation": f.secure_aggregation, **extra}})
-        result = TrainResult(self.folder.path, len(hist), best, final, seconds)
+        final = write_run(self.folder, self.prep, self.cfg, self.model, hist, kept, {
+            "started": self.started, "seconds": round(seconds, 3), "epochs_run": len(hist), "best_epoch": kept,
+            "threshold": 0.5 if self.schema.task == "binary" else None, "privacy": privacy,
+            "federated": {"engine": f.engine, "rounds": len(hist), "rounds_asked": f.rounds,
+                          "secure_aggregation": f.secure_aggregation, **extra}})
+        stop = None
         if len(hist) < f.rounds and p is not None and p.max_epsilon is not None:
-            raise BudgetExhausted(result, f"federated.privacy.max_epsilon {p.max_epsilon}: stopped after "
-                                          f"{len(hist)} of {f.rounds} rounds (ε={final['epsilon']:.3g}); round "
-                                          f"{len(hist) + 1} would spend ε={epsilon(len(hist) + 1, p):.3g}")
-        return result
+            stop = (f"federated.privacy.max_epsilon {p.max_epsilon}: stopped after {len(hist)} of {f.rounds} rounds "
+                    f"(ε={final['epsilon']:.3g}); round {len(hist) + 1} would spend ε={epsilon(len(hist) + 1, p):.3g}")
+        return FederatedResult(self.folder.path, len(hist), kept, final, seconds, stop)
 
 
-class BudgetExhausted(GateFailed):
-    """Training stopped before the privacy budget ran out; the run folder holds the last affordable model."""
+def encode(encoder: Any, schema: Any, df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's rows through the fitted preprocessing, and their labels."""
+    from . import features
 
-    def __init__(self, result: TrainResult, message: str) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-def verbose_logging() -> bool:
-    return logging.getLogger().getEffectiveLevel() <= logging.INFO  # `bigmodel --verbose`
+    return features.apply(encoder, features.to_inputs(df, schema, source)), schema.labels(df, source)
 
 
-def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None) -> TrainResult:
+def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None, verbose: bool = False) -> FederatedResult:
     """`bigmodel federated`: K simulated clients on Flower's simulation engine."""
+    if cfg.federated.engine == "deployment":
+        raise ConfigError("federated.engine is deployment: start `bigmodel federated serve` and a "
+                          "`bigmodel federated join` per client instead")
     _flwr()
     from flwr.client import ClientApp
     from flwr.common import Context
@@ -349,9 +374,9 @@ def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None) -> TrainR
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs asked for: Ray's own advice
-    fed = Federation(prep, out, cfg, on_round)
+    fed = Federation.open(prep, out, cfg, on_round, verbose)
     f = cfg.federated
-    train = load_split(fed.prep_folder.path, "train")
+    train = fed.prep.split("train")
     x, y = fed.encode(train, "the train split")
     column = None
     if f.partition == "by_column":
@@ -382,7 +407,7 @@ def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None) -> TrainR
     def main(grid: Any, context: Context) -> None:
         fed.run_rounds(grid, context, len(parts), max_weight)
 
-    loud = verbose_logging()
+    loud = verbose
     try:
         run_simulation(server_app=server_app, client_app=ClientApp(client_fn=client_fn, mods=[client_mod]),
                        num_supernodes=len(parts),

@@ -30,19 +30,30 @@ import numpy as np
 
 from . import __version__, artifacts
 from .config import Config
-from .errors import ConfigError, DataError, GateFailed
+from .errors import ConfigError, DataError
 from .federated import (
-    BudgetExhausted,
+    FederatedResult,
     Federation,
     KerasClient,
     need_flwr,
     note_status,
     planned_rounds,
     read_status,
-    verbose_logging,
 )
+from .folders import open_prep
 from .schema import Schema
-from .train import TrainResult
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """A client's part in a finished federation: its rows and the rounds it trained in."""
+
+    server: str
+    rows: int
+    rounds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"server": self.server, "rows": self.rows, "rounds": self.rounds}
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,17 @@ class Tls:
 CONNECT_SECONDS = 30  # a SuperNode gives up after failing to reach the SuperLink this long
 
 
+def server_tls(ca: Path | None, cert: Path | None, key: Path | None) -> Tls | None:
+    """serve's --tls-ca / --tls-cert / --tls-key: all three, or none (no TLS)."""
+    if not (ca or cert or key):
+        return None
+    if not (ca and cert and key):
+        raise ConfigError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+    return Tls(ca, cert, key)
+
+
 def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None,
-          tls: Tls | None = None) -> TrainResult:
+          tls: Tls | None = None, verbose: bool = False) -> FederatedResult:
     """`bigmodel federated serve`: a SuperLink at `address` and our Flower App run on it, which waits for
     `federated.clients` SuperNodes (`bigmodel federated join`), runs the rounds and writes the run folder."""
     need_flwr()
@@ -96,7 +116,7 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
         status.touch()
         (work / "job.json").write_text(json.dumps({
             "prep": str(Path(prep).resolve()), "out": str(folder.path.resolve()), "config": cfg.to_yaml(),
-            "status": str(status), "verbose": verbose_logging()}))
+            "status": str(status), "verbose": verbose}))
         app = work / "app"
         app.mkdir()
         job = json.dumps(str(work / "job.json"))
@@ -107,16 +127,12 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
                                 f'address = "{reach}:{port}"\n{security}')
         with _process(["flower-superlink", *(tls.superlink_args() if tls else ["--insecure"]), "--host", host,
                        "--port", str(port), "--disable-runtime-dependency-installation"],
-                      work / "superlink.log", env) as link:
+                      work / "superlink.log", env, verbose) as link:
             _wait_for(f"{reach}:{port}", 60, link, work / "superlink.log")
-            with _process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env) as run:
+            with _process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env, verbose) as run:
                 record = _follow(status, run, work / "run.log", on_round)
                 run.wait(timeout=60)
-    result = TrainResult(Path(record["result"]["out"]), record["result"]["epochs_run"],
-                         record["result"]["best_epoch"], record["result"]["final"], record["result"]["seconds"])
-    if "budget" in record:
-        raise BudgetExhausted(result, record["budget"])
-    return result
+    return FederatedResult.from_dict(record["result"])
 
 
 def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
@@ -132,27 +148,24 @@ def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
         import yaml
 
         cfg = validate(yaml.safe_load(job["config"]), "the server's config")
-        fed = Federation(Path(job["prep"]), Path(job["out"]), cfg,
-                         lambda r, n, m: note_status(status, {"round": r, "rounds": n, "metrics": m}))
+        fed = Federation.open(Path(job["prep"]), Path(job["out"]), cfg,
+                              lambda r, n, m: note_status(status, {"round": r, "rounds": n, "metrics": m}),
+                              bool(job["verbose"]))
         n, f = cfg.federated.clients, cfg.federated
         max_weight = 1.0  # SecAgg+ scales each update by rows / max_weight: ask the nodes for their rows
         if f.secure_aggregation and f.privacy is None:
             max_weight = float(max(int(p["rows"]) for p in _ask(grid, {}, wait_for=n).values()))
         fed.run_rounds(grid, context, n, max_weight)
-        try:
-            result = fed.finish({"clients": n, "partition": "deployment"})
-            record: dict[str, Any] = {"result": result.to_dict()}
-        except BudgetExhausted as e:
-            record = {"result": e.result.to_dict(), "budget": str(e)}
-    except (BigModelError, GateFailed) as e:
-        record = {"error": str(e), "gate": isinstance(e, GateFailed)}
+        record: dict[str, Any] = {"result": fed.finish({"clients": n, "partition": "deployment"}).to_dict()}
+    except BigModelError as e:
+        record = {"error": str(e)}
     finally:
         _ask(grid, {"done": True})  # even after a crash: the clients need not wait for a lost server
     note_status(status, record)
 
 
 def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
-         tls_ca: Path | None = None) -> tuple[int, int]:
+         tls_ca: Path | None = None, verbose: bool = False) -> JoinResult:
     """`bigmodel federated join`: a SuperNode connected to the SuperLink at `address`, whose client trains on
     its own CSV or Parquet file encoded with the prep folder's fitted preprocessing. Returns its row count
     and the rounds it trained in when the server says it is done."""
@@ -165,22 +178,21 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
     from .data import read_table
     from .keras_env import import_keras
 
-    prep_folder = artifacts.Folder(Path(prep), "prep")
-    prep_folder.manifest()
-    schema = Schema.load(prep_folder.path)
-    cfg = load_config(prep_folder / artifacts.CONFIG)
+    prepared = open_prep(Path(prep))
+    schema = prepared.schema
+    cfg = load_config(prepared.folder / artifacts.CONFIG)
     df = read_table(Path(data), cfg.data)
     source = str(data)
     schema.check_columns(df, source, need_target=True)
     import_keras(seed)
-    x = features.predict(features.preprocessing_model(schema), features.to_inputs(df, schema, source))
+    x = features.apply(features.preprocessing_model(schema), features.to_inputs(df, schema, source))
     y = schema.labels(df, source)
     with _workdir(Path(tempfile.gettempdir()), "bigmodel-join-") as work:
         np.savez(work / "data.npz", x=x, y=y)
         status = work / "status.jsonl"
         status.touch()
         node = work / "node.json"
-        node.write_text(json.dumps({"prep": str(prep_folder.path.resolve()), "data": str(work / "data.npz"),
+        node.write_text(json.dumps({"prep": str(prepared.path.resolve()), "data": str(work / "data.npz"),
                                     "seed": seed, "status": str(status)}))
         _wait_for(address, wait)
         security = ["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"]
@@ -188,9 +200,9 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
         with _process(["flower-supernode", *security, "--superlink", address, "--port", str(_free_port()),
                        "--max-wait-time", str(CONNECT_SECONDS),
                        "--node-config", f"bigmodel={json.dumps(str(node))}"],
-                      work / "supernode.log", _flower_env(work)) as supernode:
+                      work / "supernode.log", _flower_env(work), verbose) as supernode:
             rounds = _until_done(status, supernode, work / "supernode.log", address)
-    return len(y), rounds
+    return JoinResult(address, len(y), rounds)
 
 
 def node_client(job: dict[str, Any]) -> KerasClient:
@@ -248,7 +260,7 @@ def _follow(status: Path, run: Any, log: Path, on_round: Any) -> dict[str, Any]:
                 if on_round is not None:
                     on_round(record["round"], record["rounds"], record["metrics"])
             elif "error" in record:
-                raise (GateFailed if record["gate"] else BigModelError)(record["error"])
+                raise BigModelError(record["error"])
             else:
                 return record
         seen = len(records)
@@ -284,13 +296,14 @@ def _until_done(status: Path, supernode: Any, log: Path, address: str, patience:
 
 
 @contextlib.contextmanager
-def _process(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def _process(cmd: list[str], log: Path, env: dict[str, str],
+             verbose: bool) -> Iterator[subprocess.Popen[bytes]]:
     """One of Flower's programs as a child process, its output in `log` (on stderr with --verbose), stopped
     with everything it started when the block ends, whatever ends it."""
     exe = Path(sys.executable).parent / cmd[0]
     with open(log, "wb") as f:
         proc = subprocess.Popen([str(exe) if exe.exists() else cmd[0], *cmd[1:]], env=env, stdin=subprocess.DEVNULL,
-                                stdout=2 if verbose_logging() else f, stderr=subprocess.STDOUT)
+                                stdout=2 if verbose else f, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:
@@ -311,10 +324,21 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if proc.poll() is not None and not any(artifacts.alive(p) for p in family[1:]):
+            if proc.poll() is not None and not any(_alive(p) for p in family[1:]):
                 return
             time.sleep(0.2)
     proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a zombie not yet reaped counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _descendants(pid: int) -> list[int]:

@@ -26,6 +26,18 @@ class Verdict:
         return asdict(self)
 
 
+# metric names (as Keras logs them, or as evaluate reports them) for which lower is better; the rest rise
+_LOWER_WORDS = {"loss", "mae", "mse", "rmse", "mape", "msle", "hinge", "huber", "logcosh", "poisson", "kld", "epsilon"}
+_LOWER_PARTS = ("crossentropy", "error", "log_cosh", "kl_divergence")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of this metric is better (`val_mae`, `log_loss`: yes; `val_accuracy`, `auc`: no).
+    The one place that knows: early stopping, the best epoch, multi-worker training and compare all ask here."""
+    name = metric.lower().removeprefix("val_")
+    return bool(set(name.split("_")) & _LOWER_WORDS) or any(part in name for part in _LOWER_PARTS)
+
+
 def is_valid(text: str) -> bool:
     return bool(_GATE.match(text))
 

@@ -9,10 +9,10 @@ from typing import Any
 import yaml
 
 from . import artifacts
+from .columns import infer_kinds, infer_task
 from .config import Config
 from .data import read_table
 from .errors import DataError
-from .preprocess import infer_kinds, infer_task
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ def render(cfg: Config, data: Path, task: str, kinds: dict[str, str], notes: lis
         "",
         "# export: savedmodel (a TensorFlow SavedModel plus model.keras) | keras.",
         _block({"export": d["export"]}),
+        "",
+        "# federated: `bigmodel federated` only: FedAvg over clients on Flower (simulation or deployment),",
+        "# optionally with SecAgg+ (secure_aggregation) and client-level DP (privacy).",
+        _block({"federated": d["federated"]}),
         "",
     ]
     return "\n".join(lines)

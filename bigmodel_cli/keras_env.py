@@ -43,3 +43,11 @@ def import_keras(seed: int | None = None) -> ModuleType:
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
     return keras
+
+
+def tensorflow() -> ModuleType:
+    """TensorFlow, imported through `import_keras` (logs silenced first)."""
+    import_keras()
+    import tensorflow as tf
+
+    return tf

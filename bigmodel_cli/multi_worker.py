@@ -39,9 +39,9 @@ def strategy() -> Any:
         raise ConfigError(f"TF_CONFIG is not a cluster spec with a task: {raw[:200]}") from None
     if not workers:
         raise ConfigError("TF_CONFIG: cluster.worker lists no workers")
-    import tensorflow as tf
+    from .keras_env import tensorflow
 
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return tensorflow().distribute.MultiWorkerMirroredStrategy()
 
 
 def is_chief(strat: Any) -> bool:
@@ -50,14 +50,14 @@ def is_chief(strat: Any) -> bool:
 
 
 def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
-        monitor: str, on_epoch: Callable[[int, int, dict[str, float]], None] | None) -> tuple[Any, list[dict]]:
-    """Train; return a plain (undistributed) copy of the network with the best weights, and the history."""
-    import tensorflow as tf
-
+        monitor: str, on_epoch: Callable[[int, int, dict[str, float]], None] | None) -> tuple[Any, list[dict], int]:
+    """Train; return a plain (undistributed) copy of the network with the kept weights, the history and the
+    epoch (1-based) those weights are from: early stopping's best, else the last."""
     from . import model
-    from .keras_env import import_keras
+    from .gates import lower_is_better
+    from .keras_env import import_keras, tensorflow
 
-    keras = import_keras()
+    keras, tf = import_keras(), tensorflow()
     n_inputs = x["train"].shape[1]
     with strat.scope():
         net = model.build(cfg, schema, n_inputs)
@@ -86,7 +86,8 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
 
     es = cfg.train.early_stopping
     history: list[dict] = []
-    best, best_weights, waited = None, None, 0
+    best, best_weights, best_epoch, waited = None, None, 0, 0
+    sign = 1 if lower_is_better(monitor) else -1
     for epoch in range(cfg.train.epochs):
         # the same shuffle on every worker (seed, epoch); full global batches only, so every replica steps alike
         data = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
@@ -103,13 +104,13 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
             on_epoch(epoch + 1, cfg.train.epochs, row)
         if es.enabled:
             value = row.get(monitor, row["loss"])
-            sign = -1 if "acc" in monitor or "auc" in monitor else 1  # Keras' EarlyStopping mode "auto"
             if best is None or sign * (value - best) < -es.min_delta:
-                best, best_weights, waited = value, net.get_weights(), 0
+                best, best_weights, best_epoch, waited = value, net.get_weights(), epoch + 1, 0
             else:
                 waited += 1
                 if waited >= es.patience:
                     break
     if best_weights is not None:
         plain.set_weights(best_weights)
-    return plain, history
+        return plain, history, best_epoch
+    return plain, history, len(history)

@@ -45,7 +45,7 @@ def training_curves(history: pd.DataFrame, path: Path) -> None:
 
 
 def evaluation(out: Path, task: str, y: np.ndarray, pred: np.ndarray, probs: np.ndarray | None,
-               classes: list[str], history: pd.DataFrame | None) -> list[str]:
+               classes: list[str]) -> list[str]:
     """The plots for one evaluation, as PNG files in `out`; returns their file names."""
     from sklearn.calibration import CalibrationDisplay
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
@@ -57,9 +57,6 @@ def evaluation(out: Path, task: str, y: np.ndarray, pred: np.ndarray, probs: np.
         written.append(name)
         return _figure(out / name, ncols)
 
-    if history is not None:
-        training_curves(history, out / "training_curves.png")
-        written.append("training_curves.png")
     if task == "regression":
         with plot("predicted_vs_actual.png") as (ax,):
             ax.scatter(y, pred, s=8, alpha=0.6)

@@ -1,24 +1,24 @@
-"""`bigmodel preprocess`: infer the schema, clean, split, fit the feature preprocessing on train."""
+"""`bigmodel preprocess`: infer the schema, clean, split, fit the feature preprocessing on train.
+
+The in-memory path is here; files larger than memory take streaming.py's path. Both fit with columns.py
+and write the prep folder with folders.write_prep.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, columns
 from .config import Config
-from .data import read_table
+from .data import read_table, streams
 from .errors import DataError
-from .schema import Feature, Schema, as_str, model_key, numeric_column
-
-BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
-MAX_CLASSES = 100
-TEXT_MIN_WORDS = 3.0
-INFER_SAMPLE = 10_000
+from .folders import write_prep
+from .schema import Schema, as_str, numeric_column
 
 
 @dataclass(frozen=True)
@@ -31,273 +31,69 @@ class PreprocessResult:
         return {"out": str(self.out), "task": self.schema.task, "target": self.schema.target, **self.report}
 
 
-@dataclass
-class Inference:
-    kinds: dict[str, str]  # column -> numeric | categorical | boolean | text | id | ignore
-    notes: list[str] = field(default_factory=list)
-
-
-def _looks_like_id(name: str) -> bool:
-    n = name.lower()
-    return n in ("id", "index", "uuid", "key") or n.endswith(("_id", " id", "-id")) or name.endswith("ID")
-
-
-def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data") -> Inference:
-    """Each column's kind, from the config where it says so, else from the values."""
-    inf = Inference(kinds={})
-    for col in df.columns:
-        if col == target:
-            continue
-        s = df[col]
-        given = cfg.data.columns.get(col) or ("id" if col in cfg.data.id_columns else None)
-        if given:
-            inf.kinds[col] = given
-            continue
-        values = s.dropna()
-        if len(values) == 0:
-            inf.kinds[col] = "ignore"
-            inf.notes.append(f"'{col}' is empty: dropped")
-        elif pd.api.types.is_bool_dtype(s):
-            inf.kinds[col] = "boolean"
-        elif pd.api.types.is_numeric_dtype(s):
-            if _looks_like_id(col) and values.is_unique and bool(values.mod(1).eq(0).all()):
-                inf.kinds[col] = "id"
-                inf.notes.append(f"'{col}' looks like an id: kept for predictions, not used as a feature")
-            else:
-                inf.kinds[col] = "numeric"
-        else:
-            # the heuristics look at the distinct values (a sample of them when there are many)
-            distinct = pd.Series(values.unique()).astype(str).str.strip()
-            sample = distinct if len(distinct) <= INFER_SAMPLE else distinct.sample(INFER_SAMPLE, random_state=0)
-            if len(distinct) <= len(BOOLEAN_WORDS) and set(distinct.str.lower()) <= BOOLEAN_WORDS:
-                inf.kinds[col] = "boolean"
-                continue
-            if pd.to_numeric(sample, errors="coerce").notna().mean() >= 0.9:
-                numeric_column(s, col, source)  # raises naming the first non-numeric row
-            words = sample.str.split().str.len().mean()
-            if words >= TEXT_MIN_WORDS:
-                inf.kinds[col] = "text"
-            elif len(distinct) == len(values) > 1 and (_looks_like_id(col) or len(values) > MAX_CLASSES):
-                inf.kinds[col] = "id"
-                inf.notes.append(f"'{col}' has a distinct value on every row: treated as an id, not a feature")
-            else:
-                inf.kinds[col] = "categorical"
-        if inf.kinds.get(col) == "numeric" and values.min() == values.max():
-            inf.notes.append(f"'{col}' is constant: it carries no information")
-    return inf
-
-
-def infer_task(y: pd.Series, cfg: Config) -> str:
-    if cfg.data.task != "auto":
-        return cfg.data.task
-    values = y.dropna()
-    n = values.nunique()
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if numeric and (not values.mod(1).eq(0).all() or n > 20):
-        return "regression"
-    if n == 2:
-        return "binary"
-    return "multiclass"
-
-
-def split_positions(n: int, y: pd.Series | None, cfg: Config, notes: list[str]) -> dict[str, np.ndarray]:
-    """Seeded train/val/test split of n rows, stratified on the label for classification: each class's rows
-    are shuffled and cut by the ratios (so every split keeps the class balance). Each split keeps the file's
-    row order (training shuffles every epoch), which is what lets the streaming path write the same splits
-    chunk by chunk. Plain NumPy on row positions: no frame copies, and no scikit-learn import (2 s)."""
-    rng = np.random.default_rng(cfg.seed)
-    ratios = cfg.data.split
-    groups = [np.arange(n)] if y is None else [
-        np.flatnonzero(codes == c) for codes in [pd.factorize(y, sort=True)[0]] for c in range(codes.max() + 1)]
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for rows in groups:
-        rows = rng.permutation(rows)
-        n_test = int(round(len(rows) * ratios.test))
-        n_val = int(round(len(rows) * ratios.val))
-        parts["test"].append(rows[:n_test])
-        parts["val"].append(rows[n_test:n_test + n_val])
-        parts["train"].append(rows[n_test + n_val:])
-    if y is not None and any(len(g) < 3 for g in groups):
-        notes.append("a class has fewer than 3 rows: some splits do not contain it")
-    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
-
-
-def _fit_text(values: Any, cfg: Config) -> tuple[list[str], list[float]]:
-    """Vocabulary (and idf weights) of a text column (an array of strings, or a tf.data dataset of
-    batches of them), from Keras' own TextVectorization.adapt."""
-    from .keras_env import import_keras
-
-    keras = import_keras()
-    mode = cfg.preprocess.text_output
-    layer = keras.layers.TextVectorization(max_tokens=cfg.preprocess.text_max_tokens, output_mode=mode)
-    layer.adapt(values)
-    vocab = [str(v) for v in layer.get_vocabulary()[1:]]  # [0] is the OOV token
-    idf: list[float] = []
-    if mode == "tf_idf":
-        weights = keras.ops.convert_to_numpy(layer._lookup_layer.idf_weights_const)  # noqa: SLF001
-        idf = [float(w) for w in weights[1:]]
-    return vocab, idf
-
-
-def numeric_feature(col: str, key: str, v: np.ndarray) -> Feature:
-    """Median imputation and min/max/mean/std from a train column (float64, NaN for missing)."""
-    finite = v[~np.isnan(v)]
-    if finite.size == 0:
-        finite = np.zeros(1)
-    return Feature(col, key, "numeric", fill=float(np.median(finite)), min=float(finite.min()),
-                   max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std()))
-
-
-def category_counts(s: pd.Series) -> pd.Series:
-    text = as_str(s)
-    return text[text != ""].value_counts()
-
-
-def categorical_feature(col: str, key: str, kind: str, counts: pd.Series, cfg: Config) -> Feature:
-    """The vocabulary: the most frequent values (ties by value), the most frequent one imputed."""
-    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.preprocess.max_categories]
-    vocab = [str(k) for k, _ in ordered]
-    return Feature(col, key, kind, fill=vocab[0] if vocab else "", vocabulary=vocab)
-
-
-def text_feature(col: str, key: str, values: Any, cfg: Config) -> Feature:
-    vocab, idf = _fit_text(values, cfg)
-    return Feature(col, key, "text", fill="", vocabulary=vocab, idf_weights=idf)
-
-
-def fit_features(train: pd.DataFrame, kinds: dict[str, str], cfg: Config) -> list[Feature]:
-    """Fit imputation, scaling and vocabularies on the train split only."""
-    features, taken = [], set()
-    for col, kind in kinds.items():
-        if kind in ("id", "ignore"):
-            continue
-        key = model_key(col, taken)
-        s = train[col]
-        if kind == "numeric":
-            features.append(numeric_feature(col, key, numeric_column(s, col, "train split")))
-        elif kind in ("categorical", "boolean"):
-            features.append(categorical_feature(col, key, kind, category_counts(s), cfg))
-        elif kind == "text":
-            features.append(text_feature(col, key, as_str(s).to_numpy(dtype=str), cfg))
-    if not features:
-        raise DataError("no usable feature columns: every column is the target, an id, empty or ignored")
-    return features
-
-
 def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
     """Read DATA, clean it, split it, fit the preprocessing on train and write PREP_DIR."""
-    from . import streaming
-
-    if streaming.wanted(data, cfg):
-        return streaming.preprocess(data, out, cfg)
     folder = artifacts.Folder(Path(out), "prep")
-    df = read_table(data, cfg.data)
-    target = cfg.data.target
-    if not target:
-        raise DataError(f"{data}: no target column given; pass --target COLUMN or set data.target")
-    if target not in df.columns:
-        raise DataError(f"{data}: target column '{target}' not found; columns are: {', '.join(df.columns)}")
-    unknown = [c for c in [*cfg.data.columns, *cfg.data.id_columns] if c not in df.columns]
-    if unknown:
-        raise DataError(f"{data}: data.columns / data.id_columns name column(s) not in the file: {', '.join(unknown)}")
-    folder.prepare()
+    if streams(data, cfg.data):
+        from . import streaming
 
+        fitted = streaming.preprocess(data, folder, cfg)
+    else:
+        fitted = _in_memory(data, folder, cfg)
+    write_prep(folder, data, cfg, fitted.schema, fitted.report, fitted.rows_in, fitted.extra)
+    return PreprocessResult(folder.path, fitted.schema, fitted.report)
+
+
+def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fitted:
+    """Read the whole file, drop duplicates and rows without a target, split, fit, write the splits."""
+    df = read_table(data, cfg.data)
+    target = columns.check_target(cfg.data.target, list(df.columns), cfg, data)
+    folder.prepare()
     rows_in = len(df)
+    duplicates = 0
     if cfg.preprocess.drop_duplicates:  # rows compared by a 64-bit hash of all their values: one vectorised pass
         dup = pd.util.hash_pandas_object(df, index=False).duplicated().to_numpy()
         duplicates = int(dup.sum())
         if duplicates:
             df = df[~dup]
-    else:
-        duplicates = 0
     missing_target = int(df[target].isna().sum())
     df = df[df[target].notna()].reset_index(drop=True)
     if len(df) == 0:
         raise DataError(f"{data}: target column '{target}' has no values")
 
-    inf = infer_kinds(df, target, cfg, str(data))
-    task = infer_task(df[target], cfg)
+    inf = columns.infer_kinds(df, target, cfg, str(data))
+    task = columns.infer_task(df[target], cfg)
     y = df[target]
     classes: list[str] = []
     if task == "regression":
         numeric_column(y, target, str(data))
     else:
         y = as_str(y)
-        classes = check_classes(y, task, target, data)
+        classes = columns.check_classes(y, task, target, data)
 
-    positions = split_positions(len(df), y if task != "regression" else None, cfg, inf.notes)
+    positions = columns.split_positions(len(df), y if task != "regression" else None, cfg, inf.notes)
     splits = {name: df.iloc[pos] for name, pos in positions.items()}
     if len(splits["train"]) < 2:
         raise DataError(f"{data}: too few rows ({len(df)}) to split into train / validation / test")
-    schema = make_schema(target, task, fit_features(splits["train"], inf.kinds, cfg), classes, inf, cfg)
-    report = _report(df, rows_in, duplicates, missing_target, schema, inf, splits)
+    train = splits["train"]
+    features = columns.fit_features(
+        inf.kinds, cfg, numeric=lambda c: numeric_column(train[c], c, "train split"),
+        counts=lambda c: columns.category_counts(train[c]), text=lambda c: as_str(train[c]).to_numpy(dtype=str))
+    schema = columns.make_schema(target, task, features, classes, inf, cfg)
+
+    # distinct values of the non-numeric columns (counting them for 1M floats costs more than it tells)
+    missing = {c: int(np.isnan(numeric_column(df[c], c, "data")).sum()) if k == "numeric" else int(df[c].isna().sum())
+               for c, k in inf.kinds.items()}
+    unique = {c: int(df[c].nunique()) for c, k in inf.kinds.items() if k != "numeric"}
+    balance = {}
+    if schema.is_classification:
+        for name, part in splits.items():
+            counts = as_str(part[target]).value_counts()
+            balance[name] = {c: int(counts.get(c, 0)) for c in classes}
+    rows = columns.Rows(rows_in, duplicates, missing_target, {n: len(p) for n, p in splits.items()})
+    report = columns.report(rows, inf, schema, missing, unique, balance)
 
     for name, part in splits.items():
         with artifacts.atomic_path(folder / artifacts.SPLIT_FILES[name]) as tmp:
             part.reset_index(drop=True).to_parquet(tmp, index=False)
-    return finish(folder, data, cfg, schema, report, rows_in, {})
-
-
-def check_classes(y: pd.Series, task: str, target: str, data: Path) -> list[str]:
-    """The sorted classes of a classification target, or an error saying why it cannot be learned."""
-    classes = sorted(y.unique())
-    if len(classes) < 2:
-        raise DataError(f"{data}: target '{target}' has a single class ({classes[0]!r}): nothing to learn")
-    if len(classes) > MAX_CLASSES:
-        raise DataError(f"{data}: target '{target}' has {len(classes)} classes; "
-                        f"for a numeric target set data.task: regression")
-    if task == "binary" and len(classes) != 2:
-        raise DataError(f"{data}: data.task is binary but target '{target}' has {len(classes)} classes")
-    return classes
-
-
-def make_schema(target: str, task: str, features: list[Feature], classes: list[str], inf: Inference,
-                cfg: Config) -> Schema:
-    return Schema(
-        target=target, task=task, features=features, classes=classes,
-        id_columns=[c for c, k in inf.kinds.items() if k == "id"],
-        dropped={c: k for c, k in inf.kinds.items() if k in ("id", "ignore")},
-        scaling=cfg.preprocess.scaling, text_output=cfg.preprocess.text_output,
-        text_max_tokens=cfg.preprocess.text_max_tokens, categorical_encoding=cfg.preprocess.categorical_encoding,
-    )
-
-
-def finish(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema, report: dict[str, Any], rows_in: int,
-           extra: dict[str, Any]) -> PreprocessResult:
-    """Write the schema, report and config, then the manifest (last): the prep folder is complete."""
-    schema.save(folder.path)
-    artifacts.write_json(folder / artifacts.REPORT, report)
-    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
-    folder.finish({
-        "data": {"path": str(data), "sha256": artifacts.sha256(Path(data)), "rows": rows_in},
-        "seed": cfg.seed, "created": artifacts.now(),
-        "splits": {n: artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()}, **extra,
-    })
-    return PreprocessResult(folder.path, schema, report)
-
-
-def _report(df: pd.DataFrame, rows_in: int, duplicates: int, missing_target: int, schema: Schema,
-            inf: Inference, splits: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    fitted = {f.name: f for f in schema.features}
-    columns = {}
-    for col, kind in inf.kinds.items():
-        s = df[col]
-        missing = int(s.isna().sum())
-        if kind == "numeric":
-            missing = int(np.isnan(numeric_column(s, col, "data")).sum())
-        f = fitted.get(col)
-        columns[col] = {
-            # distinct values of the non-numeric columns (counting them for 1M floats costs more than it tells)
-            "kind": kind, "missing": missing, "unique": None if kind == "numeric" else int(s.nunique()),
-            "imputed_with": (f.fill if f is not None and missing and kind != "text" else None),
-        }
-    balance = {}
-    if schema.is_classification:
-        for name, part in splits.items():
-            counts = as_str(part[schema.target]).value_counts()
-            balance[name] = {c: int(counts.get(c, 0)) for c in schema.classes}
-    return {
-        "rows_in": rows_in, "duplicates_dropped": duplicates, "missing_target_dropped": missing_target,
-        "rows_out": len(df), "splits": {n: len(p) for n, p in splits.items()},
-        "columns": columns, "class_balance": balance, "notes": inf.notes,
-    }
+    return columns.Fitted(schema, report, rows_in)

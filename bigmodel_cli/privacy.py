@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ConfigError
-from .keras_env import import_keras
+from .keras_env import import_keras, tensorflow
 
-keras = import_keras()
-import tensorflow as tf  # noqa: E402  (after import_keras has quietened TensorFlow's logs)
+keras, tf = import_keras(), tensorflow()  # at import: DPSequential subclasses keras.Sequential
 
 
 def epsilon(rows: int, batch_size: int, epochs: int, noise_multiplier: float, delta: float) -> float | None:

@@ -56,6 +56,7 @@ def _img(path: Path) -> str:
 
 
 def render(run: Path) -> tuple[str, int]:
+    """The page for a run folder, and how many images it embeds."""
     folder = artifacts.Folder(Path(run), "run")
     manifest = folder.manifest()
     if not (folder / artifacts.METRICS).exists():
@@ -63,74 +64,81 @@ def render(run: Path) -> tuple[str, int]:
     metrics = artifacts.read_json(folder / artifacts.METRICS)
     report_files = [folder / artifacts.REPORT, Path(manifest.get("prep_dir", "")) / artifacts.REPORT]
     data = next((artifacts.read_json(p) for p in report_files if p.is_file()), None)
-    config = (folder / artifacts.CONFIG).read_text(encoding="utf-8")
-    parts: dict[str, str] = {}
-
-    if data:
-        counts = [[k.replace("_", " "), data[k]] for k in ("rows_in", "duplicates_dropped", "missing_target_dropped",
-                                                           "rows_out")]
-        counts += [[f"{n} split", k] for n, k in data["splits"].items()]
-        cols = [[_e(c), _e(v["kind"]), v["missing"], _num(v["unique"]), _e("" if v["imputed_with"] is None
-                                                                      else v["imputed_with"])]
-                for c, v in data["columns"].items()]
-        parts["data"] = _table(["", "count"], counts) + _table(["column", "kind", "missing", "unique", "imputed with"],
-                                                               cols)
-        if data.get("class_balance"):
-            classes = list(next(iter(data["class_balance"].values())))
-            parts["data"] += _table(["split", *classes], [[s, *b.values()] for s, b in data["class_balance"].items()])
-        parts["data"] += "".join(f"<p>note: {_e(n)}</p>" for n in data.get("notes", []))
-    else:
-        parts["data"] = "<p>No data report in this run folder.</p>"
-    parts["config"] = f"<pre>{_e(config)}</pre>"
-
-    history = folder / artifacts.HISTORY
-    images = 0
-    training = []
-    if (folder / artifacts.CURVE).exists():
-        training.append(_img(folder / artifacts.CURVE))
-        images += 1
-    if history.exists():
-        h = pd.read_csv(history)
-        training.append(f"<p>{len(h)} epochs; best epoch {manifest.get('best_epoch')}.</p>")
-    parts["training"] = "".join(training) or "<p>No training history.</p>"
-
-    ci = (metrics.get("bootstrap") or {}).get("intervals") or {}
-    rows = [[_e(k), _num(v), "" if ci.get(k) is None else f"[{ci[k][0]:.4f}, {ci[k][1]:.4f}]"]
-            for k, v in metrics["metrics"].items()]
-    d = metrics["data"]
-    parts["metrics"] = (f"<p>{_e(metrics['task'])} on <code>{_e(metrics['target'])}</code>, "
-                        f"{_e(d.get('split') or d['source'])} ({d['rows']} rows)"
-                        + (f"; decision threshold {metrics['threshold']:.4f}" if metrics.get("threshold") else "")
-                        + "</p>" + _table(["metric", "value", "95% interval" if ci else ""], rows))
-    if "per_class" in metrics:
-        parts["metrics"] += _table(["class", "precision", "recall", "f1", "support"],
-                                   [[_e(c), *(_num(x) for x in v.values())] for c, v in metrics["per_class"].items()])
-        cm = metrics["confusion_matrix"]
-        parts["metrics"] += _table(["true \\ predicted", *cm["labels"]],
-                                   [[_e(label), *row] for label, row in zip(cm["labels"], cm["matrix"], strict=True)])
-
     plots = [folder.path / p for p in metrics.get("plots", []) if (folder.path / p).exists()]
-    plots = [p for p in plots if p.name != "training_curves.png"]
-    images += len(plots)
-    parts["plots"] = "".join(_img(p) for p in plots) or "<p>No plots (run evaluate with --plots).</p>"
-
-    gates = metrics.get("gates") or []
-    parts["gates"] = _table(["gate", "threshold", "value", "verdict"], [
-        [_e(g["gate"]), _num(g["threshold"]), _num(g["value"]),
-         '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'] for g in gates
-    ]) if gates else "<p>No gates were set.</p>"
-    parts["manifest"] = f"<pre>{_e(json.dumps(manifest, indent=2, sort_keys=True))}</pre>"
-
+    curve = folder / artifacts.CURVE
+    parts = {
+        "data": _data_section(data),
+        "config": f"<pre>{_e((folder / artifacts.CONFIG).read_text(encoding='utf-8'))}</pre>",
+        "training": _training_section(folder, manifest),
+        "metrics": _metrics_section(metrics),
+        "plots": "".join(_img(p) for p in plots) or "<p>No plots (run evaluate with --plots).</p>",
+        "gates": _gates_section(metrics.get("gates") or []),
+        "manifest": f"<pre>{_e(json.dumps(manifest, indent=2, sort_keys=True))}</pre>",
+    }
     title = f"bigmodel report: {Path(run).resolve().name}"
     nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
     body = "".join(f'<section id="{s}"><h2>{s.capitalize()}</h2>{parts[s]}</section>' for s in SECTIONS)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n")
-    return page, images
+    return page, len(plots) + int(curve.exists())
+
+
+def _data_section(data: dict[str, Any] | None) -> str:
+    """The prep folder's data report: row counts, columns, class balance, notes."""
+    if not data:
+        return "<p>No data report in this run folder.</p>"
+    counts = [[k.replace("_", " "), data[k]] for k in ("rows_in", "duplicates_dropped", "missing_target_dropped",
+                                                       "rows_out")]
+    counts += [[f"{n} split", k] for n, k in data["splits"].items()]
+    cols = [[_e(c), _e(v["kind"]), v["missing"], _num(v["unique"]),
+             _e("" if v["imputed_with"] is None else v["imputed_with"])] for c, v in data["columns"].items()]
+    html_ = _table(["", "count"], counts) + _table(["column", "kind", "missing", "unique", "imputed with"], cols)
+    if data.get("class_balance"):
+        classes = list(next(iter(data["class_balance"].values())))
+        html_ += _table(["split", *classes], [[s, *b.values()] for s, b in data["class_balance"].items()])
+    return html_ + "".join(f"<p>note: {_e(n)}</p>" for n in data.get("notes", []))
+
+
+def _training_section(folder: artifacts.Folder, manifest: dict[str, Any]) -> str:
+    """The training curves and the epoch count."""
+    training = []
+    if (folder / artifacts.CURVE).exists():
+        training.append(_img(folder / artifacts.CURVE))
+    if (folder / artifacts.HISTORY).exists():
+        h = pd.read_csv(folder / artifacts.HISTORY)
+        training.append(f"<p>{len(h)} epochs; best epoch {manifest.get('best_epoch')}.</p>")
+    return "".join(training) or "<p>No training history.</p>"
+
+
+def _metrics_section(metrics: dict[str, Any]) -> str:
+    """The metrics with their bootstrap intervals, per class and the confusion matrix."""
+    ci = (metrics.get("bootstrap") or {}).get("intervals") or {}
+    rows = [[_e(k), _num(v), "" if ci.get(k) is None else f"[{ci[k][0]:.4f}, {ci[k][1]:.4f}]"]
+            for k, v in metrics["metrics"].items()]
+    d = metrics["data"]
+    out = (f"<p>{_e(metrics['task'])} on <code>{_e(metrics['target'])}</code>, "
+           f"{_e(d.get('split') or d['source'])} ({d['rows']} rows)"
+           + (f"; decision threshold {metrics['threshold']:.4f}" if metrics.get("threshold") else "")
+           + "</p>" + _table(["metric", "value", "95% interval" if ci else ""], rows))
+    if "per_class" in metrics:
+        out += _table(["class", "precision", "recall", "f1", "support"],
+                      [[_e(c), *(_num(x) for x in v.values())] for c, v in metrics["per_class"].items()])
+        cm = metrics["confusion_matrix"]
+        out += _table(["true \\ predicted", *cm["labels"]],
+                      [[_e(label), *row] for label, row in zip(cm["labels"], cm["matrix"], strict=True)])
+    return out
+
+
+def _gates_section(gates: list[dict[str, Any]]) -> str:
+    if not gates:
+        return "<p>No gates were set.</p>"
+    return _table(["gate", "threshold", "value", "verdict"], [
+        [_e(g["gate"]), _num(g["threshold"]), _num(g["value"]),
+         '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'] for g in gates])
 
 
 def run(run_dir: Path, out: Path | None = None) -> ReportResult:
     page, images = render(run_dir)
-    out = Path(out) if out else Path(run_dir) / "report.html"
+    out = Path(out) if out else Path(run_dir) / artifacts.HTML_REPORT
     artifacts.write_text(out, page)
     return ReportResult(out, SECTIONS, images)

@@ -21,178 +21,178 @@ import contextlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, columns
 from .config import Config
 from .data import read_chunks
 from .errors import DataError
-from .preprocess import (
-    Inference,
-    PreprocessResult,
-    categorical_feature,
-    category_counts,
-    check_classes,
-    finish,
-    infer_kinds,
-    infer_task,
-    make_schema,
-    numeric_feature,
-    split_positions,
-    text_feature,
-)
-from .schema import Schema, as_str, model_key, numeric_column
-
-AUTO_BYTES = 512 << 20  # data.streaming: auto streams files larger than this
+from .schema import Schema, as_str, numeric_column
 
 
-def wanted(data: Path, cfg: Config) -> bool:
-    s = cfg.data.streaming
-    if s == "auto":
-        try:
-            size = Path(data).stat().st_size
-        except OSError:
-            return False
-        return size > AUTO_BYTES
-    return bool(s)
+@dataclass(frozen=True)
+class _Plan:
+    """What the first chunk decided: the column kinds, the task, the fixed column types."""
+
+    data: Path
+    cfg: Config
+    inf: columns.Inference
+    task: str
+    names: list[str]  # the file's columns, in order
+    numeric: set[str]  # read as float64 (numeric features, and a regression target)
+
+    @property
+    def target(self) -> str:
+        return str(self.cfg.data.target)
+
+    def arrow_schema(self) -> Any:
+        import pyarrow as pa
+
+        return pa.schema([(c, pa.float64() if c in self.numeric else pa.string()) for c in self.names])
 
 
-def preprocess(data: Path, out: Path, cfg: Config) -> PreprocessResult:
-    folder = artifacts.Folder(Path(out), "prep")
-    target = cfg.data.target
-    source = str(data)
-    if not target:
-        raise DataError(f"{data}: no target column given; pass --target COLUMN or set data.target")
+@dataclass(frozen=True)
+class _Staged:
+    """Pass 1's outcome: every row normalised in one temp file, which rows are kept, their labels."""
+
+    path: Path
+    rows_in: int
+    duplicate: np.ndarray  # bool per row
+    keep: np.ndarray  # bool per row: not a duplicate, target present
+    y: pd.Series  # the kept rows' labels
+
+
+@dataclass
+class _TrainStats:
+    """Pass 2's running state: per-column counts over all kept rows, train columns for fitting."""
+
+    missing: dict[str, int]
+    unique: dict[str, set[str]]
+    counts: dict[str, pd.Series]
+    balance: dict[str, dict[str, int]]
+    numeric_files: dict[str, Path] = field(default_factory=dict)
+
+
+def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fitted:
+    """The streaming preprocess: stage the file (pass 1), split by the labels, route the rows to the split files
+    with the train statistics (pass 2), fit the features."""
     chunks = read_chunks(Path(data), cfg.data, cfg.data.chunk_rows)
     first = next(chunks)
-    if target not in first.columns:
-        raise DataError(f"{data}: target column '{target}' not found; columns are: {', '.join(first.columns)}")
-    unknown = [c for c in [*cfg.data.columns, *cfg.data.id_columns] if c not in first.columns]
-    if unknown:
-        raise DataError(f"{data}: data.columns / data.id_columns name column(s) not in the file: {', '.join(unknown)}")
-    inf: Inference = infer_kinds(first[first[target].notna()], target, cfg, source)
+    target = columns.check_target(cfg.data.target, list(first.columns), cfg, data)
+    inf = columns.infer_kinds(first[first[target].notna()], target, cfg, str(data))
     inf.notes.append(f"streaming: column kinds inferred from the first {len(first)} rows")
-    task = infer_task(first[target], cfg)
+    task = columns.infer_task(first[target], cfg)
     numeric = {c for c, k in inf.kinds.items() if k == "numeric"} | ({target} if task == "regression" else set())
-    columns = list(first.columns)
+    plan = _Plan(Path(data), cfg, inf, task, list(first.columns), numeric)
     folder.prepare()
     work = Path(tempfile.mkdtemp(prefix=".streaming.", dir=folder.path))
     try:
-        return _run(data, folder, cfg, work, first, chunks, columns, numeric, inf, task, source)
+        staged = _stage(plan, _chain(first, chunks), work / "rows.parquet")
+        if len(staged.y) == 0:
+            raise DataError(f"{data}: target column '{target}' has no values")
+        classes = [] if task == "regression" else columns.check_classes(staged.y, task, target, data)
+        positions = columns.split_positions(len(staged.y), staged.y if task != "regression" else None, cfg,
+                                            inf.notes)
+        if len(positions["train"]) < 2:
+            raise DataError(f"{data}: too few rows ({len(staged.y)}) to split into train / validation / test")
+        stats = _route(plan, staged, positions, classes, folder, work)
+        features = columns.fit_features(
+            inf.kinds, cfg, numeric=lambda c: np.fromfile(stats.numeric_files[c], dtype="float64"),
+            counts=lambda c: stats.counts[c], text=lambda c: _text_batches(folder / artifacts.TRAIN, c))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    schema = columns.make_schema(target, task, features, classes, inf, cfg)
+    rows = columns.Rows(staged.rows_in, int(staged.duplicate.sum()),
+                        int((~staged.duplicate & ~staged.keep).sum()), {n: len(p) for n, p in positions.items()})
+    report = columns.report(rows, inf, schema, stats.missing, {c: len(v) for c, v in stats.unique.items()},
+                            stats.balance)
+    return columns.Fitted(schema, {**report, "streaming": True}, staged.rows_in,
+                          {"streaming": {"chunk_rows": cfg.data.chunk_rows}})
 
 
-def _run(data: Path, folder: artifacts.Folder, cfg: Config, work: Path, first: pd.DataFrame, chunks: Any,
-         columns: list[str], numeric: set[str], inf: Inference, task: str, source: str) -> PreprocessResult:
+def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
+    """Pass 1: normalise each chunk to the fixed column types, hash its rows, keep its labels, append it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    target = cfg.data.target
-    arrow = pa.schema([(c, pa.float64() if c in numeric else pa.string()) for c in columns])
-    staged = work / "rows.parquet"
+    arrow, target, source = plan.arrow_schema(), plan.target, str(plan.data)
     hashes, labels = [], []
     start = 0
-    # pass 1: normalise, hash, stage
     with pq.ParquetWriter(staged, arrow) as writer:
-        for chunk in _chain(first, chunks):
-            if list(chunk.columns) != columns:
-                raise DataError(f"{data}: the columns change at data row {start + 1}")
-            norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start) if c in numeric
-                                 else _strings(chunk[c]) for c in columns})
+        for chunk in chunks:
+            if list(chunk.columns) != plan.names:
+                raise DataError(f"{plan.data}: the columns change at data row {start + 1}")
+            norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start) if c in plan.numeric
+                                 else _strings(chunk[c]) for c in plan.names})
             hashes.append(pd.util.hash_pandas_object(norm, index=False).to_numpy())
             # compact: a copy of the column (a view would keep the whole chunk's string block alive), categorical
-            labels.append(norm[target].to_numpy(copy=True) if target in numeric else pd.Categorical(norm[target]))
+            labels.append(norm[target].to_numpy(copy=True) if target in plan.numeric else pd.Categorical(norm[target]))
             writer.write_table(pa.Table.from_pandas(norm, schema=arrow, preserve_index=False))
             start += len(chunk)
-    rows_in = start
     hashed = np.concatenate(hashes)
-    dup = pd.Series(hashed).duplicated().to_numpy() if cfg.preprocess.drop_duplicates else np.zeros(rows_in, bool)
-    y_all = pd.Series(np.concatenate(labels) if target in numeric else
+    dup = pd.Series(hashed).duplicated().to_numpy() if plan.cfg.preprocess.drop_duplicates else np.zeros(start, bool)
+    y_all = pd.Series(np.concatenate(labels) if target in plan.numeric else
                       pd.api.types.union_categoricals(labels, sort_categories=True))
-    missing = y_all.isna().to_numpy() & ~dup
     keep = ~dup & ~y_all.isna().to_numpy()
-    y = y_all[keep].reset_index(drop=True)
-    if len(y) == 0:
-        raise DataError(f"{data}: target column '{target}' has no values")
-    classes = [] if task == "regression" else check_classes(y, task, target, data)
-    positions = split_positions(len(y), y if task != "regression" else None, cfg, inf.notes)
-    which = np.full(len(y), -1, dtype=np.int8)
+    return _Staged(staged, start, dup, keep, y_all[keep].reset_index(drop=True))
+
+
+def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], classes: list[str],
+           folder: artifacts.Folder, work: Path) -> _TrainStats:
+    """Pass 2: each kept row to its split file; the counts of the report; the train rows' numeric columns to
+    files of their own (exact medians, one column in memory at a time; written, not memory-mapped, so pages
+    stay out of RSS) and their categories to running counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     names = list(positions)
+    which = np.full(len(staged.y), -1, dtype=np.int8)
     for i, name in enumerate(names):
         which[positions[name]] = i
-    n_train = len(positions["train"])
-    if n_train < 2:
-        raise DataError(f"{data}: too few rows ({len(y)}) to split into train / validation / test")
-
-    # pass 2: route rows to the splits; train statistics
-    num_cols = [c for c, k in inf.kinds.items() if k == "numeric"]
-    cat_cols = [c for c, k in inf.kinds.items() if k in ("categorical", "boolean")]
-    # each train numeric column appended to its own file (written, not memory-mapped: pages stay out of RSS)
-    column_file = {c: work / f"numeric{j}.f64" for j, c in enumerate(num_cols)}
-    counts: dict[str, pd.Series] = {c: pd.Series(dtype="int64") for c in cat_cols}
-    missing_counts = dict.fromkeys(inf.kinds, 0)
-    unique: dict[str, set[str]] = {c: set() for c in cat_cols}
-    balance = {n: dict.fromkeys(classes, 0) for n in names} if classes else {}
+    kinds = plan.inf.kinds
+    num_cols = [c for c, k in kinds.items() if k == "numeric"]
+    cat_cols = [c for c, k in kinds.items() if k in ("categorical", "boolean")]
+    stats = _TrainStats(missing=dict.fromkeys(kinds, 0), unique={c: set() for c in cat_cols},
+                        counts={c: pd.Series(dtype="int64") for c in cat_cols},
+                        balance={n: dict.fromkeys(classes, 0) for n in names} if classes else {},
+                        numeric_files={c: work / f"numeric{j}.f64" for j, c in enumerate(num_cols)})
+    arrow = plan.arrow_schema()
     with contextlib.ExitStack() as stack:  # on an error: writers closed, then the temp files removed
         paths = {n: stack.enter_context(artifacts.atomic_path(folder / artifacts.SPLIT_FILES[n])) for n in names}
         writers = {n: stack.enter_context(pq.ParquetWriter(paths[n], arrow)) for n in names}
-        columns_out = {c: stack.enter_context(open(column_file[c], "wb")) for c in num_cols}
+        numeric_out = {c: stack.enter_context(open(stats.numeric_files[c], "wb")) for c in num_cols}
         row, kept_at = 0, 0
-        staged_file = pq.ParquetFile(staged)
+        staged_file = pq.ParquetFile(staged.path)
         for g in range(staged_file.num_row_groups):
             part = staged_file.read_row_group(g).to_pandas()
-            k = keep[row:row + len(part)]
-            row += len(part)
-            part = part[k]
+            part = part[staged.keep[row:row + len(part)]]
+            row += staged_file.metadata.row_group(g).num_rows
             w = which[kept_at:kept_at + len(part)]
             kept_at += len(part)
-            for c in inf.kinds:
-                missing_counts[c] += int(part[c].isna().sum())
+            for c in kinds:
+                stats.missing[c] += int(part[c].isna().sum())
             for c in cat_cols:
-                unique[c].update(part[c].dropna().unique().tolist())
+                stats.unique[c].update(part[c].dropna().unique().tolist())
             for i, name in enumerate(names):
                 rows = part[w == i]
                 if len(rows) == 0:
                     continue
                 writers[name].write_table(pa.Table.from_pandas(rows, schema=arrow, preserve_index=False))
                 if classes:
-                    for c, v in rows[target].value_counts().items():
-                        balance[name][c] += int(v)
+                    for c, v in rows[plan.target].value_counts().items():
+                        stats.balance[name][c] += int(v)
                 if name == "train":
                     for c in num_cols:
-                        columns_out[c].write(rows[c].to_numpy(dtype="float64", na_value=np.nan).tobytes())
+                        numeric_out[c].write(rows[c].to_numpy(dtype="float64", na_value=np.nan).tobytes())
                     for c in cat_cols:
-                        counts[c] = counts[c].add(category_counts(rows[c]), fill_value=0).astype("int64")
-
-    features, taken = [], set()
-    for col, kind in inf.kinds.items():
-        if kind in ("id", "ignore"):
-            continue
-        key = model_key(col, taken)
-        if kind == "numeric":
-            features.append(numeric_feature(col, key, np.fromfile(column_file[col], dtype="float64")))
-        elif kind in ("categorical", "boolean"):
-            features.append(categorical_feature(col, key, kind, counts[col], cfg))
-        else:
-            features.append(text_feature(col, key, _text_batches(folder / artifacts.TRAIN, col), cfg))
-    if not features:
-        raise DataError("no usable feature columns: every column is the target, an id, empty or ignored")
-    schema = make_schema(target, task, features, classes, inf, cfg)
-    report = {
-        "rows_in": rows_in, "duplicates_dropped": int(dup.sum()), "missing_target_dropped": int(missing.sum()),
-        "rows_out": int(keep.sum()), "splits": {n: len(p) for n, p in positions.items()},
-        "columns": {c: {"kind": k, "missing": missing_counts[c],
-                        "unique": len(unique[c]) if c in unique else None,
-                        "imputed_with": next((f.fill for f in features if f.name == c and missing_counts[c]
-                                              and k != "text"), None)} for c, k in inf.kinds.items()},
-        "class_balance": balance, "notes": inf.notes, "streaming": True,
-    }
-    return finish(folder, data, cfg, schema, report, rows_in, {"streaming": {"chunk_rows": cfg.data.chunk_rows}})
+                        stats.counts[c] = stats.counts[c].add(columns.category_counts(rows[c]),
+                                                              fill_value=0).astype("int64")
+    return stats
 
 
 def _strings(s: pd.Series) -> pd.Series:
@@ -208,7 +208,10 @@ def _chain(first: pd.DataFrame, rest: Any) -> Any:
 def _text_batches(path: Path, col: str) -> Any:
     """A text column of a row-grouped Parquet file as a tf.data dataset of string batches (for adapt)."""
     import pyarrow.parquet as pq
-    import tensorflow as tf
+
+    from .keras_env import tensorflow
+
+    tf = tensorflow()
 
     def gen() -> Any:
         f = pq.ParquetFile(path)
@@ -256,7 +259,7 @@ def encode_split(path: Path, schema: Schema, encoder: Any, where: Path, source: 
             df = f.read_row_group(g).to_pandas()
             if len(df) == 0:
                 continue
-            x = features.predict(encoder, features.to_inputs(df, schema, source)).astype("float32", copy=False)
+            x = features.apply(encoder, features.to_inputs(df, schema, source)).astype("float32", copy=False)
             out.write(np.ascontiguousarray(x).tobytes())
             width = x.shape[1]
             labels.append(schema.labels(df, source))

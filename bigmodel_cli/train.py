@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import artifacts, plots
-from .config import Config, load_config
+from . import artifacts
+from .config import Config
 from .errors import ConfigError, DataError
+from .folders import Prep, open_prep, write_run
+from .gates import lower_is_better
 from .schema import Schema
 
 OnEpoch = Callable[[int, int, dict[str, float]], None]
@@ -38,18 +40,54 @@ class TrainResult:
                 "best_epoch": self.best_epoch, "final": self.final, "seconds": round(self.seconds, 3)}
 
 
-def resolve_config(prep: Path, config: Path | None, overrides: list[str]) -> Config:
-    """The run's config: --config (default: the prep folder's own) with --set applied; the data and
-    preprocess sections always come from the prep folder, since they were applied there."""
-    prep_cfg_path = Path(prep) / artifacts.CONFIG
-    artifacts.Folder(Path(prep), "prep").manifest()
-    prep_cfg = load_config(prep_cfg_path)
-    cfg = load_config(config or prep_cfg_path, overrides)
-    return cfg.model_copy(update={"data": prep_cfg.data, "preprocess": prep_cfg.preprocess})
+@dataclass(frozen=True)
+class _Run:
+    """One training's context, handed from pass to pass."""
+
+    prep: Prep
+    folder: artifacts.Folder | None  # None: a multi-worker non-chief, which writes nothing
+    cfg: Config
+    on_epoch: OnEpoch | None
+    resume: bool
+    multi: Any  # the MultiWorkerMirroredStrategy, or None
+    started: str
+    t0: float
+
+    @property
+    def config_sha256(self) -> str:
+        return hashlib.sha256(self.cfg.to_yaml().encode()).hexdigest()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        assert self.folder is not None
+        return self.folder / artifacts.CHECKPOINT
 
 
-def load_split(prep: Path, split: str) -> pd.DataFrame:
-    return pd.read_parquet(Path(prep) / artifacts.SPLIT_FILES[split])
+@dataclass(frozen=True)
+class _Encoded:
+    """The train and val splits as the network's input matrix and labels."""
+
+    x: dict[str, Any]  # np.ndarray, or a streaming.DiskMatrix for a streamed train split
+    y: dict[str, np.ndarray]
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.y["val"]) > 0
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What the epochs produced: the network (best weights), the history rows, the best epoch (1-based)."""
+
+    net: Any
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def monitored(cfg: Config, has_val: bool) -> str:
+    """The metric early stopping watches: train.early_stopping.monitor (its train twin without a val split)."""
+    es = cfg.train.early_stopping
+    return es.monitor if has_val else es.monitor.removeprefix("val_")
 
 
 def class_weights(cfg: Config, schema: Schema, y: np.ndarray) -> dict[int, float] | None:
@@ -67,27 +105,6 @@ def class_weights(cfg: Config, schema: Schema, y: np.ndarray) -> dict[int, float
         raise ConfigError(f"train.class_weight: unknown class(es) {', '.join(unknown)}; "
                           f"classes are {', '.join(schema.classes)}")
     return {i: float(cw.get(c, 1.0)) for i, c in enumerate(schema.classes)}
-
-
-def write_run(folder: artifacts.Folder, prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
-              cfg: Config, net: Any, history: pd.DataFrame, best: int, extra: dict[str, Any]) -> dict[str, float]:
-    """Write a complete run folder (model.keras last but the manifest); return the best row's metrics.
-    Shared by `train` and `federated`, so that evaluate / export / predict / compare read either."""
-    with artifacts.atomic_path(folder / artifacts.HISTORY) as tmp:
-        history.to_csv(tmp, index=False)
-    plots.training_curves(history, folder / artifacts.CURVE)
-    schema.save(folder.path)
-    artifacts.write_json(folder / artifacts.REPORT, artifacts.read_json(prep_folder / artifacts.REPORT))
-    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
-    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
-        net.save(tmp)
-    folder.finish({
-        "prep_dir": str(prep_folder.path.resolve()), "data": prep_manifest["data"], "splits": prep_manifest["splits"],
-        "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
-        "versions": artifacts.versions(), "finished": artifacts.now(), "task": schema.task, "target": schema.target,
-        **extra,
-    })
-    return {k: float(v) for k, v in history.iloc[best - 1].items() if k not in ("epoch", "round")}
 
 
 def decision_threshold(cfg: Config, schema: Schema, net: Any, x_val: np.ndarray, y_val: np.ndarray) -> float | None:
@@ -115,9 +132,9 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
     returned callback sets when each epoch begins, read when Keras starts the epoch's iterator. So a resumed
     run sees the same batches as an uninterrupted one. Rows are gathered by index from in-memory tensors
     and prefetched."""
-    import keras
-    import tensorflow as tf
+    from .keras_env import import_keras, tensorflow
 
+    keras, tf = import_keras(), tensorflow()
     n = len(x)
     ys = tf.constant(y)
     from .streaming import DiskMatrix
@@ -155,9 +172,7 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, res
     RUN_DIR's previous model stays untouched until the new one is complete; with `resume`, training
     continues from RUN_DIR/checkpoint (the last complete epoch of an interrupted run).
     """
-    prep_folder = artifacts.Folder(Path(prep), "prep")
-    prep_manifest = prep_folder.manifest()
-    schema = Schema.load(prep_folder.path)
+    prepared = open_prep(Path(prep))
     folder = artifacts.Folder(Path(out), "run")
     multi = None
     if cfg.train.strategy == "multi_worker":
@@ -169,10 +184,10 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, res
         import_keras(cfg.seed)
         multi = multi_worker.strategy()  # before any other TensorFlow op
         if not multi_worker.is_chief(multi):  # trains in step with the chief, writes nothing
-            return _train(prep_folder, prep_manifest, schema, None, cfg, on_epoch, False, multi)
+            return _train(_Run(prepared, None, cfg, on_epoch, False, multi, artifacts.now(), time.perf_counter()))
     folder.prepare()
     with folder.lock():
-        return _train(prep_folder, prep_manifest, schema, folder, cfg, on_epoch, resume, multi)
+        return _train(_Run(prepared, folder, cfg, on_epoch, resume, multi, artifacts.now(), time.perf_counter()))
 
 
 @contextlib.contextmanager
@@ -193,136 +208,139 @@ def _precision(cfg: Config) -> Iterator[None]:
 def distribution(cfg: Config) -> Any:
     """train.strategy: `default` (one device) or `mirrored` (tf.distribute.MirroredStrategy: every GPU of
     this host, or the CPU). `multi_worker` does not come here: see multi_worker.py."""
-    import tensorflow as tf
+    from .keras_env import tensorflow
 
+    tf = tensorflow()
     return tf.distribute.MirroredStrategy() if cfg.train.strategy == "mirrored" else tf.distribute.get_strategy()
 
 
-def _train(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
-           folder: artifacts.Folder | None, cfg: Config, on_epoch: OnEpoch | None, resume: bool,
-           multi: Any = None) -> TrainResult:
-    """Train and write the run folder (folder None: a multi-worker non-chief, which writes nothing)."""
-    from . import features
+def _train(ctx: _Run) -> TrainResult:
+    """Encode the splits, fit, write the run folder."""
     from .keras_env import import_keras
 
-    import_keras(cfg.seed)
-    started, t0 = artifacts.now(), time.perf_counter()
-    config_sha = hashlib.sha256(cfg.to_yaml().encode()).hexdigest()
-    encoder = features.preprocessing_model(schema)
-    work: Any = contextlib.nullcontext()
-    if "streaming" in prep_manifest:  # the train features stay on disk; batches are gathered from there
-        from .streaming import encode_split
+    import_keras(ctx.cfg.seed)
+    with _encoded(ctx) as data:
+        if ctx.multi is not None:
+            from . import multi_worker
 
-        work = tempfile.TemporaryDirectory(prefix=".features.", dir=folder.path if folder else None)
+            with _precision(ctx.cfg):
+                fit = _Fit(*multi_worker.fit(ctx.multi, ctx.cfg, ctx.prep.schema, data.x, data.y,
+                                             monitored(ctx.cfg, data.has_val), ctx.on_epoch))
+        else:
+            fit = _fit(ctx, data)
+        return _finish(ctx, data, fit)
+
+
+@contextlib.contextmanager
+def _encoded(ctx: _Run) -> Iterator[_Encoded]:
+    """The splits through the fitted preprocessing: in memory, or (a streamed prep folder) the train features
+    in a temporary on-disk matrix that batches are gathered from."""
+    from . import features
+
+    schema = ctx.prep.schema
+    encoder = features.preprocessing_model(schema)
+    if not ctx.prep.streamed:
+        splits = {name: ctx.prep.split(name) for name in ("train", "val")}
+        yield _Encoded({n: features.apply(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()},
+                       {n: schema.labels(df, n) for n, df in splits.items()})
+        return
+    from .streaming import encode_split
+
+    with tempfile.TemporaryDirectory(prefix=".features.", dir=ctx.folder.path if ctx.folder else None) as work:
         x, y = {}, {}
         for n in ("train", "val"):
-            x[n], y[n] = encode_split(prep_folder / artifacts.SPLIT_FILES[n], schema, encoder,
-                                      Path(work.name) / f"{n}.f32", f"the {n} split")
+            x[n], y[n] = encode_split(ctx.prep.split_path(n), schema, encoder, Path(work) / f"{n}.f32",
+                                      f"the {n} split")
         val = x["val"]
         x["val"] = np.asarray(val)  # a fraction of the rows: Keras validates from memory
         val.close()
-    else:
-        splits = {name: load_split(prep_folder.path, name) for name in ("train", "val")}
-        x = {n: features.predict(encoder, features.to_inputs(df, schema, n)) for n, df in splits.items()}
-        y = {n: schema.labels(df, n) for n, df in splits.items()}
-    with work:
         try:
-            return _fit(prep_folder, prep_manifest, schema, folder, cfg, on_epoch, resume, multi, x, y, started, t0,
-                        config_sha)
+            yield _Encoded(x, y)
         finally:
-            if "streaming" in prep_manifest:
-                x["train"].close()
+            x["train"].close()
 
 
-def _fit(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
-         folder: artifacts.Folder | None, cfg: Config, on_epoch: OnEpoch | None, resume: bool, multi: Any,
-         x: dict[str, np.ndarray], y: dict[str, np.ndarray], started: str, t0: float, config_sha: str) -> TrainResult:
+def _fit(ctx: _Run, data: _Encoded) -> _Fit:
+    """Build (or, resuming, reload) the network and run the epochs with early stopping and checkpoints."""
     from . import checkpoint, model
     from .keras_env import import_keras
 
     keras = import_keras()
-
-    state, best_weights = checkpoint.State(config_sha256=config_sha, splits=prep_manifest["splits"]), None
-    has_val = len(y["val"]) > 0
-    es = cfg.train.early_stopping
-    monitor = es.monitor if has_val else es.monitor.removeprefix("val_")
-    if multi is not None:
-        from . import multi_worker
-
-        with _precision(cfg):
-            net, state.history = multi_worker.fit(multi, cfg, schema, x, y, monitor, on_epoch)
-        return _finish(prep_folder, prep_manifest, schema, folder, cfg, net, x, y, state.history, monitor,
-                       started, t0, resume, None)
-    assert folder is not None
-    ckpt_dir = folder / artifacts.CHECKPOINT
+    cfg, es = ctx.cfg, ctx.cfg.train.early_stopping
+    progress = checkpoint.Progress(config_sha256=ctx.config_sha256, splits=ctx.prep.manifest["splits"])
+    best_weights = None
     with _precision(cfg), distribution(cfg).scope():  # the network's layers take the policy as they are made
-        if resume:
-            net, state, best_weights = checkpoint.load(ckpt_dir)
-            if state.config_sha256 != config_sha or state.splits != prep_manifest["splits"]:
-                raise DataError(f"{ckpt_dir}: the interrupted run used another config or prep folder; "
+        if ctx.resume:
+            net, progress, best_weights = checkpoint.load(ctx.checkpoint_dir)
+            if progress.config_sha256 != ctx.config_sha256 or progress.splits != ctx.prep.manifest["splits"]:
+                raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another config or prep folder; "
                                 f"resume with the same ones, or train without --resume")
         else:
-            net = model.build(cfg, schema, x["train"].shape[1])
+            net = model.build(cfg, ctx.prep.schema, data.x["train"].shape[1])
 
+    monitor = monitored(cfg, data.has_val)
     stopper = None
     if es.enabled:
-        saved = (state.early_stopping, best_weights) if resume and state.early_stopping else None
+        saved = (progress.early_stopping, best_weights) if ctx.resume and progress.early_stopping else None
         stopper = checkpoint.EarlyStopping(monitor=monitor, patience=es.patience, min_delta=es.min_delta,
+                                           mode="min" if lower_is_better(monitor) else "max",
                                            restore_best_weights=True, verbose=0, resume=saved)
-    callbacks: list[Any] = [c for c in (stopper, checkpoint.Checkpoint(ckpt_dir, state, stopper)) if c is not None]
+    callbacks: list[Any] = [c for c in (stopper, checkpoint.Checkpoint(ctx.checkpoint_dir, progress, stopper))
+                            if c is not None]
     if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / artifacts.LOGS), write_graph=False))
-    if on_epoch is not None:
-        total = cfg.train.epochs
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(ctx.folder / artifacts.LOGS), write_graph=False))
+    if ctx.on_epoch is not None:
+        report, total = ctx.on_epoch, cfg.train.epochs
         callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, total, {k: float(v) for k, v in logs.items()})))
-    if state.epoch < cfg.train.epochs and not state.stopped:
+            on_epoch_end=lambda epoch, logs: report(epoch + 1, total, {k: float(v) for k, v in logs.items()})))
+    if progress.epoch < cfg.train.epochs and not progress.stopped:
         # DP-SGD's accounting assumes batches of one size: the last partial batch of an epoch is dropped
-        data, set_epoch = train_dataset(x["train"], y["train"], cfg.train.batch_size, cfg.seed,
-                                        drop_remainder=cfg.train.privacy is not None)
-        net.fit(
-            data, initial_epoch=state.epoch, epochs=cfg.train.epochs,
-            validation_data=(x["val"], y["val"]) if has_val else None, verbose=0, callbacks=[set_epoch, *callbacks],
-            shuffle=False,
-            class_weight=class_weights(cfg, schema, y["train"]),
-        )
+        batches, set_epoch = train_dataset(data.x["train"], data.y["train"], cfg.train.batch_size, cfg.seed,
+                                           drop_remainder=cfg.train.privacy is not None)
+        net.fit(batches, initial_epoch=progress.epoch, epochs=cfg.train.epochs,
+                validation_data=(data.x["val"], data.y["val"]) if data.has_val else None, verbose=0,
+                callbacks=[set_epoch, *callbacks], shuffle=False,
+                class_weight=class_weights(cfg, ctx.prep.schema, data.y["train"]))
     elif stopper is not None and best_weights is not None:
         net.set_weights(best_weights)  # the interrupted run had finished training: only its ending is left
+    # the weights kept are early stopping's best epoch (Keras restores them at the end), else the last epoch's
+    if stopper is not None and progress.early_stopping and progress.early_stopping.get("best") is not None:
+        best = int(progress.early_stopping["best_epoch"]) + 1
+    else:
+        best = len(progress.history)
+    return _Fit(net, progress.history, best)
 
-    result = _finish(prep_folder, prep_manifest, schema, folder, cfg, net, x, y, state.history, monitor, started, t0,
-                     resume, ckpt_dir)
-    return result
 
-
-def _finish(prep_folder: artifacts.Folder, prep_manifest: dict[str, Any], schema: Schema,
-            folder: artifacts.Folder | None, cfg: Config, net: Any, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
-            rows: list[dict[str, float]], monitor: str, started: str, t0: float, resume: bool,
-            ckpt_dir: Path | None) -> TrainResult:
-    """The decision threshold, ε, the history and the best epoch; then the run folder (unless folder is None)."""
-    es = cfg.train.early_stopping
-    threshold = decision_threshold(cfg, schema, net, x["val"], y["val"])
-    privacy = None
-    if (p := cfg.train.privacy) is not None:
-        from .privacy import epsilon
-
-        privacy = {"epsilon": epsilon(len(y["train"]), cfg.train.batch_size, len(rows), p.noise_multiplier,
-                                      p.delta), "delta": p.delta, "noise_multiplier": p.noise_multiplier,
-                   "l2_norm_clip": p.l2_norm_clip, "accountant": "rdp (dp-accounting)"}
-    history = pd.DataFrame(rows)
-    if monitor not in history:
+def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
+    """The decision threshold, ε and the history; then the run folder (unless ctx.folder is None)."""
+    cfg, es = ctx.cfg, ctx.cfg.train.early_stopping
+    history = pd.DataFrame(fit.history)
+    monitor = monitored(cfg, data.has_val)
+    if es.enabled and monitor not in history:
         raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not logged; "
                           f"choose one of {', '.join(history.columns)}")
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
-    best = int(history["epoch"][history[monitor].idxmin() if "loss" in monitor else history[monitor].idxmax()])
-    seconds = time.perf_counter() - t0
-    if folder is None:  # a multi-worker non-chief
-        final = {k: float(v) for k, v in history.iloc[best - 1].items() if k != "epoch"}
-        return TrainResult(None, len(history), best, final, seconds)
+    seconds = time.perf_counter() - ctx.t0
+    if ctx.folder is None:  # a multi-worker non-chief
+        final = {k: float(v) for k, v in history.iloc[fit.best_epoch - 1].items() if k != "epoch"}
+        return TrainResult(None, len(history), fit.best_epoch, final, seconds)
     extra = {"workers": len(json.loads(os.environ["TF_CONFIG"])["cluster"].get("worker", []))} \
         if cfg.train.strategy == "multi_worker" else {}
-    final = write_run(folder, prep_folder, prep_manifest, schema, cfg, net, history, best, {
-        "started": started, "seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": best,
-        "resumed": resume, "threshold": threshold, "privacy": privacy, **extra})
-    if ckpt_dir is not None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return TrainResult(folder.path, len(history), best, final, seconds)
+    final = write_run(ctx.folder, ctx.prep, cfg, fit.net, history, fit.best_epoch, {
+        "started": ctx.started, "seconds": round(seconds, 3), "epochs_run": len(history),
+        "best_epoch": fit.best_epoch, "resumed": ctx.resume,
+        "privacy": _privacy(cfg, len(data.y["train"]), len(history)),
+        "threshold": decision_threshold(cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]), **extra})
+    if ctx.multi is None:
+        shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
+    return TrainResult(ctx.folder.path, len(history), fit.best_epoch, final, seconds)
+
+
+def _privacy(cfg: Config, rows: int, epochs: int) -> dict[str, Any] | None:
+    """DP-SGD's guarantee for the manifest: ε at δ after `epochs` epochs over `rows` rows."""
+    if (p := cfg.train.privacy) is None:
+        return None
+    from .privacy import epsilon
+
+    return {"epsilon": epsilon(rows, cfg.train.batch_size, epochs, p.noise_multiplier, p.delta), "delta": p.delta,
+            "noise_multiplier": p.noise_multiplier, "l2_norm_clip": p.l2_norm_clip, "accountant": "rdp (dp-accounting)"}

@@ -155,15 +155,14 @@ def assert_pngs(run: Path, names: set[str]) -> None:
 
 def test_plots_for_each_task(cancer_run, penguins_run, tmp_path):
     bm("evaluate", cancer_run)
-    assert_pngs(cancer_run, {"confusion_matrix.png", "roc.png", "precision_recall.png", "calibration.png",
-                             "training_curves.png"})
+    assert_pngs(cancer_run, {"confusion_matrix.png", "roc.png", "precision_recall.png", "calibration.png"})
     assert read_json(cancer_run / "metrics.json")["plots"][0].startswith("eval/")
     bm("evaluate", penguins_run)
-    assert_pngs(penguins_run, {"confusion_matrix.png", "roc.png", "calibration.png", "training_curves.png"})
+    assert_pngs(penguins_run, {"confusion_matrix.png", "roc.png", "calibration.png"})
     bm("preprocess", PENGUINS, "--target", "body_mass_g", "--out", tmp_path / "prep")
     bm("train", tmp_path / "prep", "--out", tmp_path / "run", *FAST)
     bm("evaluate", tmp_path / "run")
-    assert_pngs(tmp_path / "run", {"predicted_vs_actual.png", "residuals.png", "training_curves.png"})
+    assert_pngs(tmp_path / "run", {"predicted_vs_actual.png", "residuals.png"})
 
 
 def test_tensorboard_logs_written(penguins_run, penguins_prep, tmp_path):

@@ -45,7 +45,7 @@ def test_fedavg_iid_matches_centralized(penguins_prep, tmp_path):
 def test_dirichlet_and_by_column_partitions(penguins_prep, tmp_path):
     r = bm("federated", penguins_prep, "--out", tmp_path / "dir", *FAST, "--set", "federated.partition=dirichlet",
            "--set", "federated.alpha=0.1", "--set", "federated.clients=3", "--set", "federated.rounds=2", "--json")
-    assert json.loads(r.stdout)["epochs_run"] == 2
+    assert json.loads(r.stdout)["rounds"] == 2
     balance = read_json(tmp_path / "dir" / "manifest.json")["federated"]["class_balance"]
     assert len(balance) == 3 and any(min(b.values()) == 0 or max(b.values()) > 0.8 * sum(b.values()) for b in balance)
     bm("federated", penguins_prep, "--out", tmp_path / "isl", *FAST, "--set", "federated.partition=by_column",
@@ -59,7 +59,7 @@ def test_dirichlet_and_by_column_partitions(penguins_prep, tmp_path):
 
 
 def _weights(run):
-    from bigmodel_cli.predict import load_network
+    from bigmodel_cli.folders import load_network
 
     return load_network(run / "model.keras").get_weights()
 
@@ -90,7 +90,7 @@ def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
            "--set", "federated.rounds=3", "--set", "federated.privacy.noise_multiplier=1.0",
            "--set", "federated.privacy.max_epsilon=8", "--json", code=1)
     assert "stopped after 2 of 3 rounds" in r.stderr and "max_epsilon" in r.stderr
-    assert json.loads(r.stdout)["epochs_run"] == 2  # the run within budget was written and printed
+    assert json.loads(r.stdout)["rounds"] == 2  # the run within budget was written and printed
     hist = pd.read_csv(tmp_path / "dp" / "history.csv")
     assert list(hist["clients"]) == [3, 3] and hist["epsilon"].is_monotonic_increasing
     assert hist["epsilon"].round(2).tolist() == [4.73, 7.08]
@@ -98,7 +98,7 @@ def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
     assert privacy["level"] == "client" and privacy["epsilon"] == pytest.approx(hist["epsilon"].iloc[-1])
     bm("evaluate", tmp_path / "dp", "--no-plots")  # an ordinary run folder
     r = bm("federated", penguins_prep, "--out", tmp_path / "none", "--set", "federated.privacy.noise_multiplier=0.5",
-           "--set", "federated.privacy.max_epsilon=1", code=1)  # not even one round fits: nothing is written
+           "--set", "federated.privacy.max_epsilon=1", code=2)  # not even one round fits: nothing is written
     assert "one round already spends" in r.stderr and not (tmp_path / "none" / "model.keras").exists()
 
 
@@ -184,7 +184,7 @@ def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
     logs = [tmp_path / f"client{k}.log" for k in range(2)]  # files, not pipes: Flower logs every message
     clients = [subprocess.Popen([*cmd, "federated", "join", str(penguins_prep), "--data", str(h), "--server", address,
                                  "--seed", str(k), "--wait", "120", "--tls-ca", str(tls["ca"])],
-                                stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+                                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
                for k, (h, log) in enumerate(zip(halves, logs, strict=True))]
     try:
         out, err = server.communicate(timeout=300)
@@ -197,7 +197,7 @@ def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
         for p in (server, *clients):
             p.kill()
     result = json.loads(out)
-    assert result["epochs_run"] == 3 and result["final"]["clients"] == 2
+    assert result["rounds"] == 3 and result["final"]["clients"] == 2
     assert result["final"]["val_accuracy"] > 0.8, result  # lr 0.01, 3 rounds x 3 local epochs
     m = read_json(tmp_path / "run" / "manifest.json")
     assert m["federated"]["engine"] == "deployment"

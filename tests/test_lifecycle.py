@@ -24,6 +24,9 @@ def test_init_writes_a_commented_loadable_config(tmp_path):
     assert text.startswith("# bigmodel config") and "# model:" in text
     cfg = load_config(out)
     assert cfg.data.target == "species" and cfg.data.columns["sex"] == "categorical"
+    import yaml
+
+    assert list(yaml.safe_load(text)) == list(type(cfg).model_fields)  # every section, every default
     bm("init", PENGUINS, "--target", "species", "--out", out, code=2)  # no silent overwrite
     bm("init", CANCER, "--target", "diagnosis", "--out", out, "--force")
     assert load_config(out).data.columns["patient_id"] == "id"

@@ -1,0 +1,253 @@
+"""What both preprocess paths (in memory and streaming) do to columns: infer each column's kind and the
+task, draw the split, fit the statistics and vocabularies on the train split, and describe it all in the
+data report. Pure functions of the data; nothing here reads or writes files, and neither path is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .errors import DataError
+from .schema import Feature, Schema, as_str, model_key, numeric_column
+
+BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
+MAX_CLASSES = 100
+TEXT_MIN_WORDS = 3.0
+INFER_SAMPLE = 10_000
+
+
+@dataclass
+class Inference:
+    kinds: dict[str, str]  # column -> numeric | categorical | boolean | text | id | ignore
+    notes: list[str] = field(default_factory=list)
+
+
+def _looks_like_id(name: str) -> bool:
+    n = name.lower()
+    return n in ("id", "index", "uuid", "key") or n.endswith(("_id", " id", "-id")) or name.endswith("ID")
+
+
+def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data") -> Inference:
+    """Each column's kind, from the config where it says so, else from the values."""
+    inf = Inference(kinds={})
+    for col in df.columns:
+        if col == target:
+            continue
+        s = df[col]
+        given = cfg.data.columns.get(col) or ("id" if col in cfg.data.id_columns else None)
+        if given:
+            inf.kinds[col] = given
+            continue
+        values = s.dropna()
+        if len(values) == 0:
+            inf.kinds[col] = "ignore"
+            inf.notes.append(f"'{col}' is empty: dropped")
+        elif pd.api.types.is_bool_dtype(s):
+            inf.kinds[col] = "boolean"
+        elif pd.api.types.is_numeric_dtype(s):
+            if _looks_like_id(col) and values.is_unique and bool(values.mod(1).eq(0).all()):
+                inf.kinds[col] = "id"
+                inf.notes.append(f"'{col}' looks like an id: kept for predictions, not used as a feature")
+            else:
+                inf.kinds[col] = "numeric"
+        else:
+            # the heuristics look at the distinct values (a sample of them when there are many)
+            distinct = pd.Series(values.unique()).astype(str).str.strip()
+            sample = distinct if len(distinct) <= INFER_SAMPLE else distinct.sample(INFER_SAMPLE, random_state=0)
+            if len(distinct) <= len(BOOLEAN_WORDS) and set(distinct.str.lower()) <= BOOLEAN_WORDS:
+                inf.kinds[col] = "boolean"
+                continue
+            if pd.to_numeric(sample, errors="coerce").notna().mean() >= 0.9:
+                numeric_column(s, col, source)  # raises naming the first non-numeric row
+            words = sample.str.split().str.len().mean()
+            if words >= TEXT_MIN_WORDS:
+                inf.kinds[col] = "text"
+            elif len(distinct) == len(values) > 1 and (_looks_like_id(col) or len(values) > MAX_CLASSES):
+                inf.kinds[col] = "id"
+                inf.notes.append(f"'{col}' has a distinct value on every row: treated as an id, not a feature")
+            else:
+                inf.kinds[col] = "categorical"
+        if inf.kinds.get(col) == "numeric" and values.min() == values.max():
+            inf.notes.append(f"'{col}' is constant: it carries no information")
+    return inf
+
+
+def infer_task(y: pd.Series, cfg: Config) -> str:
+    if cfg.data.task != "auto":
+        return cfg.data.task
+    values = y.dropna()
+    n = values.nunique()
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if numeric and (not values.mod(1).eq(0).all() or n > 20):
+        return "regression"
+    if n == 2:
+        return "binary"
+    return "multiclass"
+
+
+def split_positions(n: int, y: pd.Series | None, cfg: Config, notes: list[str]) -> dict[str, np.ndarray]:
+    """Seeded train/val/test split of n rows, stratified on the label for classification: each class's rows
+    are shuffled and cut by the ratios (so every split keeps the class balance). Each split keeps the file's
+    row order (training shuffles every epoch), which is what lets the streaming path write the same splits
+    chunk by chunk. Plain NumPy on row positions: no frame copies, and no scikit-learn import (2 s)."""
+    rng = np.random.default_rng(cfg.seed)
+    ratios = cfg.data.split
+    groups = [np.arange(n)] if y is None else [
+        np.flatnonzero(codes == c) for codes in [pd.factorize(y, sort=True)[0]] for c in range(codes.max() + 1)]
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for rows in groups:
+        rows = rng.permutation(rows)
+        n_test = int(round(len(rows) * ratios.test))
+        n_val = int(round(len(rows) * ratios.val))
+        parts["test"].append(rows[:n_test])
+        parts["val"].append(rows[n_test:n_test + n_val])
+        parts["train"].append(rows[n_test + n_val:])
+    if y is not None and any(len(g) < 3 for g in groups):
+        notes.append("a class has fewer than 3 rows: some splits do not contain it")
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
+def _fit_text(values: Any, cfg: Config) -> tuple[list[str], list[float]]:
+    """Vocabulary (and idf weights) of a text column (an array of strings, or a tf.data dataset of
+    batches of them), from Keras' own TextVectorization.adapt."""
+    from .keras_env import import_keras
+
+    keras = import_keras()
+    mode = cfg.preprocess.text_output
+    layer = keras.layers.TextVectorization(max_tokens=cfg.preprocess.text_max_tokens, output_mode=mode)
+    layer.adapt(values)
+    vocab = [str(v) for v in layer.get_vocabulary()[1:]]  # [0] is the OOV token
+    idf: list[float] = []
+    if mode == "tf_idf":
+        weights = keras.ops.convert_to_numpy(layer._lookup_layer.idf_weights_const)  # noqa: SLF001
+        idf = [float(w) for w in weights[1:]]
+    return vocab, idf
+
+
+def numeric_feature(col: str, key: str, v: np.ndarray) -> Feature:
+    """Median imputation and min/max/mean/std from a train column (float64, NaN for missing)."""
+    finite = v[~np.isnan(v)]
+    if finite.size == 0:
+        finite = np.zeros(1)
+    return Feature(col, key, "numeric", fill=float(np.median(finite)), min=float(finite.min()),
+                   max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std()))
+
+
+def category_counts(s: pd.Series) -> pd.Series:
+    text = as_str(s)
+    return text[text != ""].value_counts()
+
+
+def categorical_feature(col: str, key: str, kind: str, counts: pd.Series, cfg: Config) -> Feature:
+    """The vocabulary: the most frequent values (ties by value), the most frequent one imputed."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.preprocess.max_categories]
+    vocab = [str(k) for k, _ in ordered]
+    return Feature(col, key, kind, fill=vocab[0] if vocab else "", vocabulary=vocab)
+
+
+def text_feature(col: str, key: str, values: Any, cfg: Config) -> Feature:
+    vocab, idf = _fit_text(values, cfg)
+    return Feature(col, key, "text", fill="", vocabulary=vocab, idf_weights=idf)
+
+
+def fit_features(kinds: dict[str, str], cfg: Config, numeric: Callable[[str], np.ndarray],
+                 counts: Callable[[str], pd.Series], text: Callable[[str], Any]) -> list[Feature]:
+    """Fit imputation, scaling and vocabularies on the train split only. The split is read through the three
+    getters (a numeric column as float64, a categorical column's value counts, a text column's strings), so
+    that the in-memory and streaming paths fit the same way from what each holds."""
+    features, taken = [], set()
+    for col, kind in kinds.items():
+        if kind in ("id", "ignore"):
+            continue
+        key = model_key(col, taken)
+        if kind == "numeric":
+            features.append(numeric_feature(col, key, numeric(col)))
+        elif kind in ("categorical", "boolean"):
+            features.append(categorical_feature(col, key, kind, counts(col), cfg))
+        elif kind == "text":
+            features.append(text_feature(col, key, text(col), cfg))
+    if not features:
+        raise DataError("no usable feature columns: every column is the target, an id, empty or ignored")
+    return features
+
+
+def check_target(target: str | None, columns_in: list[str], cfg: Config, data: Path) -> str:
+    """The target column, and the columns the config names, exist in the file."""
+    if not target:
+        raise DataError(f"{data}: no target column given; pass --target COLUMN or set data.target")
+    if target not in columns_in:
+        raise DataError(f"{data}: target column '{target}' not found; columns are: {', '.join(columns_in)}")
+    unknown = [c for c in [*cfg.data.columns, *cfg.data.id_columns] if c not in columns_in]
+    if unknown:
+        raise DataError(f"{data}: data.columns / data.id_columns name column(s) not in the file: {', '.join(unknown)}")
+    return target
+
+
+def check_classes(y: pd.Series, task: str, target: str, data: Path) -> list[str]:
+    """The sorted classes of a classification target, or an error saying why it cannot be learned."""
+    classes = sorted(y.unique())
+    if len(classes) < 2:
+        raise DataError(f"{data}: target '{target}' has a single class ({classes[0]!r}): nothing to learn")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{data}: target '{target}' has {len(classes)} classes; "
+                        f"for a numeric target set data.task: regression")
+    if task == "binary" and len(classes) != 2:
+        raise DataError(f"{data}: data.task is binary but target '{target}' has {len(classes)} classes")
+    return classes
+
+
+def make_schema(target: str, task: str, features: list[Feature], classes: list[str], inf: Inference,
+                cfg: Config) -> Schema:
+    return Schema(
+        target=target, task=task, features=features, classes=classes,
+        id_columns=[c for c, k in inf.kinds.items() if k == "id"],
+        dropped={c: k for c, k in inf.kinds.items() if k in ("id", "ignore")},
+        scaling=cfg.preprocess.scaling, text_output=cfg.preprocess.text_output,
+        text_max_tokens=cfg.preprocess.text_max_tokens, categorical_encoding=cfg.preprocess.categorical_encoding,
+    )
+
+
+
+
+@dataclass(frozen=True)
+class Rows:
+    """How many rows came in, were dropped, and went to each split."""
+
+    rows_in: int
+    duplicates: int
+    missing_target: int
+    splits: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What a preprocess path hands to the prep folder: the schema and the data report."""
+
+    schema: Schema
+    report: dict[str, Any]
+    rows_in: int
+    extra: dict[str, Any] = field(default_factory=dict)  # more manifest keys (streaming: chunk_rows)
+
+
+def report(rows: Rows, inf: Inference, schema: Schema, missing: dict[str, int], unique: dict[str, int | None],
+           balance: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The data report (report.json): row counts, each column's kind / missing / distinct values / imputed
+    value, the class balance per split, and the notes of the inference."""
+    fitted = {f.name: f for f in schema.features}
+    columns = {}
+    for col, kind in inf.kinds.items():
+        f = fitted.get(col)
+        columns[col] = {"kind": kind, "missing": missing[col], "unique": unique.get(col),
+                        "imputed_with": f.fill if f is not None and missing[col] and kind != "text" else None}
+    return {
+        "rows_in": rows.rows_in, "duplicates_dropped": rows.duplicates, "missing_target_dropped": rows.missing_target,
+        "rows_out": sum(rows.splits.values()), "splits": rows.splits, "columns": columns,
+        "class_balance": balance, "notes": inf.notes,
+    }

@@ -1,0 +1,208 @@
+"""Prep and run folders: what is in them, read and written in one place.
+
+A prep folder (`preprocess`) holds the split Parquet files, schema.json, report.json and config.yaml; a
+run folder (`train`, `federated`) the network, its history and the resolved config. Every stage reads
+them through `open_prep` / `load_run` and writes them through `write_prep` / `write_run`, so the file
+names (artifacts.py), the manifest and its schema_version check live in one place.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .config import Config, load_config
+from .errors import DataError
+from .schema import Schema
+
+
+@dataclass(frozen=True)
+class Prep:
+    """A complete prep folder: its manifest and schema."""
+
+    folder: artifacts.Folder
+    manifest: dict[str, Any]
+    schema: Schema
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def streamed(self) -> bool:
+        """Written by the streaming path: row-grouped splits, read chunk by chunk."""
+        return "streaming" in self.manifest
+
+    def split_path(self, name: str) -> Path:
+        return self.path / artifacts.SPLIT_FILES[name]
+
+    def split(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.split_path(name))
+
+
+def open_prep(path: Path) -> Prep:
+    folder = artifacts.Folder(Path(path), "prep")
+    manifest = folder.manifest()
+    return Prep(folder, manifest, Schema.load(folder.path))
+
+
+def resolve_config(prep: Path, config: Path | None, overrides: list[str]) -> Config:
+    """A run's config: --config (default: the prep folder's own) with --set applied; the data and
+    preprocess sections always come from the prep folder, since they were applied there."""
+    prep_cfg_path = Path(prep) / artifacts.CONFIG
+    artifacts.Folder(Path(prep), "prep").manifest()
+    prep_cfg = load_config(prep_cfg_path)
+    cfg = load_config(config or prep_cfg_path, overrides)
+    return cfg.model_copy(update={"data": prep_cfg.data, "preprocess": prep_cfg.preprocess})
+
+
+def write_prep(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema, report: dict[str, Any],
+               rows_in: int, extra: dict[str, Any]) -> None:
+    """The schema, report and config of a prep folder whose splits are written, then its manifest (last)."""
+    schema.save(folder.path)
+    artifacts.write_json(folder / artifacts.REPORT, report)
+    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
+    folder.finish({
+        "data": {"path": str(data), "sha256": artifacts.sha256(Path(data)), "rows": rows_in},
+        "seed": cfg.seed, "created": artifacts.now(),
+        "splits": {n: artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()}, **extra,
+    })
+
+
+def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, history: pd.DataFrame, best: int,
+              extra: dict[str, Any]) -> dict[str, float]:
+    """Write a complete run folder (model.keras last but the manifest); return the best row's metrics.
+    Shared by `train` and `federated`, so that evaluate / export / predict / compare read either."""
+    from . import plots
+
+    with artifacts.atomic_path(folder / artifacts.HISTORY) as tmp:
+        history.to_csv(tmp, index=False)
+    plots.training_curves(history, folder / artifacts.CURVE)
+    prep.schema.save(folder.path)
+    artifacts.write_json(folder / artifacts.REPORT, artifacts.read_json(prep.folder / artifacts.REPORT))
+    artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
+    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
+        net.save(tmp)
+    folder.finish({
+        "prep_dir": str(prep.path.resolve()), "data": prep.manifest["data"], "splits": prep.manifest["splits"],
+        "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
+        "versions": artifacts.versions(), "finished": artifacts.now(), "task": prep.schema.task,
+        "target": prep.schema.target, **extra,
+    })
+    return {k: float(v) for k, v in history.iloc[best - 1].items() if k not in ("epoch", "round")}
+
+
+@dataclass(frozen=True)
+class Predictions:
+    probabilities: np.ndarray | None  # (n, classes) for classification
+    values: np.ndarray  # predicted class index, or predicted value (regression)
+    unseen_categories: dict[str, int]
+    ignored_columns: list[str]
+
+
+def merge(parts: list[Predictions]) -> Predictions:
+    """Predictions of consecutive chunks as one."""
+    if len(parts) == 1:
+        return parts[0]
+    unseen: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.unseen_categories.items():
+            unseen[k] = unseen.get(k, 0) + v
+    probs = None if parts[0].probabilities is None else np.concatenate([p.probabilities for p in parts])
+    return Predictions(probs, np.concatenate([p.values for p in parts]), unseen, parts[0].ignored_columns)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A complete run folder with its model loaded: raw columns in, predictions out. `evaluate`, `export`
+    and `predict` all read runs this way, so they share one path from raw columns to predictions."""
+
+    path: Path
+    manifest: dict[str, Any]
+    schema: Schema
+    config: Config
+    serving: Any  # keras.Model: raw columns -> network output
+
+    @property
+    def threshold(self) -> float:
+        """Binary tasks: predict the positive class at or above this probability (evaluate.threshold)."""
+        return float(self.manifest.get("threshold") or 0.5)
+
+    @property
+    def prep_dir(self) -> Path:
+        return Path(self.manifest["prep_dir"])
+
+    def predict(self, df: pd.DataFrame, source: str) -> Predictions:
+        from . import features
+
+        ignored = self.schema.check_columns(df, source, need_target=False)
+        out = features.apply(self.serving, features.to_inputs(df, self.schema, source))
+        unseen = features.unseen_categories(df, self.schema)
+        if not self.schema.is_classification:
+            return Predictions(None, out[:, 0], unseen, ignored)
+        if self.schema.task == "binary":
+            probs = np.hstack([1 - out, out])
+            return Predictions(probs, (out[:, 0] >= self.threshold).astype(int), unseen, ignored)
+        return Predictions(out, out.argmax(axis=1), unseen, ignored)
+
+    def split_path(self, name: str) -> Path:
+        path = self.prep_dir / artifacts.SPLIT_FILES[name]
+        if not path.exists():
+            raise DataError(f"{self.path}: its prep folder {self.prep_dir} has no {artifacts.SPLIT_FILES[name]}; "
+                            f"pass --data")
+        return path
+
+    def split(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.split_path(name))
+
+    @property
+    def prep_streamed(self) -> bool:
+        manifest = self.prep_dir / artifacts.MANIFEST
+        return manifest.exists() and "streaming" in artifacts.read_json(manifest)
+
+
+def load_network(path: Path, unsafe: bool = False) -> Any:
+    """Load a .keras model with Keras safe_mode (no code from the file runs) unless `unsafe` is asked for."""
+    from . import privacy  # noqa: F401  (registers DPSequential for loading)
+    from .keras_env import import_keras
+
+    keras = import_keras()
+    if not path.exists():
+        raise DataError(f"{path}: no model file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a Keras model file (truncated or corrupt?)")
+    try:
+        return keras.saving.load_model(path, safe_mode=not unsafe)
+    except zipfile.BadZipFile:
+        raise DataError(f"{path}: not a Keras model file (truncated or corrupt?)") from None
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+            raise DataError(f"{path}: refused to load: the model contains code (e.g. a Lambda layer) that would run "
+                            f"on loading; pass --unsafe-load only if you trust this file") from None
+        raise DataError(f"{path}: cannot load the model: {msg}") from None
+
+
+def load_run(run_dir: Path, unsafe: bool = False) -> LoadedRun:
+    """Read a complete run folder; the model is loaded with Keras safe_mode=True unless `unsafe`."""
+    folder = artifacts.Folder(Path(run_dir), "run")
+    manifest = folder.manifest()
+    schema = Schema.load(folder.path)
+    config = load_config(folder / artifacts.CONFIG)
+    from . import features
+    from .keras_env import import_keras
+
+    import_keras(config.seed)
+    network = load_network(folder / artifacts.MODEL, unsafe)
+    try:
+        serving = features.serving_model(schema, network)
+    except ValueError as e:
+        raise DataError(f"{folder / artifacts.MODEL}: the model does not fit the run's schema.json "
+                        f"(was it copied from another run?): {str(e).splitlines()[0]}") from None
+    return LoadedRun(folder.path, manifest, schema, config, serving)
