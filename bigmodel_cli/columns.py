@@ -20,6 +20,8 @@ from .schema import Feature, Schema, as_str, model_key, numeric_column
 BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
 MAX_CLASSES = 100
 TEXT_MIN_WORDS = 3.0
+NEAR_UNIQUE = 0.95  # a string column with at least this share of distinct values ...
+TEXT_ID_WORDS = 6.0  # ... and fewer words than this on average (names: 3-5) is a name or code (an id), not text
 INFER_SAMPLE = 10_000
 
 
@@ -67,7 +69,12 @@ def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data"
             if pd.to_numeric(sample, errors="coerce").notna().mean() >= 0.9:
                 numeric_column(s, col, source)  # raises naming the first non-numeric row
             words = sample.str.split().str.len().mean()
-            if words >= TEXT_MIN_WORDS:
+            near_unique = len(values) > MAX_CLASSES and len(distinct) >= NEAR_UNIQUE * len(values)
+            if near_unique and words < TEXT_ID_WORDS:  # names, tickets, codes: nothing a network can generalise
+                inf.kinds[col] = "id"
+                inf.notes.append(f"'{col}' has a distinct short value on (almost) every row ({len(distinct)} "
+                                 f"distinct in {len(values)} rows): treated as an id, not a feature")
+            elif words >= TEXT_MIN_WORDS:
                 inf.kinds[col] = "text"
             elif len(distinct) == len(values) > 1 and (_looks_like_id(col) or len(values) > MAX_CLASSES):
                 inf.kinds[col] = "id"
@@ -203,14 +210,25 @@ def check_classes(y: pd.Series, task: str, target: str, data: Path) -> list[str]
     return classes
 
 
+def target_scale(y_train: np.ndarray | None, cfg: Config) -> dict[str, float | None]:
+    """The train split's target mean and std (regression, preprocess.target_scaling: standard)."""
+    if y_train is None or cfg.preprocess.target_scaling == "none":
+        return {"target_mean": None, "target_std": None}
+    finite = y_train[np.isfinite(y_train)]
+    std = float(finite.std()) if finite.size else 0.0
+    return {"target_mean": float(finite.mean()) if finite.size else 0.0, "target_std": std if std > 0 else 1.0}
+
+
 def make_schema(target: str, task: str, features: list[Feature], classes: list[str], inf: Inference,
-                cfg: Config) -> Schema:
+                cfg: Config, y_train: np.ndarray | None = None) -> Schema:
+    """The schema of a prep folder; `y_train` (regression) fits the target scaling."""
     return Schema(
         target=target, task=task, features=features, classes=classes,
         id_columns=[c for c, k in inf.kinds.items() if k == "id"],
         dropped={c: k for c, k in inf.kinds.items() if k in ("id", "ignore")},
         scaling=cfg.preprocess.scaling, text_output=cfg.preprocess.text_output,
         text_max_tokens=cfg.preprocess.text_max_tokens, categorical_encoding=cfg.preprocess.categorical_encoding,
+        **target_scale(y_train if task == "regression" else None, cfg),
     )
 
 

@@ -27,7 +27,7 @@ class _Section(BaseModel):
 class SplitConfig(_Section):
     train: float = Field(0.70, gt=0, lt=1)
     val: float = Field(0.15, ge=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)  # 0: no test split (evaluate on your own file with --data)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -52,7 +52,10 @@ class DataConfig(_Section):
 
 
 class PreprocessConfig(_Section):
-    scaling: Literal["minmax", "standard"] = "minmax"
+    scaling: Literal["minmax", "standard"] = "standard"
+    # regression: the network learns the target standardized by the train split's mean and std, and a fixed
+    # Rescaling layer at its end turns that back into target units (so every consumer sees raw units)
+    target_scaling: Literal["standard", "none"] = "standard"
     categorical_encoding: Literal["one_hot", "embedding"] = "one_hot"
     max_categories: int = Field(50, ge=1)
     text_max_tokens: int = Field(1000, ge=2)

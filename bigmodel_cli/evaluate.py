@@ -49,6 +49,9 @@ def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[Iterable[pd.
         path, streamed = prep.split_path(split), prep.streamed
     else:
         path, streamed = run.split_path(split), run.prep_streamed
+        if run.split_rows(split) == 0:
+            raise DataError(f"{run.path}: the {split} split of its prep folder is empty (data.split.{split}: 0); "
+                            f"evaluate on your own rows with --data FILE")
     source = {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
     if streamed:
         import pyarrow.parquet as pq

@@ -61,8 +61,9 @@ def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) 
     folder.prepare()
     keras, tf = import_keras(), tensorflow()
 
-    test = loaded.split("test")
-    x = features.to_inputs(test, loaded.schema, "test split")
+    checked = "test" if loaded.split_rows("test") else "val"  # data.split.test 0: check on the val split
+    test = loaded.split(checked)
+    x = features.to_inputs(test, loaded.schema, f"{checked} split")
     want = features.apply(loaded.serving, x)
     diffs: dict[str, float] = {}
     files: list[str] = []
@@ -87,7 +88,7 @@ def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) 
     folder.finish({"run_dir": str(loaded.path.resolve()), "format": fmt, "created": artifacts.now(),
                    "task": loaded.schema.task, "classes": loaded.schema.classes,
                    "threshold": loaded.threshold if loaded.schema.task == "binary" else None,
-                   "parity": {"rows": len(test), "max_abs_diff": diffs, "tolerance": tol},
+                   "parity": {"rows": len(test), "split": checked, "max_abs_diff": diffs, "tolerance": tol},
                    "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.is_numeric else "string"}
                               for f in loaded.schema.features},
                    "versions": artifacts.versions()})

@@ -158,6 +158,11 @@ class LoadedRun:
                             f"pass --data")
         return path
 
+    def split_rows(self, name: str) -> int:
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(self.split_path(name)).metadata.num_rows)
+
     def split(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(self.split_path(name))
 

@@ -23,6 +23,17 @@ def default_loss(task: str) -> str:
             "regression": "mean_squared_error"}[task]
 
 
+def target_units(schema: Schema) -> list[Any]:
+    """Regression with a scaled target: a fixed Rescaling layer (y = out * std + mean) after the output layer,
+    so that the network learns a standardized target and predicts in target units. Adam's steps do not depend
+    on the loss's scale, so fitting the raw-unit loss through this layer is fitting the standardized target."""
+    if schema.task != "regression" or schema.target_std is None:
+        return []
+    keras = registry.import_keras()
+    return [keras.layers.Rescaling(scale=schema.target_std, offset=schema.target_mean, name="target_units",
+                                   dtype="float32")]
+
+
 def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
     """Input -> the configured hidden layers -> an output layer chosen from the task; compiled."""
     keras = registry.import_keras()
@@ -36,7 +47,7 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
 
     embedded = embedded_columns(schema)
     first = [Embeddings(embedded, n_inputs, name="embeddings")] if embedded else []
-    stack = [keras.Input(shape=(n_inputs,), name="features"), *first, *layers, out]
+    stack = [keras.Input(shape=(n_inputs,), name="features"), *first, *layers, out, *target_units(schema)]
     try:
         if cfg.train.privacy is not None:
             from .privacy import DPSequential

@@ -79,7 +79,8 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     features = columns.fit_features(
         inf.kinds, cfg, numeric=lambda c: numeric_column(train[c], c, "train split"),
         counts=lambda c: columns.category_counts(train[c]), text=lambda c: as_str(train[c]).to_numpy(dtype=str))
-    schema = columns.make_schema(target, task, features, classes, inf, cfg)
+    y_train = numeric_column(train[target], target, "train split") if task == "regression" else None
+    schema = columns.make_schema(target, task, features, classes, inf, cfg, y_train)
 
     # distinct values of the non-numeric columns (counting them for 1M floats costs more than it tells)
     missing = {c: int(np.isnan(numeric_column(df[c], c, "data")).sum()) if k == "numeric" else int(df[c].isna().sum())

@@ -49,6 +49,8 @@ class Schema:
     id_columns: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
     scaling: str = "minmax"
+    target_mean: float | None = None  # regression with preprocess.target_scaling standard: the train split's
+    target_std: float | None = None  # target mean and std, undone by the network's last layer
     text_output: str = "tf_idf"
     text_max_tokens: int = 1000
     categorical_encoding: str = "one_hot"  # one_hot | embedding

@@ -106,7 +106,8 @@ def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
             counts=lambda c: stats.counts[c], text=lambda c: _text_batches(folder / artifacts.TRAIN, c))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    schema = columns.make_schema(target, task, features, classes, inf, cfg)
+    y_train = staged.y.to_numpy(dtype="float64")[positions["train"]] if task == "regression" else None
+    schema = columns.make_schema(target, task, features, classes, inf, cfg, y_train)
     rows = columns.Rows(staged.rows_in, int(staged.duplicate.sum()),
                         int((~staged.duplicate & ~staged.keep).sum()), {n: len(p) for n, p in positions.items()})
     report = columns.report(rows, inf, schema, stats.missing, {c: len(v) for c, v in stats.unique.items()},

@@ -1,0 +1,94 @@
+"""The zero-config defaults: regression in target units, name-like columns as ids, a split without test rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import PENGUINS, bm, read_json
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory):
+    """Penguin body mass (grams, mean ~4200, std ~800) from the other columns."""
+    root = tmp_path_factory.mktemp("mass")
+    bm("preprocess", PENGUINS, "--target", "body_mass_g", "--out", root / "prep")
+    bm("train", root / "prep", "--out", root / "run", "--set", "train.epochs=40")
+    return root
+
+
+def test_regression_learns_a_standardized_target_and_predicts_in_its_units(regression_run):
+    from bigmodel_cli.folders import load_network
+
+    schema = read_json(regression_run / "prep" / "schema.json")
+    train = pd.read_parquet(regression_run / "prep" / "train.parquet")["body_mass_g"]
+    assert schema["target_mean"] == pytest.approx(train.mean()) and schema["target_std"] == pytest.approx(
+        train.std(ddof=0))
+    last = load_network(regression_run / "run" / "model.keras").layers[-1]
+    assert type(last).__name__ == "Rescaling" and last.scale == pytest.approx(schema["target_std"])
+    doc = json.loads(bm("evaluate", regression_run / "run", "--json", "--no-plots").stdout)
+    test = pd.read_parquet(regression_run / "prep" / "test.parquet")["body_mass_g"]
+    # in grams, and far better than predicting the mean (40 epochs of raw-unit fitting stay near the mean's RMSE)
+    assert doc["metrics"]["rmse"] < 0.6 * test.std() and doc["metrics"]["r2"] > 0.6
+    bm("predict", regression_run / "run", PENGUINS, "--out", regression_run / "p.csv")
+    pred = pd.read_csv(regression_run / "p.csv")["predicted_body_mass_g"]
+    assert 2500 < pred.min() and pred.max() < 7000  # grams, not standardized units
+
+
+def test_regression_export_is_in_target_units(regression_run):
+    out = regression_run / "export"
+    doc = json.loads(bm("export", regression_run / "run", "--out", out, "--json").stdout)
+    assert doc["passed"] and doc["max_abs_diff"]["savedmodel"] <= 1e-3  # grams: float32 at ~4000
+    from bigmodel_cli.keras_env import import_keras, tensorflow
+
+    import_keras()
+    tf = tensorflow()
+    schema = read_json(out / "schema.json")
+    rows = pd.read_csv(PENGUINS).dropna().head(20)
+    serve = tf.saved_model.load(str(out / "savedmodel")).signatures["serving_default"]
+    inputs = {f["key"]: tf.constant(rows[[f["name"]]].to_numpy(dtype="float32") if f["kind"] == "numeric"
+                                    else rows[[f["name"]]].astype(str).to_numpy()) for f in schema["features"]}
+    got = serve(**inputs)["output_0"].numpy()[:, 0]
+    assert np.abs(got - rows["body_mass_g"]).mean() < 500  # raw-unit predictions from the exported model
+
+
+def test_target_scaling_none_fits_raw_units(tmp_path):
+    bm("preprocess", PENGUINS, "--target", "body_mass_g", "--out", tmp_path / "prep",
+       "--set", "preprocess.target_scaling=none")
+    assert read_json(tmp_path / "prep" / "schema.json")["target_std"] is None
+    bm("train", tmp_path / "prep", "--out", tmp_path / "run", "--set", "train.epochs=2")
+    from bigmodel_cli.folders import load_network
+
+    assert type(load_network(tmp_path / "run" / "model.keras").layers[-1]).__name__ == "Dense"
+
+
+def test_name_like_column_is_an_id_not_text(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    first = rng.choice(["John", "Mary", "Anna", "Karl", "Ida", "Olof", "Emil", "Rosa"], n)
+    title = rng.choice(["Mr.", "Mrs.", "Miss", "Master"], n)
+    df = pd.DataFrame({"name": [f"Surname{i}, {t} {f}" for i, (t, f) in enumerate(zip(title, first, strict=True))],
+                       "age": rng.integers(1, 80, n), "label": rng.choice(["a", "b"], n)})
+    df.to_csv(tmp_path / "people.csv", index=False)
+    r = bm("preprocess", tmp_path / "people.csv", "--target", "label", "--out", tmp_path / "prep", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["columns"]["name"]["kind"] == "id"
+    assert any("'name' has a distinct short value" in n for n in doc["notes"])
+    assert [f["name"] for f in read_json(tmp_path / "prep" / "schema.json")["features"]] == ["age"]
+
+
+def test_split_without_test_rows(tmp_path):
+    """data.split.test 0: every row trains or validates; evaluate asks for the user's file; export checks on val."""
+    bm("preprocess", PENGUINS, "--target", "species", "--out", tmp_path / "prep",
+       "--set", "data.split={train: 0.85, val: 0.15, test: 0}")
+    assert read_json(tmp_path / "prep" / "report.json")["splits"]["test"] == 0
+    bm("train", tmp_path / "prep", "--out", tmp_path / "run", "--set", "train.epochs=3")
+    r = bm("evaluate", tmp_path / "run", code=2)
+    assert "test split of its prep folder is empty" in r.stderr and "--data" in r.stderr
+    doc = json.loads(bm("evaluate", tmp_path / "run", "--data", PENGUINS, "--json", "--no-plots").stdout)
+    assert doc["data"]["rows"] == 344
+    doc = json.loads(bm("export", tmp_path / "run", "--out", tmp_path / "export", "--json").stdout)
+    assert doc["passed"] and read_json(tmp_path / "export" / "manifest.json")["parity"]["split"] == "val"
