@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 BM     := $(BIN)/bigmodel
 OUT    ?= build
 
-.PHONY: demo test lint install dev bench federated-table clean help report-check
+.PHONY: demo test lint install dev bench bench-quality federated-table clean help report-check
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -16,6 +16,8 @@ help:
 	@echo "make test   - install the dev extras, ruff, and the whole test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
+	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script and scikit-learn on 16 real tables"
+	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column)"
 	@echo "make federated-table - centralized vs federated variants on penguins (the README table)"
 	@echo "make clean  - remove $(OUT)/"
 
@@ -58,6 +60,15 @@ demo: $(foreach d,$(DEMO_SETS),$(OUT)/$(d)/run/metrics.json $(OUT)/$(d)/export/m
 # benchmarks/results/<name>.json. About 10 minutes on 2 cores (the first run also generates the data, ~4 more).
 bench: $(VENV)/.installed-dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit $$?; done
+
+$(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e ".[dev,federated,bench]"
+	@touch $@
+
+# The README's model-quality table (~25 minutes on 2 cores; ~40 with BEFORE): benchmarks/quality.py.
+bench-quality: $(VENV)/.installed-bench
+	$(if $(BEFORE),rm -rf $(OUT)/before && mkdir -p $(OUT)/before && git archive $(BEFORE) | tar -x -C $(OUT)/before)
+	$(BIN)/python benchmarks/quality.py --cost $(if $(BEFORE),--before $(OUT)/before)
 
 # The README's federated table: centralized vs FedAvg / SecAgg+ / client DP / deployment on penguins (~8 minutes).
 federated-table: $(VENV)/.installed-dev

@@ -88,7 +88,8 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
     history: list[dict] = []
     best, best_weights, best_epoch, waited = None, None, 0, 0
     sign = 1 if lower_is_better(monitor) else -1
-    for epoch in range(cfg.train.epochs):
+    epochs, patience = cfg.train.budget(len(y_train))
+    for epoch in range(epochs):
         # the same shuffle on every worker (seed, epoch); full global batches only, so every replica steps alike
         data = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
                 .shuffle(len(y_train), seed=cfg.seed + epoch, reshuffle_each_iteration=False)
@@ -101,14 +102,14 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
             row.update({f"val_{k}": float(v) for k, v in values.items()})
         history.append(row)
         if on_epoch is not None:
-            on_epoch(epoch + 1, cfg.train.epochs, row)
+            on_epoch(epoch + 1, epochs, row)
         if es.enabled:
             value = row.get(monitor, row["loss"])
             if best is None or sign * (value - best) < -es.min_delta:
                 best, best_weights, best_epoch, waited = value, net.get_weights(), epoch + 1, 0
             else:
                 waited += 1
-                if waited >= es.patience:
+                if waited >= patience:
                     break
     if best_weights is not None:
         plain.set_weights(best_weights)

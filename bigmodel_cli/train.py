@@ -228,7 +228,39 @@ def _train(ctx: _Run) -> TrainResult:
                                              monitored(ctx.cfg, data.has_val), ctx.on_epoch))
         else:
             fit = _fit(ctx, data)
+            if refits(ctx, data):
+                fit = _refit(ctx, data, fit)
         return _finish(ctx, data, fit)
+
+
+def refits(ctx: _Run, data: _Encoded) -> bool:
+    """train.refit applies: a val split to add, an in-memory train split, no DP-SGD (a second pass over the
+    rows would need its own accounting)."""
+    return (ctx.cfg.train.refit and data.has_val and ctx.cfg.train.privacy is None
+            and not ctx.prep.streamed and ctx.multi is None)
+
+
+def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
+    """A fresh network (same seed) trained on train + val for the epochs early stopping chose (as AutoGluon's
+    refit_full): every labelled row the user gave trains the model that is kept."""
+    from . import model
+    from .keras_env import import_keras
+
+    keras = import_keras(ctx.cfg.seed)
+    cfg = ctx.cfg
+    x = np.concatenate([np.asarray(data.x["train"]), data.x["val"]])
+    y = np.concatenate([data.y["train"], data.y["val"]])
+    with _precision(cfg), distribution(cfg).scope():
+        net = model.build(cfg, ctx.prep.schema, x.shape[1])
+    batches, set_epoch = train_dataset(x, y, cfg.train.batch_size, cfg.seed)
+    callbacks: list[Any] = [set_epoch]
+    if cfg.train.reduce_lr is not None:  # the same schedule, by the epochs the first fit reduced at
+        lrs = [float(row["learning_rate"]) for row in fit.history[:fit.best_epoch] if "learning_rate" in row]
+        if lrs:
+            callbacks.append(keras.callbacks.LearningRateScheduler(lambda epoch, lr: lrs[min(epoch, len(lrs) - 1)]))
+    net.fit(batches, epochs=fit.best_epoch, verbose=0, callbacks=callbacks, shuffle=False,
+            class_weight=class_weights(cfg, ctx.prep.schema, y))
+    return _Fit(net, fit.history, fit.best_epoch)
 
 
 @contextlib.contextmanager
@@ -279,25 +311,31 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
             net = model.build(cfg, ctx.prep.schema, data.x["train"].shape[1])
 
     monitor = monitored(cfg, data.has_val)
+    epochs, patience = cfg.train.budget(len(data.y["train"]))
     stopper = None
     if es.enabled:
         saved = (progress.early_stopping, best_weights) if ctx.resume and progress.early_stopping else None
-        stopper = checkpoint.EarlyStopping(monitor=monitor, patience=es.patience, min_delta=es.min_delta,
+        stopper = checkpoint.EarlyStopping(monitor=monitor, patience=patience, min_delta=es.min_delta,
                                            mode="min" if lower_is_better(monitor) else "max",
                                            restore_best_weights=True, verbose=0, resume=saved)
-    callbacks: list[Any] = [c for c in (stopper, checkpoint.Checkpoint(ctx.checkpoint_dir, progress, stopper))
+    callbacks: list[Any] = [c for c in (stopper, checkpoint.Checkpoint(ctx.checkpoint_dir, progress, stopper,
+                                                                             cfg.train.checkpoint_seconds))
                             if c is not None]
+    if (r := cfg.train.reduce_lr) is not None:
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=r.factor, patience=r.patience, min_lr=r.min_lr,
+            mode="min" if lower_is_better(monitor) else "max", verbose=0))
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(ctx.folder / artifacts.LOGS), write_graph=False))
     if ctx.on_epoch is not None:
-        report, total = ctx.on_epoch, cfg.train.epochs
+        report, total = ctx.on_epoch, epochs
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: report(epoch + 1, total, {k: float(v) for k, v in logs.items()})))
-    if progress.epoch < cfg.train.epochs and not progress.stopped:
+    if progress.epoch < epochs and not progress.stopped:
         # DP-SGD's accounting assumes batches of one size: the last partial batch of an epoch is dropped
         batches, set_epoch = train_dataset(data.x["train"], data.y["train"], cfg.train.batch_size, cfg.seed,
                                            drop_remainder=cfg.train.privacy is not None)
-        net.fit(batches, initial_epoch=progress.epoch, epochs=cfg.train.epochs,
+        net.fit(batches, initial_epoch=progress.epoch, epochs=epochs,
                 validation_data=(data.x["val"], data.y["val"]) if data.has_val else None, verbose=0,
                 callbacks=[set_epoch, *callbacks], shuffle=False,
                 class_weight=class_weights(cfg, ctx.prep.schema, data.y["train"]))
@@ -328,7 +366,7 @@ def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
         if cfg.train.strategy == "multi_worker" else {}
     final = write_run(ctx.folder, ctx.prep, cfg, fit.net, history, fit.best_epoch, {
         "started": ctx.started, "seconds": round(seconds, 3), "epochs_run": len(history),
-        "best_epoch": fit.best_epoch, "resumed": ctx.resume,
+        "best_epoch": fit.best_epoch, "resumed": ctx.resume, "refit": refits(ctx, data),
         "privacy": _privacy(cfg, len(data.y["train"]), len(history)),
         "threshold": decision_threshold(cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]), **extra})
     if ctx.multi is None:

@@ -13,7 +13,9 @@ from .conftest import bm
 def test_zero_config_defaults():
     cfg = load_config()
     assert cfg == Config()
-    assert cfg.train.epochs >= 1 and cfg.data.split.train == 0.7
+    assert cfg.train.budget(240) == (100, 10) and cfg.data.split.train == 0.8
+    auto = load_config(None, ["train.epochs=auto", "train.early_stopping.patience=auto"]).train
+    assert auto.budget(240) == (250, 13) and auto.budget(90) == (500, 30) and auto.budget(100_000) == (100, 10)
     assert cfg.model.layers == [{"type": "Dense", "units": 64, "activation": "relu"}]
 
 

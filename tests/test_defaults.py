@@ -92,3 +92,27 @@ def test_split_without_test_rows(tmp_path):
     assert doc["data"]["rows"] == 344
     doc = json.loads(bm("export", tmp_path / "run", "--out", tmp_path / "export", "--json").stdout)
     assert doc["passed"] and read_json(tmp_path / "export" / "manifest.json")["parity"]["split"] == "val"
+
+
+def test_refit_trains_on_train_and_val_for_the_chosen_epochs(penguins_prep, tmp_path):
+    common = ["--set", "train.epochs=6", "--set", "train.early_stopping.patience=2"]
+    bm("train", penguins_prep, "--out", tmp_path / "plain", *common, "--set", "train.refit=false")
+    bm("train", penguins_prep, "--out", tmp_path / "refit", *common, "--set", "train.refit=true")
+    plain, refit = read_json(tmp_path / "plain" / "manifest.json"), read_json(tmp_path / "refit" / "manifest.json")
+    assert refit["refit"] is True and plain["refit"] is False and refit["best_epoch"] == plain["best_epoch"]
+    from bigmodel_cli.folders import load_network
+
+    a, b = (load_network(tmp_path / r / "model.keras").get_weights() for r in ("plain", "refit"))
+    assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) > 1e-3  # another network
+    # the same command twice: the same refitted model
+    bm("train", penguins_prep, "--out", tmp_path / "again", *common, "--set", "train.refit=true")
+    again = load_network(tmp_path / "again" / "model.keras").get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(b, again, strict=True))
+
+
+def test_reduce_lr_on_plateau_lowers_the_learning_rate(penguins_prep, tmp_path):
+    bm("train", penguins_prep, "--out", tmp_path / "run", "--set", "train.epochs=8",
+       "--set", "train.reduce_lr={factor: 0.5, patience: 0}", "--set", "train.early_stopping.monitor=val_accuracy",
+       "--set", "train.early_stopping.patience=20")
+    h = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert "learning_rate" in h and h["learning_rate"].iloc[-1] < h["learning_rate"].iloc[0]

@@ -38,7 +38,7 @@ def test_preprocess_writes_splits_schema_report(penguins_prep):
         assert (penguins_prep / name).exists(), name
     report = read_json(penguins_prep / "report.json")
     assert report["rows_in"] == 344 and report["rows_out"] == 344
-    assert report["splits"] == {"train": 240, "val": 52, "test": 52}
+    assert report["splits"] == {"train": 276, "val": 34, "test": 34}
     assert report["columns"]["sex"]["missing"] == 11 and report["columns"]["sex"]["imputed_with"] == "male"
     assert report["columns"]["bill_length_mm"]["missing"] == 2
     # stratified: each class's share is about the same in every split
@@ -63,6 +63,10 @@ def test_preprocess_cleans_duplicates_and_missing_targets(tmp_path):
     path = tmp_path / "dirty.csv.gz"
     dirty.to_csv(path, index=False)
     r = bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep", "--json")
+    doc = json.loads(r.stdout)  # by default identical rows are kept: they are observations (randhie: half the rows)
+    assert doc["duplicates_dropped"] == 0 and doc["missing_target_dropped"] == 1 and doc["rows_out"] == 348
+    r = bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep2", "--json",
+           "--set", "preprocess.drop_duplicates=true")
     doc = json.loads(r.stdout)
     assert doc["duplicates_dropped"] == 5 and doc["missing_target_dropped"] == 1 and doc["rows_out"] == 343
 
@@ -116,10 +120,10 @@ def test_train_json_and_custom_layers(penguins_prep, tmp_path):
 
 def test_evaluate_multiclass(penguins_run):
     doc = json.loads(bm("evaluate", penguins_run, "--json").stdout)
-    assert doc["task"] == "multiclass" and doc["data"]["split"] == "test" and doc["data"]["rows"] == 52
+    assert doc["task"] == "multiclass" and doc["data"]["split"] == "test" and doc["data"]["rows"] == 34
     assert {"accuracy", "macro_f1", "macro_precision", "macro_recall", "log_loss", "roc_auc_ovr"} <= set(doc["metrics"])
     assert set(doc["per_class"]) == {"Adelie", "Chinstrap", "Gentoo"}
-    assert np.sum(doc["confusion_matrix"]["matrix"]) == 52
+    assert np.sum(doc["confusion_matrix"]["matrix"]) == 34
     assert read_json(penguins_run / "metrics.json") == doc
 
 
@@ -153,7 +157,7 @@ def test_evaluate_missing_column_names_it(penguins_run, tmp_path):
 
 def test_evaluate_other_split_and_prep_dir(penguins_run, penguins_prep):
     doc = json.loads(bm("evaluate", penguins_run, "--data", penguins_prep, "--split", "val", "--json").stdout)
-    assert doc["data"]["split"] == "val" and doc["data"]["rows"] == 52
+    assert doc["data"]["split"] == "val" and doc["data"]["rows"] == 34
     bm("evaluate", penguins_run, "--split", "nope", code=2)
 
 
