@@ -1,6 +1,7 @@
 """The training script a user would write instead of bigmodel: the peer of `make bench-quality`.
 
     python benchmarks/plain_keras.py TRAIN.csv TEST.csv TARGET TASK OUT.npz [--epochs 50] [--no-early-stopping]
+                                     [--seed 0]
 
 Standard-scaled features (median-imputed numbers, one-hot strings via pandas), Dense(64, relu), Adam 1e-3,
 early stopping on the last 10 % of the rows (patience 10, best weights), at most 50 epochs, batch 32, raw
@@ -17,13 +18,14 @@ ap = argparse.ArgumentParser()
 ap.add_argument("train"), ap.add_argument("test"), ap.add_argument("target"), ap.add_argument("task")
 ap.add_argument("out"), ap.add_argument("--epochs", type=int, default=50)
 ap.add_argument("--no-early-stopping", action="store_true")
+ap.add_argument("--seed", type=int, default=0)
 a = ap.parse_args()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-keras.utils.set_random_seed(0)
+keras.utils.set_random_seed(a.seed)
 df, test = pd.read_csv(a.train), pd.read_csv(a.test)
 y, _ = df.pop(a.target), test.pop(a.target)
 X = pd.get_dummies(df, dtype="float32")

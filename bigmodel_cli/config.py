@@ -141,7 +141,9 @@ class TrainConfig(_Section):
     privacy: PrivacyConfig | None = None  # DP-SGD when set, e.g. {l2_norm_clip: 1.0, noise_multiplier: 1.1}
     reduce_lr: ReduceLrConfig | None = None  # a learning-rate schedule on plateaus, e.g. {factor: 0.5, patience: 5}
     # after early stopping has chosen the epoch count, train a fresh network on train + val for that many epochs
-    refit: bool = False
+    # (as AutoGluon's refit_full): 4 seeds, breast cancer 0.956 vs 0.947, anes96 0.892 vs 0.890, slid RMSE +0.3%;
+    # hpc_jobs +0.6 points (3 seeds); about +40% training time
+    refit: bool = True
 
     def budget(self, rows: int) -> tuple[int, int]:
         """(epochs, patience) for `rows` training rows. `auto` epochs: enough for AUTO_STEPS optimiser steps,

@@ -234,10 +234,11 @@ def _train(ctx: _Run) -> TrainResult:
 
 
 def refits(ctx: _Run, data: _Encoded) -> bool:
-    """train.refit applies: a val split to add, an in-memory train split, no DP-SGD (a second pass over the
-    rows would need its own accounting)."""
-    return (ctx.cfg.train.refit and data.has_val and ctx.cfg.train.privacy is None
-            and not ctx.prep.streamed and ctx.multi is None)
+    """train.refit applies: early stopping chose the epoch count on a val split, the train split is in memory,
+    no DP-SGD (a second pass over the rows would need its own accounting), not multi-worker."""
+    t = ctx.cfg.train
+    return (t.refit and t.early_stopping.enabled and data.has_val and t.privacy is None and not ctx.prep.streamed
+            and ctx.multi is None)
 
 
 def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:

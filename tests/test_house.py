@@ -125,7 +125,7 @@ def test_best_epoch_follows_the_monitor(target, monitor, tmp_path):
     bm("preprocess", PENGUINS, "--target", target, "--out", tmp_path / "prep")
     bm("train", tmp_path / "prep", "--out", tmp_path / "run", "--set", "train.epochs=8",
        "--set", f"train.early_stopping.monitor={monitor}", "--set", "train.early_stopping.patience=50",
-       "--set", "train.optimizer.learning_rate=0.05")
+       "--set", "train.optimizer.learning_rate=0.05", "--set", "train.refit=false")
     h = pd.read_csv(tmp_path / "run" / "history.csv")
     values = h[monitor].to_numpy()
     want = int(np.argmin(values) if lower_is_better(monitor) else np.argmax(values)) + 1
