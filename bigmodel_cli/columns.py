@@ -5,6 +5,7 @@ data report. Pure functions of the data; nothing here reads or writes files, and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,22 @@ def check_target(target: str | None, columns_in: list[str], cfg: Config, data: P
     if unknown:
         raise DataError(f"{data}: data.columns / data.id_columns name column(s) not in the file: {', '.join(unknown)}")
     return target
+
+
+def check_rows(rows: int, cfg: Config, data: Path) -> None:
+    """Enough rows with a target for the split: one in each non-empty split, two in train."""
+    ratios = [r for r in (cfg.data.split.train, cfg.data.split.val, cfg.data.split.test) if r > 0]
+    need = max(2, math.ceil(1 / min(ratios) - 1e-9))
+    if rows < need:
+        raise DataError(f"{data}: {rows} data row(s) with a target; the train / val / test split "
+                        f"({cfg.data.split.train:g} / {cfg.data.split.val:g} / {cfg.data.split.test:g}) needs at "
+                        f"least {need}")
+
+
+def dropped_notes(target: str, missing_target: int, duplicates: int) -> list[str]:
+    """The rows preprocess dropped, as notes for stderr and the data report."""
+    notes = [f"dropped {missing_target} row(s) whose target '{target}' is missing"] if missing_target else []
+    return notes + ([f"dropped {duplicates} duplicate row(s) (preprocess.drop_duplicates)"] if duplicates else [])
 
 
 def check_classes(y: pd.Series, task: str, target: str, data: Path) -> list[str]:

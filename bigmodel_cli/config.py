@@ -298,7 +298,9 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config: {e}") from None
-        raw = parse_yaml(text, source) or {}
+        raw = parse_yaml(text, source)
+        if raw is None:  # nothing but blanks and comments: a failed write or the wrong file, not "all defaults"
+            raise ConfigError(f"{path}: the config file is empty; to use the defaults, omit --config")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides:

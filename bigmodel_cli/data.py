@@ -84,15 +84,23 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: no such file")
 
 
-def _check_columns(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _header(path: Path, options: dict[str, Any]) -> list[str]:
+    """A CSV file's header as written (pandas renames a repeated 'a' to 'a.1', which a real header may also hold,
+    as R writes 'wt' and 'wt.1')."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding=options["encoding"], errors="replace", newline="") as f:
+        return [c.strip() for c in next(csv.reader(f, delimiter=options["sep"]), [])]
+
+
+def _check_columns(df: pd.DataFrame, path: Path, header: list[str] | None = None) -> pd.DataFrame:
+    """Stripped column names; refuse a header naming a column twice (`header`: the CSV's own first line)."""
     if df.shape[1] == 0:
         raise DataError(f"{path}: no columns found")
     df.columns = [str(c).strip() for c in df.columns]
-    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    # pandas renames a repeated header 'a' to 'a.1'
-    mangled = [c for c in df.columns if (p := c.rpartition("."))[1] and p[0] in df.columns and p[2].isdigit()]
-    if dupes or mangled:
-        raise DataError(f"{path}: duplicate column names: {', '.join(dupes or mangled)}")
+    names = header if header is not None and len(header) == df.shape[1] else list(df.columns)
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise DataError(f"{path}: duplicate column names: {', '.join(dupes)}")
     return df
 
 
@@ -104,7 +112,8 @@ def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
     kwargs = {} if is_parquet(path) else _csv_options(path, options)
     with _reading(path, options):
         df = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, **kwargs)
-    df = _check_columns(df, path)
+        header = None if is_parquet(path) else _header(path, kwargs)
+    df = _check_columns(df, path, header)
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (only a header)")
     return df
@@ -114,6 +123,7 @@ def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataF
     """The same file as `read_table` reads, as DataFrames of at most `rows` rows (bounded memory)."""
     path = Path(path)
     _check_file(path)
+    header: list[str] | None = None
     if is_parquet(path):
         import pyarrow.parquet as pq
 
@@ -124,6 +134,7 @@ def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataF
         kwargs = _csv_options(path, options)
         with _reading(path, options):
             chunks = iter(pd.read_csv(path, chunksize=rows, **kwargs))
+            header = _header(path, kwargs)
     seen = 0
     while True:
         with _reading(path, options):
@@ -131,7 +142,7 @@ def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataF
         if chunk is None:
             break
         seen += len(chunk)
-        yield _check_columns(chunk, path)
+        yield _check_columns(chunk, path, header)
     if seen == 0:
         raise DataError(f"{path}: no data rows (only a header)")
 

@@ -60,8 +60,10 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     df = df[df[target].notna()].reset_index(drop=True)
     if len(df) == 0:
         raise DataError(f"{data}: target column '{target}' has no values")
+    columns.check_rows(len(df), cfg, data)
 
     inf = columns.infer_kinds(df, target, cfg, str(data))
+    inf.notes[:0] = columns.dropped_notes(target, missing_target, duplicates)
     task = columns.infer_task(df[target], cfg)
     y = df[target]
     classes: list[str] = []

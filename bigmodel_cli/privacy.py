@@ -37,6 +37,15 @@ def epsilon(rows: int, batch_size: int, epochs: int, noise_multiplier: float, de
     return float(accountant.get_epsilon(delta))
 
 
+def per_example_loss(loss: Any, y_true: Any, y_pred: Any) -> Any:
+    """One loss value per example, however the loss was named: a function (`binary_crossentropy`) returns them; a
+    `keras.losses.Loss` object (`BinaryCrossentropy`) reduces the batch to one number when called, so its unreduced
+    `call` is used (clipping that one number's gradient would clip per batch, not per record)."""
+    if isinstance(loss, keras.losses.Loss):
+        return loss.call(y_true, y_pred)
+    return loss(y_true, y_pred)
+
+
 @keras.saving.register_keras_serializable(package="bigmodel")
 class DPSequential(keras.Sequential):
     """A Sequential trained with DP-SGD; it predicts, saves and loads (safe_mode) like any Sequential."""
@@ -69,7 +78,7 @@ class DPSequential(keras.Sequential):
             target = y
             if y.shape.rank == 1 and y_pred.shape[-1] == 1:  # binary / regression: (n,) labels, (n, 1) outputs
                 target = tf.cast(tf.expand_dims(y, -1), y_pred.dtype)
-            per_example = tf.reshape(self.loss(target, y_pred), [-1])
+            per_example = tf.reshape(per_example_loss(self.loss, target, y_pred), [-1])
             groups = self.microbatches or tf.shape(per_example)[0]
             micro = tf.reduce_mean(tf.reshape(per_example, [groups, -1]), axis=1)
         jacobians = tape.jacobian(micro, variables)  # one gradient per microbatch: (groups, *variable.shape)

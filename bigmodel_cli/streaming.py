@@ -95,6 +95,9 @@ def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
         staged = _stage(plan, _chain(first, chunks), work / "rows.parquet")
         if len(staged.y) == 0:
             raise DataError(f"{data}: target column '{target}' has no values")
+        columns.check_rows(len(staged.y), cfg, data)
+        inf.notes[:0] = columns.dropped_notes(target, int((~staged.duplicate & ~staged.keep).sum()),
+                                              int(staged.duplicate.sum()))
         classes = [] if task == "regression" else columns.check_classes(staged.y, task, target, data)
         positions = columns.split_positions(len(staged.y), staged.y if task != "regression" else None, cfg,
                                             inf.notes)

@@ -83,6 +83,8 @@ FAILS: dict[str, Case] = {
     "all targets missing": (frame(good_frame().assign(y=None)), [], 2, ["'y' has no values"]),
     "non-numeric string in numeric column": (frame(numeric_with_word()), [], 2, ["column 'x'", "data row 7", "abc"]),
     "duplicate column names": (text("x,x,y\n1,2,a\n3,4,b\n"), [], 2, ["duplicate column names: x"]),
+    "one data row": (text("x,c,y\n1,a,pos\n"), [], 2, ["1 data row(s) with a target", "needs at least 10"]),
+    "too few rows for the split": (frame(good_frame().head(8)), [], 2, ["8 data row(s)", "needs at least 10"]),
     "not utf-8": (text(csv_text(with_column(c="café")).encode("latin-1")), [], 2, ["not utf-8", "data.encoding"]),
     "ragged rows": (text(ragged()), [], 2, ["cannot parse", "line 8"]),
     "binary garbage": (text(bytes(range(256)) * 40), [], 2, ["data.csv"]),
@@ -135,6 +137,8 @@ ACCEPTS: dict[str, tuple[Callable[[Path], Path], list[str], Callable[[dict], Non
                                        lambda r: r["missing_target_dropped"] == 1),
     "gzip'd csv": (text(gzip.compress(csv_text(good_frame()).encode()), "data.csv.gz"), [],
                    lambda r: r["rows_in"] == 60),
+    "R-style names wt and wt.1": (frame(with_column(wt=1.0, **{"wt.1": 2.0})), [],
+                                  lambda r: {"wt", "wt.1"} <= set(r["columns"])),
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 from bigmodel_cli.config import Config, load_config
 from bigmodel_cli.errors import ConfigError
 
-from .conftest import bm
+from .conftest import PENGUINS, bm
 
 
 def test_zero_config_defaults():
@@ -88,3 +88,15 @@ def test_cli_bad_model_names(penguins_prep, tmp_path, override, needle):
     r = bm("train", penguins_prep, "--out", tmp_path / "run", "--set", override, "--set", "train.epochs=1", code=2)
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_empty_config_file_is_an_error(tmp_path, text):
+    """A named but empty config is a failed write or the wrong file, not 'all defaults'."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="the config file is empty; to use the defaults, omit --config"):
+        load_config(path)
+    r = bm("preprocess", PENGUINS, "--target", "species", "--config", path, "--out",
+           tmp_path / "prep", code=2)
+    assert "empty.yaml: the config file is empty" in r.stderr and not (tmp_path / "prep").exists()

@@ -65,10 +65,15 @@ def test_preprocess_cleans_duplicates_and_missing_targets(tmp_path):
     r = bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep", "--json")
     doc = json.loads(r.stdout)  # by default identical rows are kept: they are observations (randhie: half the rows)
     assert doc["duplicates_dropped"] == 0 and doc["missing_target_dropped"] == 1 and doc["rows_out"] == 348
+    assert "dropped 1 row(s) whose target 'species' is missing" in doc["notes"]
     r = bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep2", "--json",
            "--set", "preprocess.drop_duplicates=true")
     doc = json.loads(r.stdout)
     assert doc["duplicates_dropped"] == 5 and doc["missing_target_dropped"] == 1 and doc["rows_out"] == 343
+    r = bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep3",
+           "--set", "preprocess.drop_duplicates=true")  # the table output: the notes on stderr
+    assert "note: dropped 1 row(s) whose target 'species' is missing" in r.stderr
+    assert "note: dropped 5 duplicate row(s)" in r.stderr
 
 
 def test_preprocess_table_output_and_notes(tmp_path):

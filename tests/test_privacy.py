@@ -59,3 +59,27 @@ def test_microbatches_and_config_checks(cancer_prep, tmp_path):
     r = bm("train", cancer_prep, "--out", tmp_path / "bad", "--set", "train.privacy={}", "--set",
            "train.class_weight=balanced", code=2)
     assert "class_weight cannot be combined with privacy" in r.stderr
+
+
+@pytest.mark.parametrize("loss", ["BinaryCrossentropy", "binary_crossentropy", "bce"])
+def test_dp_sgd_clips_per_example_whatever_the_loss_is_called(cancer_prep, tmp_path, loss):
+    """A loss named by class is a batch-reducing Loss object: DP-SGD must still clip one gradient per example.
+    Per example, every name trains the very same weights; clipping the batch's one gradient would not."""
+    from bigmodel_cli.folders import load_network
+    from bigmodel_cli.keras_env import import_keras, tensorflow
+    from bigmodel_cli.privacy import per_example_loss
+
+    import_keras()
+    tf = tensorflow()
+    y, p = tf.constant([[1.0], [0.0], [1.0]]), tf.constant([[0.9], [0.2], [0.3]])
+    resolved = keras.losses.get(loss)
+    assert tuple(per_example_loss(resolved, y, p).shape) == (3,)
+    run = tmp_path / loss
+    bm("train", cancer_prep, "--out", run, *DP, "--set", "train.epochs=2", "--set", f"train.loss={loss}",
+       "--set", "train.privacy={noise_multiplier: 0.0, l2_norm_clip: 0.01}")
+    reference = tmp_path.parent / "dp_reference_binary_crossentropy"
+    if not reference.exists():
+        bm("train", cancer_prep, "--out", reference, *DP, "--set", "train.epochs=2", "--set",
+           "train.loss=binary_crossentropy", "--set", "train.privacy={noise_multiplier: 0.0, l2_norm_clip: 0.01}")
+    got, want = load_network(run / "model.keras").get_weights(), load_network(reference / "model.keras").get_weights()
+    assert all(abs(a - b).max() < 1e-6 for a, b in zip(got, want, strict=True)), loss
