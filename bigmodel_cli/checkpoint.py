@@ -37,6 +37,7 @@ class Progress:
     stopped: bool = False  # early stopping ended the run
     early_stopping: dict[str, Any] | None = None  # wait, best, best_epoch
     config_sha256: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # the run's resolved config, to name what a resume changed
     splits: dict[str, str] = field(default_factory=dict)
 
 

@@ -84,6 +84,25 @@ class _Fit:
     best_epoch: int
 
 
+# what --resume accepts changed: the stopping budget and how training is logged, never the model, data or optimiser
+RESUMABLE = ("train.epochs", "train.early_stopping.patience", "train.checkpoint_seconds", "train.tensorboard")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def resume_changes(progress: Any, cfg: Config, config_sha256: str) -> list[str]:
+    """The config keys that differ from the interrupted run's, other than RESUMABLE ones (a checkpoint of an older
+    version, without its config, can only say that something differs)."""
+    if not progress.config:
+        return [] if progress.config_sha256 == config_sha256 else ["(the config)"]
+    old, new = _flat(progress.config), _flat(cfg.model_dump(mode="json"))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
+
+
 def monitored(cfg: Config, has_val: bool) -> str:
     """The metric early stopping watches: train.early_stopping.monitor (its train twin without a val split)."""
     es = cfg.train.early_stopping
@@ -300,14 +319,20 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
 
     keras = import_keras()
     cfg, es = ctx.cfg, ctx.cfg.train.early_stopping
-    progress = checkpoint.Progress(config_sha256=ctx.config_sha256, splits=ctx.prep.manifest["splits"])
+    progress = checkpoint.Progress(config_sha256=ctx.config_sha256, splits=ctx.prep.manifest["splits"],
+                                   config=cfg.model_dump(mode="json"))
     best_weights = None
     with _precision(cfg), distribution(cfg).scope():  # the network's layers take the policy as they are made
         if ctx.resume:
             net, progress, best_weights = checkpoint.load(ctx.checkpoint_dir)
-            if progress.config_sha256 != ctx.config_sha256 or progress.splits != ctx.prep.manifest["splits"]:
-                raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another config or prep folder; "
-                                f"resume with the same ones, or train without --resume")
+            if progress.splits != ctx.prep.manifest["splits"]:
+                raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another prep folder; resume with "
+                                f"the same one, or train without --resume")
+            changed = resume_changes(progress, cfg, ctx.config_sha256)
+            if changed:
+                raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another config ({', '.join(changed)} "
+                                f"differ); only {', '.join(RESUMABLE)} may change on --resume")
+            progress.config, progress.config_sha256 = cfg.model_dump(mode="json"), ctx.config_sha256
         else:
             net = model.build(cfg, ctx.prep.schema, data.x["train"].shape[1])
 

@@ -129,8 +129,24 @@ def test_resume_without_checkpoint_or_with_other_config(penguins_prep, tmp_path)
     wait_for_epoch(proc, run, 1)
     proc.kill()
     proc.wait()
-    r = bm("train", penguins_prep, "--out", run, "--resume", "--set", "train.epochs=5", code=2)
-    assert "another config" in r.stderr
+    r = bm("train", penguins_prep, "--out", run, *LONG, "--resume", "--set", "train.batch_size=16",
+           "--set", "train.optimizer.learning_rate=0.01", code=2)
+    assert "another config (train.batch_size, train.optimizer.learning_rate differ)" in r.stderr
+    assert "only train.epochs, train.early_stopping.patience" in r.stderr
+
+
+def test_resume_with_a_new_epoch_budget(penguins_prep, tmp_path):
+    """Interrupted, then resumed with more epochs: the stopping budget may change, the run finishes with it."""
+    run = tmp_path / "run"
+    proc = start_train(penguins_prep, run)
+    wait_for_epoch(proc, run, 2)
+    proc.kill()
+    proc.wait()
+    done = epochs_done(run)
+    doc = json.loads(bm("train", penguins_prep, "--out", run, *LONG, "--resume", "--set", f"train.epochs={EPOCHS + 6}",
+                        "--json").stdout)
+    assert doc["epochs_run"] == EPOCHS + 6 > done
+    assert read_json(run / "manifest.json")["resumed"] is True
 
 
 def test_stale_lock_of_dead_process_is_taken_over(penguins_prep, tmp_path):
