@@ -40,6 +40,7 @@ METRICS = "metrics.json"
 EVAL = "eval"  # evaluation plots
 HTML_REPORT = "report.html"  # `bigmodel report`'s default output
 LOGS = "logs"  # TensorBoard
+LOGS_PARTIAL = ".logs.partial"  # TensorBoard logs of the training in progress, moved to LOGS when the run is complete
 CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --resume
 LOCK = ".lock"
 # export folder
@@ -93,6 +94,20 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put the finished folder `src` at `dst` (same file system), replacing what was there."""
+    old = previous_dir(dst)
+    try:
+        shutil.rmtree(old, ignore_errors=True)
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(src, dst)
+    except OSError as e:
+        raise DataError(f"{dst}: cannot write: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def previous_dir(path: Path) -> Path:

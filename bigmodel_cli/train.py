@@ -206,7 +206,14 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, res
             return _train(_Run(prepared, None, cfg, on_epoch, False, multi, artifacts.now(), time.perf_counter()))
     folder.prepare()
     with folder.lock():
-        return _train(_Run(prepared, folder, cfg, on_epoch, resume, multi, artifacts.now(), time.perf_counter()))
+        partial = folder / artifacts.LOGS_PARTIAL
+        if not resume:
+            shutil.rmtree(partial, ignore_errors=True)  # an interrupted run's logs, not resumed
+        try:
+            return _train(_Run(prepared, folder, cfg, on_epoch, resume, multi, artifacts.now(), time.perf_counter()))
+        except BaseException:  # a failed or interrupted run leaves RUN_DIR as it was (its checkpoint aside)
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
 
 
 @contextlib.contextmanager
@@ -352,7 +359,9 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
             monitor=monitor, factor=r.factor, patience=r.patience, min_lr=r.min_lr,
             mode="min" if lower_is_better(monitor) else "max", verbose=0))
     if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(ctx.folder / artifacts.LOGS), write_graph=False))
+        # into a temporary folder: RUN_DIR/logs is replaced only when the run is complete
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(ctx.folder / artifacts.LOGS_PARTIAL),
+                                                     write_graph=False))
     if ctx.on_epoch is not None:
         report, total = ctx.on_epoch, epochs
         callbacks.append(keras.callbacks.LambdaCallback(
@@ -395,6 +404,8 @@ def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
         "best_epoch": fit.best_epoch, "resumed": ctx.resume, "refit": refits(ctx, data),
         "privacy": _privacy(cfg, len(data.y["train"]), len(history)),
         "threshold": decision_threshold(cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]), **extra})
+    if (ctx.folder / artifacts.LOGS_PARTIAL).exists():
+        artifacts.replace_dir(ctx.folder / artifacts.LOGS_PARTIAL, ctx.folder / artifacts.LOGS)
     if ctx.multi is None:
         shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
     return TrainResult(ctx.folder.path, len(history), fit.best_epoch, final, seconds)

@@ -158,3 +158,57 @@ def test_stale_lock_of_dead_process_is_taken_over(penguins_prep, tmp_path):
     bm("train", penguins_prep, "--out", run, "--set", "train.epochs=1")
     assert (run / "manifest.json").exists() and not (run / ".lock").exists()
     assert os.getpid() != dead.pid
+
+
+def _tmpfs(path: Path, size: str) -> None:
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN, as CI has): {r.stderr.strip()}")
+
+
+def _fill(disk: Path) -> None:
+    """Write until the file system says ENOSPC."""
+    block = b"\0" * (1 << 16)
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError as e:
+            assert e.errno == 28, e  # ENOSPC
+
+
+def test_disk_full_during_train_leaves_the_run_folder_as_it_was(penguins_prep, penguins_run, tmp_path):
+    """The OS returns ENOSPC part-way through training (a real tmpfs, filled while train runs): exit 2 with one
+    line, every earlier file byte-identical, no TensorBoard logs of the failed run (only the checkpoint, kept for
+    --resume)."""
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "16m")
+    try:
+        run = disk / "run"
+        shutil.copytree(penguins_run, run)  # a good earlier run, its TensorBoard logs too
+
+        def files() -> dict[str, str]:
+            return {str(p.relative_to(run)): sha(p) for p in run.rglob("*") if p.is_file()
+                    and not str(p.relative_to(run)).startswith(("checkpoint", ".checkpoint"))}
+
+        before = files()
+        assert any(name.startswith("logs/") for name in before)
+        proc = start_train(penguins_prep, run, "--set", "train.tensorboard=true")
+        wait_for_epoch(proc, run, 2)
+        _fill(disk)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]  # the rest: epoch progress lines
+        assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err, err
+        assert files() == before
+        assert not (run / artifacts_partial()).exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def artifacts_partial() -> str:
+    from bigmodel_cli import artifacts
+
+    return artifacts.LOGS_PARTIAL
