@@ -220,7 +220,8 @@ def test_unsafe_model_refused_unless_asked(run_copy, tmp_path):
     run = model_variant(run_copy, tmp_path, lambda_model)
     before = snapshot(run)
     r = bm("evaluate", run, code=2)
-    assert "refused to load" in r.stderr and "--unsafe-load" in r.stderr
+    assert "refused to load: the model contains code (e.g. a Lambda layer) that would run on loading" in r.stderr
+    assert "pass --unsafe-load only if you trust this file" in r.stderr
     assert snapshot(run) == before
     r = bm("evaluate", run, "--unsafe-load", "--json")
     assert json.loads(r.stdout)["metrics"]["accuracy"] == read_json(run_copy / "metrics.json")["metrics"]["accuracy"]

@@ -87,6 +87,20 @@ def test_parquet_input_and_standard_scaling(tmp_path):
     pd.read_csv(PENGUINS).to_parquet(path)
     bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep", "--set", "preprocess.scaling=standard")
     assert read_json(tmp_path / "prep" / "schema.json")["scaling"] == "standard"
+    from bigmodel_cli import features
+    from bigmodel_cli.folders import open_prep
+
+    prep = open_prep(tmp_path / "prep")
+    widths = [1 if f.is_numeric else len(f.vocabulary) + 1 for f in prep.schema.features]  # one-hot: + the OOV
+    starts = np.cumsum([0, *widths[:-1]])
+    numeric = [int(starts[i]) for i, f in enumerate(prep.schema.features) if f.is_numeric]
+    x = features.apply(features.preprocessing_model(prep.schema),
+                       features.to_inputs(prep.split("train"), prep.schema, "train"))
+    assert x.shape[1] == sum(widths)
+    x = x[:, numeric]
+    finite = prep.split("train")[[f.name for f in prep.schema.features if f.is_numeric]]
+    complete = finite.notna().all(axis=1).to_numpy()  # imputed rows sit at the median, not the mean
+    assert np.allclose(x[complete].mean(axis=0), 0, atol=0.1) and np.allclose(x[complete].std(axis=0), 1, atol=0.1)
 
 
 def test_train_writes_run_folder(penguins_run, penguins_prep):
