@@ -265,7 +265,7 @@ def tiny_fs(tmp_path):
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
                       capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a tmpfs")
+        pytest.skip("needs root to mount a tmpfs (CI runs as root, so these run there)")
     try:
         yield mnt
     finally:

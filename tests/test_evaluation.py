@@ -63,6 +63,11 @@ def test_compare_regression_beyond_and_within_tolerance(cancer_run, worse_run):
     r = bm("compare", cancer_run, worse_run, "--fail-on-regression", "accuracy:0.01", code=1)
     assert "regression" in r.stderr and "accuracy" in r.stderr
     bm("compare", cancer_run, worse_run, "--fail-on-regression", "accuracy:0.99")
+    # lower is better for log_loss: the worse run's higher log loss is a regression too
+    assert read_json(worse_run / "metrics.json")["metrics"]["log_loss"] > read_json(
+        cancer_run / "metrics.json")["metrics"]["log_loss"] + 0.05
+    r = bm("compare", cancer_run, worse_run, "--fail-on-regression", "log_loss:0.01", code=1)
+    assert "log_loss" in r.stderr
     bm("compare", cancer_run, cancer_run, "--fail-on-regression", "log_loss:0")  # same run: no regression
     doc = json.loads(bm("compare", cancer_run, worse_run, "--format", "json").stdout)
     assert doc["metrics"]["accuracy"]["deltas"][1] == pytest.approx(worse - base)

@@ -237,6 +237,13 @@ def test_export_keras_format_handles_strings_and_missing(penguins_run, tmp_path)
             for f in schema["features"]}
     probs = np.asarray(model(rows))
     assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # the same raw rows through `bigmodel predict`: the exported model gives the same probabilities
+    raw = pd.DataFrame({f["name"]: [np.nan, 40.0] if f["kind"] == "numeric" else [None, "Atlantis"]
+                        for f in schema["features"]})
+    raw.to_csv(tmp_path / "raw.csv", index=False)
+    bm("predict", penguins_run, tmp_path / "raw.csv", "--out", tmp_path / "raw_pred.csv")
+    want = pd.read_csv(tmp_path / "raw_pred.csv")[[f"prob_{c}" for c in schema["classes"]]].to_numpy()
+    assert np.allclose(probs, want, atol=1e-5)
     bm("export", penguins_run, "--format", "onnx", "--out", out, code=2)
 
 

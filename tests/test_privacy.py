@@ -54,6 +54,14 @@ def test_microbatches_and_config_checks(cancer_prep, tmp_path):
     doc = dp_run(cancer_prep, tmp_path / "micro", 1.0, "--set", "train.privacy.microbatches=8", "--set",
                  "train.epochs=2")
     assert doc["privacy"]["epsilon"] > 0
+    dp_run(cancer_prep, tmp_path / "per_example", 1.0, "--set", "train.epochs=2")
+    from bigmodel_cli.folders import load_network
+
+    assert load_network(tmp_path / "micro" / "model.keras").microbatches == 8  # saved, and loaded back
+    import pandas as pd
+
+    micro, per_example = (pd.read_csv(tmp_path / r / "history.csv") for r in ("micro", "per_example"))
+    assert not micro["loss"].equals(per_example["loss"])  # 8 microbatches clip other gradients than 32
     r = bm("train", cancer_prep, "--out", tmp_path / "bad", "--set", "train.privacy={microbatches: 5}", code=2)
     assert "microbatches (5) must divide batch_size (32)" in r.stderr
     r = bm("train", cancer_prep, "--out", tmp_path / "bad", "--set", "train.privacy={}", "--set",
