@@ -234,7 +234,7 @@ class _EpochProgress:
                                          TextColumn("{task.description}"), console=err, transient=True)
                 self.progress.start()
                 self.task = self.progress.add_task("", total=total)
-            self.progress.update(self.task, completed=epoch, description=shown)
+            self.progress.update(self.task, completed=epoch, total=total, description=shown)
         elif epoch == 1 or epoch % max(1, total // 10) == 0:
             err.print(f"{self.unit} {epoch}/{total}  {shown}", soft_wrap=True, highlight=False)
 

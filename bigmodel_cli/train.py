@@ -285,6 +285,10 @@ def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
         lrs = [float(row["learning_rate"]) for row in fit.history[:fit.best_epoch] if "learning_rate" in row]
         if lrs:
             callbacks.append(keras.callbacks.LearningRateScheduler(lambda epoch, lr: lrs[min(epoch, len(lrs) - 1)]))
+    if ctx.on_epoch is not None:  # progress of the refit too: on a large table it takes as long as the fit
+        report, total = ctx.on_epoch, fit.best_epoch
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: report(
+            epoch + 1, total, {f"refit_{k}": float(v) for k, v in logs.items()})))
     net.fit(batches, epochs=fit.best_epoch, verbose=0, callbacks=callbacks, shuffle=False,
             class_weight=class_weights(cfg, ctx.prep.schema, y))
     return _Fit(net, fit.history, fit.best_epoch)
