@@ -62,7 +62,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
 
 class Checkpoint(keras.callbacks.Callback):
     """Write RUN_DIR/checkpoint/ after an epoch (after early stopping has had its say): after the first, then at
-    most every `every` seconds, and when training ends. Saving costs ~30 ms, as much as a whole epoch of a small
+    most every `every` seconds, and after the last. Saving costs ~30 ms, as much as a whole epoch of a small
     table, so a checkpoint per epoch would double its training time; a resumed run replays the epochs since the
     last one (the data order of an epoch depends only on (seed, epoch): the same history either way)."""
 
@@ -79,12 +79,9 @@ class Checkpoint(keras.callbacks.Callback):
         s.stopped = bool(self.model.stop_training)
         es = self.early_stopping
         s.early_stopping = es.state() if es is not None else None
-        if self._saved_at is None or s.stopped or time.monotonic() - self._saved_at >= self.every:
-            self._save()
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.progress.epoch and self._saved_at is not None:
-            self._save()
+        last = s.stopped or s.epoch == self.params.get("epochs")
+        if self._saved_at is None or last or time.monotonic() - self._saved_at >= self.every:
+            self._save()  # at epoch end, before early stopping restores the best weights at train end
 
     def _save(self) -> None:
         es = self.early_stopping

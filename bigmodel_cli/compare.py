@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from . import artifacts
-from .config import load_config
+from .config import flatten, load_config
 from .errors import ConfigError, DataError
 from .gates import lower_is_better
 
@@ -27,15 +27,6 @@ class CompareResult:
         return self.doc
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def _load(run: Path) -> dict[str, Any]:
     folder = artifacts.Folder(Path(run), "run")
     manifest = folder.manifest()
@@ -46,7 +37,7 @@ def _load(run: Path) -> dict[str, Any]:
     except ConfigError:
         config = yaml.safe_load((folder / artifacts.CONFIG).read_text(encoding="utf-8"))
     return {"path": str(run), "manifest": manifest, "metrics": artifacts.read_json(folder / artifacts.METRICS),
-            "config": _flatten(config)}
+            "config": flatten(config)}
 
 
 def parse_tolerance(text: str) -> tuple[str, float]:

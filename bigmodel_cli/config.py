@@ -342,6 +342,16 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
                 raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config document as {dotted key: value} (`train.optimizer.name`), for comparing configs."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for p in loc:

@@ -87,9 +87,8 @@ def _check_file(path: Path) -> None:
 def _header(path: Path, options: dict[str, Any]) -> list[str]:
     """A CSV file's header as written (pandas renames a repeated 'a' to 'a.1', which a real header may also hold,
     as R writes 'wt' and 'wt.1')."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding=options["encoding"], errors="replace", newline="") as f:
-        return [c.strip() for c in next(csv.reader(f, delimiter=options["sep"]), [])]
+    first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+    return [str(c).strip() for c in first.iloc[0]] if len(first) else []
 
 
 def _check_columns(df: pd.DataFrame, path: Path, header: list[str] | None = None) -> pd.DataFrame:

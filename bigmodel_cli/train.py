@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts
-from .config import Config
+from .config import Config, flatten
 from .errors import ConfigError, DataError
 from .folders import Prep, open_prep, write_run
 from .gates import lower_is_better
@@ -53,14 +55,13 @@ class _Run:
     started: str
     t0: float
 
-    @property
+    @functools.cached_property
     def config_sha256(self) -> str:
         return hashlib.sha256(self.cfg.to_yaml().encode()).hexdigest()
 
     @property
     def checkpoint_dir(self) -> Path:
-        assert self.folder is not None
-        return self.folder / artifacts.CHECKPOINT
+        return Path(self.folder.path if self.folder else ".") / artifacts.CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,12 @@ class _Fit:
     net: Any
     history: list[dict[str, float]]
     best_epoch: int
+    refit: bool = False  # net was refitted on train + val
+    threshold: float | None = None  # binary: the decision threshold, picked on val before any refit
 
 
 # what --resume accepts changed: the stopping budget and how training is logged, never the model, data or optimiser
 RESUMABLE = ("train.epochs", "train.early_stopping.patience", "train.checkpoint_seconds", "train.tensorboard")
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
 
 
 def resume_changes(progress: Any, cfg: Config, config_sha256: str) -> list[str]:
@@ -99,7 +96,7 @@ def resume_changes(progress: Any, cfg: Config, config_sha256: str) -> list[str]:
     version, without its config, can only say that something differs)."""
     if not progress.config:
         return [] if progress.config_sha256 == config_sha256 else ["(the config)"]
-    old, new = _flat(progress.config), _flat(cfg.model_dump(mode="json"))
+    old, new = flatten(progress.config), flatten(cfg.model_dump(mode="json"))
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
 
 
@@ -254,6 +251,9 @@ def _train(ctx: _Run) -> TrainResult:
                                              monitored(ctx.cfg, data.has_val), ctx.on_epoch))
         else:
             fit = _fit(ctx, data)
+            # the threshold is picked on val by the network that never trained on it
+            fit = dataclasses.replace(fit, threshold=decision_threshold(ctx.cfg, ctx.prep.schema, fit.net,
+                                                                        data.x["val"], data.y["val"]))
             if refits(ctx, data):
                 fit = _refit(ctx, data, fit)
         return _finish(ctx, data, fit)
@@ -275,7 +275,7 @@ def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
 
     keras = import_keras(ctx.cfg.seed)
     cfg = ctx.cfg
-    x = np.concatenate([np.asarray(data.x["train"]), data.x["val"]])
+    x = np.concatenate([data.x["train"], data.x["val"]])
     y = np.concatenate([data.y["train"], data.y["val"]])
     with _precision(cfg), distribution(cfg).scope():
         net = model.build(cfg, ctx.prep.schema, x.shape[1])
@@ -291,7 +291,7 @@ def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
             epoch + 1, total, {f"refit_{k}": float(v) for k, v in logs.items()})))
     net.fit(batches, epochs=fit.best_epoch, verbose=0, callbacks=callbacks, shuffle=False,
             class_weight=class_weights(cfg, ctx.prep.schema, y))
-    return _Fit(net, fit.history, fit.best_epoch)
+    return dataclasses.replace(fit, net=net, refit=True)
 
 
 @contextlib.contextmanager
@@ -405,13 +405,13 @@ def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
         if cfg.train.strategy == "multi_worker" else {}
     final = write_run(ctx.folder, ctx.prep, cfg, fit.net, history, fit.best_epoch, {
         "started": ctx.started, "seconds": round(seconds, 3), "epochs_run": len(history),
-        "best_epoch": fit.best_epoch, "resumed": ctx.resume, "refit": refits(ctx, data),
+        "best_epoch": fit.best_epoch, "resumed": ctx.resume, "refit": fit.refit,
         "privacy": _privacy(cfg, len(data.y["train"]), len(history)),
-        "threshold": decision_threshold(cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]), **extra})
+        "threshold": fit.threshold if fit.threshold is not None else decision_threshold(
+            cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]), **extra})
     if (ctx.folder / artifacts.LOGS_PARTIAL).exists():
         artifacts.replace_dir(ctx.folder / artifacts.LOGS_PARTIAL, ctx.folder / artifacts.LOGS)
-    if ctx.multi is None:
-        shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
     return TrainResult(ctx.folder.path, len(history), fit.best_epoch, final, seconds)
 
 
