@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 BM     := $(BIN)/bigmodel
 OUT    ?= build
 
-.PHONY: demo test lint install dev bench bench-quality federated-table clean help report-check
+.PHONY: demo test fuzz lint install dev bench bench-quality federated-table clean help report-check
 .DELETE_ON_ERROR:
 .SECONDARY:
 
 help:
 	@echo "make demo   - create $(VENV), install, run preprocess/train/evaluate/export/predict on sample_data/"
 	@echo "make test   - install the dev extras, ruff, and the whole test suite"
+	@echo "make fuzz   - the fuzz tests with new random examples, 300 tables through every stage (~5 min)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
 	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script and scikit-learn on 16 real tables"
@@ -77,6 +78,11 @@ federated-table: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# `make test` runs the fuzz tests on fixed examples; this runs ten times as many, new ones each time
+fuzz: $(VENV)/.installed-dev
+	BIGMODEL_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} BIGMODEL_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q tests/test_fuzz.py \
+		--hypothesis-show-statistics
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks

@@ -50,6 +50,7 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     target = columns.check_target(cfg.data.target, list(df.columns), cfg, data)
     folder.prepare()
     rows_in = len(df)
+    raw_target = df[target]  # before any row is dropped: errors name the row of the file
     duplicates = 0
     if cfg.preprocess.drop_duplicates:  # rows compared by a 64-bit hash of all their values: one vectorised pass
         dup = pd.util.hash_pandas_object(df, index=False).duplicated().to_numpy()
@@ -68,7 +69,7 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     y = df[target]
     classes: list[str] = []
     if task == "regression":
-        numeric_column(y, target, str(data))
+        numeric_column(raw_target, target, str(data), target=True)
     else:
         y = as_str(y)
         classes = columns.check_classes(y, task, target, data)

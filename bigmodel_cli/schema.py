@@ -90,7 +90,7 @@ class Schema:
             row = int(np.flatnonzero(y.isna().to_numpy())[0])
             raise DataError(f"{source}: column '{self.target}' (target) is missing a value at data row {row + 1}")
         if not self.is_classification:
-            return numeric_column(y, self.target, source).astype("float32")
+            return numeric_column(y, self.target, source, target=True).astype("float32")
         index = {c: i for i, c in enumerate(self.classes)}
         text = as_str(y)
         unseen = sorted(set(text) - set(index))
@@ -114,17 +114,19 @@ def model_key(name: str, taken: set[str]) -> str:
 
 
 def as_str(s: pd.Series) -> pd.Series:
-    """Values as strings, missing as ''; whole floats print as ints (3.0 -> '3') so CSV and Parquet agree."""
+    """Values as strings, missing as ''; whole floats print as ints (3.0 -> '3') so CSV and Parquet agree
+    (only where every one is an exact integer: 1e308 is whole but no int64)."""
     if pd.api.types.is_float_dtype(s):
-        whole = s.dropna().mod(1).eq(0).all()
-        if whole:
+        v = s.dropna()
+        if (v.mod(1).eq(0) & v.abs().lt(2.0**53)).all():
             s = s.astype("Int64")
     return s.astype("string").fillna("").str.strip().astype(object)
 
 
-def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0) -> np.ndarray:
+def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0, target: bool = False) -> np.ndarray:
     """A column as float64, ±inf and huge values as missing; a non-numeric string is an error naming its row
-    (counted from `first_row`, for a chunk of a larger file)."""
+    (counted from `first_row`, for a chunk of a larger file). For a regression `target`, ±inf or a value beyond
+    float32 is an error too: it cannot be imputed, and the network would learn NaN from it."""
     if pd.api.types.is_bool_dtype(s):
         return s.astype("float64").to_numpy()
     if not pd.api.types.is_numeric_dtype(s):
@@ -137,5 +139,10 @@ def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0) -> 
         s = parsed
     values = np.array(s.to_numpy(dtype="float64", na_value=np.nan), copy=True)
     # ±inf, and values too large for the model's float32, count as missing (imputed, and reported)
-    values[~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX)] = np.nan
+    out_of_range = np.isinf(values) | (np.abs(values) > FLOAT32_MAX)
+    if target and out_of_range.any():
+        row = int(np.flatnonzero(out_of_range)[0])
+        raise DataError(f"{source}: column '{name}' (target) holds '{s.iloc[row]}' at data row {first_row + row + 1}; "
+                        f"a regression target must be finite and within float32's range (±{FLOAT32_MAX:.3g})")
+    values[out_of_range] = np.nan
     return values

@@ -131,7 +131,7 @@ def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
         for chunk in chunks:
             if list(chunk.columns) != plan.names:
                 raise DataError(f"{plan.data}: the columns change at data row {start + 1}")
-            norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start) if c in plan.numeric
+            norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start, target=c == target) if c in plan.numeric
                                  else _strings(chunk[c]) for c in plan.names})
             hashes.append(pd.util.hash_pandas_object(norm, index=False).to_numpy())
             # compact: a copy of the column (a view would keep the whole chunk's string block alive), categorical

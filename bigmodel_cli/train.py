@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import artifacts
 from .config import Config, flatten
-from .errors import ConfigError, DataError
+from .errors import BigModelError, ConfigError, DataError
 from .folders import Prep, open_prep, write_run
 from .gates import lower_is_better
 from .schema import Schema
@@ -201,6 +201,7 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, res
         multi = multi_worker.strategy()  # before any other TensorFlow op
         if not multi_worker.is_chief(multi):  # trains in step with the chief, writes nothing
             return _train(_Run(prepared, None, cfg, on_epoch, False, multi, artifacts.now(), time.perf_counter()))
+    existed = folder.path.exists()
     folder.prepare()
     with folder.lock():
         partial = folder / artifacts.LOGS_PARTIAL
@@ -208,8 +209,14 @@ def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, res
             shutil.rmtree(partial, ignore_errors=True)  # an interrupted run's logs, not resumed
         try:
             return _train(_Run(prepared, folder, cfg, on_epoch, resume, multi, artifacts.now(), time.perf_counter()))
-        except BaseException:  # a failed or interrupted run leaves RUN_DIR as it was (its checkpoint aside)
+        except BaseException as e:  # a failed or interrupted run leaves RUN_DIR as it was (its checkpoint aside)
             shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(e, BigModelError) and not resume:  # nothing worth resuming (a bad config, divergence)
+                shutil.rmtree(folder / artifacts.CHECKPOINT, ignore_errors=True)
+            if not existed:
+                (folder / artifacts.LOCK).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.path.rmdir()  # only if nothing else is in it
             raise
 
 
@@ -251,12 +258,23 @@ def _train(ctx: _Run) -> TrainResult:
                                              monitored(ctx.cfg, data.has_val), ctx.on_epoch))
         else:
             fit = _fit(ctx, data)
+            _refuse_diverged(fit)
             # the threshold is picked on val by the network that never trained on it
             fit = dataclasses.replace(fit, threshold=decision_threshold(ctx.cfg, ctx.prep.schema, fit.net,
                                                                         data.x["val"], data.y["val"]))
             if refits(ctx, data):
                 fit = _refit(ctx, data, fit)
         return _finish(ctx, data, fit)
+
+
+def _refuse_diverged(fit: _Fit) -> None:
+    """NaN or inf in the kept weights (early stopping restores the best epoch, which may still be finite)."""
+    if all(np.isfinite(w).all() for w in fit.net.get_weights()):
+        return
+    losses = np.array([float(h.get("loss", 0.0)) for h in fit.history])
+    at = f" at epoch {int(np.flatnonzero(~np.isfinite(losses))[0]) + 1}" if (~np.isfinite(losses)).any() else ""
+    raise DataError(f"train: training diverged (the loss became NaN{at}); lower train.optimizer.learning_rate, or "
+                    f"look for extreme values in the data (the data report lists each column's range)")
 
 
 def refits(ctx: _Run, data: _Encoded) -> bool:
@@ -362,6 +380,7 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
         callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=r.factor, patience=r.patience, min_lr=r.min_lr,
             mode="min" if lower_is_better(monitor) else "max", verbose=0))
+    callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged run stops at once (and is refused in _finish)
     if cfg.train.tensorboard:
         # into a temporary folder: RUN_DIR/logs is replaced only when the run is complete
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(ctx.folder / artifacts.LOGS_PARTIAL),
@@ -397,6 +416,7 @@ def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
         raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not logged; "
                           f"choose one of {', '.join(history.columns)}")
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    _refuse_diverged(fit)  # the refit's too
     seconds = time.perf_counter() - ctx.t0
     if ctx.folder is None:  # a multi-worker non-chief
         final = {k: float(v) for k, v in history.iloc[fit.best_epoch - 1].items() if k != "epoch"}

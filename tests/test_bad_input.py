@@ -68,6 +68,13 @@ def numeric_with_word() -> pd.DataFrame:
     return df
 
 
+def regression_target(value: float) -> pd.DataFrame:
+    """A regression table whose data row 4 has `value` as its target (and row 2 no target: numbering is the file's)."""
+    df = good_frame().assign(y=lambda d: d["x"] * 3.0)
+    df.loc[1, "y"], df.loc[3, "y"] = np.nan, value
+    return df
+
+
 def folder(d: Path) -> Path:
     (d / "adir").mkdir()
     return d / "adir"
@@ -91,6 +98,10 @@ FAILS: dict[str, Case] = {
     "corrupt parquet": (text("not parquet", "data.parquet"), [], 2, ["data.parquet", "cannot read"]),
     "unknown encoding": (frame(good_frame()), ["--set", "data.encoding=klingon"], 2, ["unknown data.encoding"]),
     "column in config absent": (frame(good_frame()), ["--set", "data.columns={zz: numeric}"], 2, ["zz"]),
+    "regression target inf": (frame(regression_target(np.inf)), [], 2, ["'y' (target)", "'inf'", "data row 4"]),
+    "regression target inf, streamed": (frame(regression_target(-np.inf)), ["--set", "data.streaming=true", "--set",
+                                        "data.chunk_rows=10"], 2, ["'y' (target)", "'-inf'", "data row 4"]),
+    "regression target beyond float32": (frame(regression_target(1e300)), [], 2, ["'1e+300'", "float32"]),
 }
 
 
@@ -287,3 +298,22 @@ def test_read_only_output_location(tiny_fs, penguins_prep):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
     r = bm("train", penguins_prep, "--out", tiny_fs / "run", "--set", "train.epochs=1", code=2)
     assert "cannot write" in r.stderr and "Read-only" in r.stderr
+
+
+def test_diverged_training_is_refused(penguins_prep, tmp_path):
+    out = tmp_path / "run"
+    r = bm("train", penguins_prep, "--out", out, "--set", "train.optimizer={name: sgd, learning_rate: 1e30}",
+           "--set", "train.epochs=3", code=2)
+    last = r.stderr.strip().splitlines()[-1]  # after the progress lines: no refit of a diverged run
+    assert last.startswith("error: train: training diverged (the loss became NaN at epoch 1)"), r.stderr
+    assert "refit" not in r.stderr and "learning_rate" in last and "Traceback" not in r.stderr and not out.exists()
+
+
+def test_export_parity_counts_nan_as_a_difference_unless_both_are_nan():
+    from bigmodel_cli.export import _check, _Mismatch
+
+    want = np.array([[0.5, np.nan], [1.0, 2.0]])
+    _check("same", want.copy(), want, 1e-6, {})
+    for got in ([[0.5, np.nan], [1.0, np.nan]], [[0.5, 0.0], [1.0, 2.0]]):
+        with pytest.raises(_Mismatch, match="by inf"):
+            _check("other", np.array(got), want, 1e-6, {})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
-from hypothesis import HealthCheck, Phase, given, settings
+import pandas as pd
+from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
 from bigmodel_cli.config import Config, load_config
@@ -15,9 +17,14 @@ from bigmodel_cli.errors import ConfigError
 from .conftest import bm
 
 # derandomized (the same examples in every run: CI stays reproducible), no shrinking (a failure is reported at
-# once, with its input, instead of minutes of shrinking)
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-                derandomize=True, phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
+# once, with its input, instead of minutes of shrinking). `make fuzz` sets BIGMODEL_FUZZ_EXAMPLES (the tables
+# through every stage; ten times as many CSV and YAML examples) and BIGMODEL_FUZZ_RANDOM (new examples each run).
+LONG = "BIGMODEL_FUZZ_EXAMPLES" in os.environ
+STAGE_EXAMPLES = int(os.environ.get("BIGMODEL_FUZZ_EXAMPLES", "30"))
+FUZZ = settings(max_examples=10 * STAGE_EXAMPLES if LONG else 150, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture],
+                derandomize=not os.environ.get("BIGMODEL_FUZZ_RANDOM"),
+                phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 @contextlib.contextmanager
@@ -95,3 +102,76 @@ def test_random_yaml_gives_config_or_config_error(tmp_path, text):
             assert str(e).startswith(str(path)) and "\n" not in str(e).strip()
         else:
             assert isinstance(cfg, Config)
+
+
+# ---- across stages: hypothesis-made tables through preprocess -> train (1 epoch) -> predict -> export.
+# `make test` runs 30 derandomised examples (~20 s; a quarter of them reach export), `make fuzz` many more.
+STAGES = settings(FUZZ, max_examples=STAGE_EXAMPLES)
+
+header_name = st.one_of(st.sampled_from(["x", "größe", "名前", "a b", "wt", "wt.1", "ünï", "—", "1", "col;",
+                                         "e\u0301"]),
+                        st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=6))
+number = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e-300, 1e-300),
+                   st.sampled_from([1e308, -1e308, 5e-324, 0.0, -0.0]), st.integers(-10**15, 10**15))
+category = st.one_of(st.sampled_from(["", " ", "a", "b", "ä", "日本", "NA", "None", "null", "a,b", 'q"uote', "\u00a0"]),
+                     st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=4))
+
+
+@st.composite
+def tables(draw):
+    """A table with mixed column kinds, a target of 1-5 classes (or numbers), duplicate rows, missing cells."""
+    n = draw(st.one_of(st.integers(0, 12), *[st.integers(20, 80)] * 4))  # around the split's minimum, and above it
+    names = draw(st.lists(header_name, min_size=1, max_size=4, unique_by=lambda s: s.strip().casefold()))
+    cols: dict[str, list] = {}
+    for name in names:
+        kind = draw(st.sampled_from(["number", "category", "bool", "mixed", "empty"]))
+        cell = {"number": number, "category": category, "bool": st.sampled_from([True, False, None]),
+                "mixed": st.one_of(number, category), "empty": st.just("")}[kind]
+        cols[name] = draw(st.lists(cell, min_size=n, max_size=n))
+    if draw(st.booleans()):  # 1-5 classes, every class on some rows, a few labels missing
+        k = draw(st.integers(1, 5))
+        labels = draw(st.permutations([["A", "B", "ç", "d d", "5"][i % k] for i in range(n)]))
+        for i in draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=3)) if n else []:
+            labels[i] = ""
+    else:  # mostly ordinary numbers; now and then a huge, tiny or non-finite one
+        finite = st.floats(-1e6, 1e6, allow_nan=False)
+        labels = draw(st.lists(st.one_of(finite, finite, finite, finite, number), min_size=n, max_size=n))
+    cols["y"] = labels
+    frame = pd.DataFrame(cols)
+    if n and draw(st.booleans()):  # duplicate rows
+        frame = pd.concat([frame, frame.iloc[: draw(st.integers(1, n))]], ignore_index=True)
+    return frame
+
+
+def _clean(result, stage: str, table: str) -> int:
+    where = f"{stage} on the table:\n{table}\nexit {result.exit_code}, stderr:\n{result.stderr}"
+    event(f"{stage} exit {result.exit_code}")  # --hypothesis-show-statistics: how far the examples get
+    assert result.exit_code in (0, 1, 2), where
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, where
+    if result.exit_code == 2:
+        assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, where
+    return result.exit_code
+
+
+def _found(y: list[float]) -> pd.DataFrame:
+    """The shape of two tables the fuzzing found: 30 rows, a category, a target of few distinct numbers."""
+    return pd.DataFrame({"c": ["a", "b", "", "日本", " "] * 6, "y": y})
+
+
+@STAGES
+@given(frame=tables())
+@example(frame=_found([0.0, 2.0, 0.0, 1.0, 1e308] * 6))  # classes '0', '2', '1e308': was a crash (exit 3)
+@example(frame=_found([0.5, -3.25, 1e308, 7.0, 2.5] * 6))  # a regression target beyond float32: was NaN training
+def test_random_tables_through_every_stage(tmp_path_factory, frame):
+    tmp = tmp_path_factory.mktemp("stages")
+    data = tmp / "t.csv"
+    frame.to_csv(data, index=False)
+    table = data.read_text(encoding="utf-8")
+    with time_limit(120):
+        if _clean(bm("preprocess", data, "--target", "y", "--out", tmp / "prep", code=None), "preprocess", table):
+            return
+        if _clean(bm("train", tmp / "prep", "--out", tmp / "run", "--set", "train.epochs=1", code=None),
+                  "train", table):
+            return
+        _clean(bm("predict", tmp / "run", data, "--out", tmp / "p.csv", code=None), "predict", table)
+        _clean(bm("export", tmp / "run", "--out", tmp / "export", code=None), "export", table)
