@@ -45,6 +45,8 @@ CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --re
 LOCK = ".lock"
 # export folder
 SAVEDMODEL = "savedmodel"
+ONNX = "model.onnx"
+TFLITE = "model.tflite"
 
 
 def _umask() -> int:

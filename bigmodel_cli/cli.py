@@ -349,7 +349,8 @@ def export(
     run_dir: RunDirArg,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="The export folder to write.", show_default=False)],
     fmt: Annotated[str | None, typer.Option(
-        "--format", "-f", help="savedmodel (SavedModel + .keras) | keras (default: export.format).")] = None,
+        "--format", "-f", help="savedmodel (SavedModel + .keras) | keras | onnx (model.onnx + .keras) | tflite "
+                               "(model.tflite + .keras) (default: export.format).")] = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -357,12 +358,12 @@ def export(
     with guard(ctx):
         from . import export as stage
 
-        _one_of(fmt, ("savedmodel", "keras"), "--format")
+        _one_of(fmt, stage.FORMATS, "--format")
         result = stage.run(run_dir, out_dir, fmt, unsafe)
 
         def human() -> None:
             rows = [[f, ""] for f in result.files] + [
-                [f"parity {k} (max abs diff, {result.rows_checked} rows)", f"{v:.2e}"]
+                [f"parity {k} (max diff, {result.rows_checked} rows)", f"{v:.2e}"]
                 for k, v in result.max_abs_diff.items()]
             out.print(table(f"exported {result.out}" if result.passed else f"not exported: {result.out}",
                             ["file", ""], rows))

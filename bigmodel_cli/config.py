@@ -196,7 +196,7 @@ class EvaluateConfig(_Section):
 
 
 class ExportConfig(_Section):
-    format: Literal["savedmodel", "keras"] = "savedmodel"
+    format: Literal["savedmodel", "keras", "onnx", "tflite"] = "savedmodel"
     parity_tolerance: float = Field(1e-5, gt=0)
 
 

@@ -1,7 +1,9 @@
-"""`bigmodel export`: the model with its fitted preprocessing inside, as a SavedModel and/or .keras file.
+"""`bigmodel export`: the model with its fitted preprocessing inside, as a SavedModel, a .keras file, ONNX or
+TFLite.
 
-What is written is reloaded and must reproduce `bigmodel predict` on the test split; an export that does
-not is not kept (the result says so, and the CLI exits 1).
+What is written is reloaded — ONNX in onnxruntime, TFLite in LiteRT — and must reproduce `bigmodel predict` on
+the test split plus rows with NaN, ±inf, '' and unseen categories, all at once and one by one; an export that
+does not is not kept (the result says so, and the CLI exits 1).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts
+from .errors import ConfigError
 from .folders import load_run
 
 CHUNK = 4096
@@ -44,8 +47,9 @@ class _Mismatch(Exception):
 
 def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, diffs: dict[str, float]) -> None:
     got = got.reshape(want.shape)
+    # relative where |value| > 1 (a regression in raw units: float32 carries ~7 digits of 4000 g as of 0.4), and
     # NaN where predict gives NaN is agreement; NaN anywhere else is the largest difference there is
-    gap = np.abs(got - want)
+    gap = np.abs(got - want) / np.maximum(1.0, np.abs(np.nan_to_num(want)))
     gap = np.where(np.isnan(got) & np.isnan(want), 0.0, np.where(np.isnan(gap), np.inf, gap))
     diff = float(gap.max()) if want.size else 0.0
     diffs[name] = diff
@@ -54,46 +58,163 @@ def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, diffs
                         f"(> {tolerance:g}); nothing was written")
 
 
+FORMATS = ("savedmodel", "keras", "onnx", "tflite")
+ONNX_OPSET = 17  # tf2onnx 1.17 writes up to 18; 17 is what onnxruntime >= 1.14 and most other runtimes load
+PORTABLE_FILES = {"onnx": artifacts.ONNX, "tflite": artifacts.TFLITE}
+ONE_BY_ONE = 64  # rows also checked one per call (batch 1)
+
+
 def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) -> ExportResult:
+    """Write the export folder whole (a temp folder swapped in at the end: a failed check keeps the old one)."""
     from . import features
-    from .keras_env import import_keras, tensorflow
 
     loaded = load_run(run_dir, unsafe)
     fmt = fmt or loaded.config.export.format
     tol = loaded.config.export.parity_tolerance
+    if fmt in PORTABLE_FILES:
+        text = [f.name for f in loaded.schema.features if f.kind == "text"]
+        if text:
+            raise ConfigError(f"export --format {fmt}: column '{text[0]}' is free text (TextVectorization), which "
+                              f"{fmt} cannot carry; export as savedmodel, or set data.columns: {{{text[0]}: ignore}}")
     folder = artifacts.Folder(Path(out), "export")
     folder.prepare()
-    keras, tf = import_keras(), tensorflow()
 
     checked = "test" if loaded.split_rows("test") else "val"  # data.split.test 0: check on the val split
     test = loaded.split(checked)
-    x = features.to_inputs(test, loaded.schema, f"{checked} split")
+    x = hostile(features.to_inputs(test, loaded.schema, f"{checked} split"), loaded.schema)
     want = features.apply(loaded.serving, x)
     diffs: dict[str, float] = {}
-    files: list[str] = []
+    files = [artifacts.MODEL]
+    extra: dict[str, Any] = {}
+    rows = len(want)
     try:
-        with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
-            loaded.serving.save(tmp)
-            reloaded = keras.saving.load_model(tmp, safe_mode=not unsafe)
-            _check("keras", features.apply(reloaded, x), want, tol, diffs)
-        files.append(artifacts.MODEL)
-        if fmt == "savedmodel":
-            with artifacts.atomic_dir(folder / artifacts.SAVEDMODEL) as tmp:
-                loaded.serving.export(str(tmp), format="tf_saved_model", verbose=False)
-                serve = tf.saved_model.load(str(tmp)).signatures["serving_default"]
-                parts = [serve(**{k: tf.constant(v[i:i + CHUNK]) for k, v in x.items()})["output_0"].numpy()
-                         for i in range(0, len(test), CHUNK)]
-                _check("savedmodel", np.concatenate(parts) if parts else want, want, tol, diffs)
-            files.append(artifacts.SAVEDMODEL + "/")
+        with artifacts.atomic_dir(folder.path) as work:
+            _keras(loaded, work / artifacts.MODEL, x, want, tol, diffs, unsafe)
+            if fmt == "savedmodel":
+                _savedmodel(loaded.serving, work / artifacts.SAVEDMODEL, x, want, tol, diffs)
+                files.append(artifacts.SAVEDMODEL + "/")
+            elif fmt in PORTABLE_FILES:
+                portable = features.serving_model(loaded.schema, loaded.network, portable=True)
+                extra = _portable(fmt, portable, work, x, want, tol, diffs)
+                files.append(PORTABLE_FILES[fmt])
+            loaded.schema.save(work)
+            files.append(artifacts.SCHEMA)
+            artifacts.Folder(work, "export").finish({
+                "run_dir": str(loaded.path.resolve()), "format": fmt, "created": artifacts.now(),
+                "task": loaded.schema.task, "classes": loaded.schema.classes,
+                "threshold": loaded.threshold if loaded.schema.task == "binary" else None,
+                "parity": {"rows": rows, "split": checked, "hostile_rows": rows - len(test),
+                           "one_by_one": min(ONE_BY_ONE, rows), "max_abs_diff": diffs, "tolerance": tol},
+                "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.is_numeric else "string"}
+                           for f in loaded.schema.features},
+                "input_contract": "one (n, 1) tensor per input: float32 numbers with NaN for missing; strings "
+                                  "with leading/trailing whitespace stripped, '' for missing",
+                "output": _output_doc(loaded.schema), **extra,
+                "versions": artifacts.versions()})
     except _Mismatch as e:
-        return ExportResult(folder.path, fmt, [], diffs, len(test), tol, str(e))
-    loaded.schema.save(folder.path)
-    files.append(artifacts.SCHEMA)
-    folder.finish({"run_dir": str(loaded.path.resolve()), "format": fmt, "created": artifacts.now(),
-                   "task": loaded.schema.task, "classes": loaded.schema.classes,
-                   "threshold": loaded.threshold if loaded.schema.task == "binary" else None,
-                   "parity": {"rows": len(test), "split": checked, "max_abs_diff": diffs, "tolerance": tol},
-                   "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.is_numeric else "string"}
-                              for f in loaded.schema.features},
-                   "versions": artifacts.versions()})
-    return ExportResult(folder.path, fmt, files, diffs, len(test), tol)
+        return ExportResult(folder.path, fmt, [], diffs, rows, tol, str(e))
+    return ExportResult(folder.path, fmt, files, diffs, rows, tol)
+
+
+def _output_doc(schema: Any) -> str:
+    if schema.task == "binary":
+        return f"(n, 1) probability of class {schema.classes[1]!r}"
+    if schema.task == "multiclass":
+        return f"(n, {len(schema.classes)}) class probabilities in the order of 'classes'"
+    return f"(n, 1) {schema.target} in its own units"
+
+
+def hostile(x: dict[str, np.ndarray], schema: Any) -> dict[str, np.ndarray]:
+    """The checked rows plus, per column, copies of the first row with that column NaN / +inf / -inf (numbers)
+    or '' / unseen (strings): every format must treat missing values and new categories as predict does."""
+    if not len(next(iter(x.values()))):
+        return x
+    parts = {k: [v.astype(object) if v.dtype.kind in "OUS" else v] for k, v in x.items()}
+    for f in schema.features:
+        for value in [np.nan, np.inf, -np.inf] if f.is_numeric else ["", "unseen category \u00e9\u2603"]:
+            for k, v in x.items():
+                row = v[:1].astype(object) if v.dtype.kind in "OUS" else v[:1].copy()
+                if k == f.key:
+                    row[0, 0] = value
+                parts[k].append(row)
+    return {k: np.concatenate(p) for k, p in parts.items()}
+
+
+def _keras(loaded: Any, path: Path, x: dict, want: np.ndarray, tol: float, diffs: dict, unsafe: bool) -> None:
+    from . import features
+    from .keras_env import import_keras
+
+    loaded.serving.save(path)
+    reloaded = import_keras().saving.load_model(path, safe_mode=not unsafe)
+    _check("keras", features.apply(reloaded, x), want, tol, diffs)
+
+
+def _savedmodel(serving: Any, path: Path, x: dict, want: np.ndarray, tol: float, diffs: dict) -> None:
+    from .keras_env import tensorflow
+
+    tf = tensorflow()
+    serving.export(str(path), format="tf_saved_model", verbose=False)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    n = len(want)
+    parts = [serve(**{k: tf.constant(v[i:i + CHUNK]) for k, v in x.items()})["output_0"].numpy()
+             for i in range(0, n, CHUNK)]
+    _check("savedmodel", np.concatenate(parts) if parts else want, want, tol, diffs)
+
+
+def _portable(fmt: str, model: Any, work: Path, x: dict, want: np.ndarray, tol: float,
+              diffs: dict) -> dict[str, Any]:
+    """SavedModel of the portable graph -> model.onnx (tf2onnx) or model.tflite (TFLite builtins only), then
+    reloaded in onnxruntime / LiteRT and checked on all rows at once and on the first rows one by one."""
+    import tempfile
+
+    from . import runtimes
+
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        saved = Path(tmp) / "portable"
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+        path = work / PORTABLE_FILES[fmt]
+        extra = _to_onnx(saved, path) if fmt == "onnx" else _to_tflite(saved, path)
+    runtime = runtimes.load(path)
+    _check(fmt, runtime(x), want, tol, diffs)
+    n = min(ONE_BY_ONE, len(want))
+    if n:
+        one = np.concatenate([runtime({k: v[i:i + 1] for k, v in x.items()}) for i in range(n)])
+        _check(f"{fmt} (batch 1)", one, want[:n], tol, diffs)
+    return extra
+
+
+def _to_onnx(saved: Path, path: Path) -> dict[str, Any]:
+    import logging
+
+    try:
+        import tf2onnx
+        from tf2onnx import convert, tf_loader
+    except ImportError:
+        raise ConfigError("export --format onnx needs tf2onnx: pip install 'bigmodel[onnx]'") from None
+    from .keras_env import tensorflow
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    # tf2onnx's own saved-model path (what `python -m tf2onnx.convert --saved-model` runs): it is the one that
+    # carries lookup tables into ONNX (CategoryMapper); from_function / from_keras lose them (tf2onnx#1867)
+    graph, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+        str(saved), None, None, None, None, None, False, return_initialized_tables=True,
+        return_tensors_to_rename=True)
+    with tensorflow().device("/cpu:0"):
+        convert._convert_common(graph, name="bigmodel", opset=ONNX_OPSET, input_names=inputs, output_names=outputs,
+                                tensors_to_rename=renames, initialized_tables=tables, output_path=str(path))
+    return {"onnx": {"opset": ONNX_OPSET, "tf2onnx": tf2onnx.__version__}}
+
+
+def _to_tflite(saved: Path, path: Path) -> dict[str, Any]:
+    from .keras_env import tensorflow
+
+    tf = tensorflow()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no select TF ops: LiteRT runs it
+    try:
+        data = converter.convert()
+    except Exception as e:  # the converter's errors are long logs: the first line says which op
+        raise ConfigError(f"export --format tflite: the model does not convert to TFLite builtins: "
+                          f"{str(e).strip().splitlines()[0][:200]}") from None
+    path.write_bytes(data)
+    return {"tflite": {"ops": "TFLITE_BUILTINS"}}

@@ -17,9 +17,17 @@ from .schema import Feature, Schema, as_str, numeric_column
 keras, tf = import_keras(), tensorflow()  # at import: the layers below subclass Keras
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @keras.saving.register_keras_serializable(package="bigmodel")
 class Impute(keras.layers.Layer):
-    """Replace missing values with a fitted constant: NaN/±inf for numbers, '' for strings."""
+    """Replace missing values with a fitted constant: NaN/±inf for numbers ('' for strings: the layer of files
+    exported before `Categories`).
+
+    In ops that ONNX and TFLite carry exactly: `where(is_nan)` first, then ±inf clipped to ±max and replaced
+    (tf2onnx writes a where on a comparison as a multiply-add, which an inf would turn into NaN; TFLite's is_inf
+    is wrong for inf), so every export format computes the same numbers as training."""
 
     def __init__(self, value: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -28,14 +36,55 @@ class Impute(keras.layers.Layer):
     def call(self, x: Any) -> Any:
         if x.dtype == tf.string:
             return tf.where(tf.equal(tf.strings.strip(x), ""), tf.constant(str(self.value)), x)
-        return tf.where(tf.math.is_finite(x), x, tf.cast(self.value, x.dtype))
+        fill = tf.cast(self.value, x.dtype)
+        x = tf.where(tf.math.is_nan(x), fill, x)
+        x = tf.clip_by_value(x, -FLOAT32_MAX, FLOAT32_MAX)
+        return tf.where(tf.abs(x) >= FLOAT32_MAX, fill, x)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "value": self.value}
 
 
-def _encoder(f: Feature, schema: Schema) -> list[Any]:
-    """The layers that turn one raw column into floats."""
+@keras.saving.register_keras_serializable(package="bigmodel")
+class Categories(keras.layers.Layer):
+    """A categorical column's index (0: out of vocabulary, i + 1: vocabulary[i]) or its one-hot vector.
+
+    One hash-table lookup with '' (missing) as one more key, mapped to the fitted fill value's index; a lookup
+    converts to ONNX (CategoryMapper) and to TFLite builtins (HASHTABLE_FIND), unlike string comparison. The
+    portable variant (`strip=False`) leaves whitespace stripping to whoever feeds it: ONNX and TFLite have no op
+    for it (`bigmodel predict`, `serve` and the export's parity check strip)."""
+
+    def __init__(self, vocabulary: list[str], fill: str, one_hot: bool = True, strip: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.vocabulary, self.fill, self.one_hot, self.strip = [str(v) for v in vocabulary], str(fill), one_hot, strip
+        index = {v: i + 1 for i, v in enumerate(self.vocabulary)}
+        keys = [*index, *([""] if "" not in index else [])]
+        values = [*index.values(), *([index.get(self.fill, 0)] if "" not in index else [])]
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string), tf.constant(values, tf.int64)),
+            default_value=tf.constant(0, tf.int64))
+
+    def call(self, x: Any) -> Any:
+        x = tf.reshape(x, [-1])
+        if self.strip:
+            x = tf.strings.strip(x)
+        i = self.table.lookup(x)
+        if self.one_hot:
+            return tf.one_hot(i, len(self.vocabulary) + 1, dtype=tf.float32)
+        return tf.reshape(i, [-1, 1])
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (input_shape[0], len(self.vocabulary) + 1 if self.one_hot else 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "vocabulary": self.vocabulary, "fill": self.fill, "one_hot": self.one_hot,
+                "strip": self.strip}
+
+
+def _encoder(f: Feature, schema: Schema, portable: bool = False) -> list[Any]:
+    """The layers that turn one raw column into floats (`portable`: without whitespace stripping, see
+    `Categories`)."""
     L = keras.layers
     if f.is_numeric:
         if schema.scaling == "standard":
@@ -49,10 +98,9 @@ def _encoder(f: Feature, schema: Schema) -> list[Any]:
         return [L.TextVectorization(max_tokens=schema.text_max_tokens, output_mode=schema.text_output,
                                     vocabulary=f.vocabulary or ["[empty]"], name=f"{f.key}_text", **idf)]
     # one-hot, or (categorical_encoding: embedding) the index, 0 for out-of-vocabulary, embedded by the network
-    mode = "int" if schema.categorical_encoding == "embedding" else "one_hot"
-    return [Impute(f.fill, name=f"{f.key}_impute"),
-            L.StringLookup(vocabulary=f.vocabulary or [""], num_oov_indices=1, output_mode=mode,
-                           name=f"{f.key}_lookup")]
+    return [Categories(f.vocabulary or [""], "" if f.fill is None else f.fill,
+                       one_hot=schema.categorical_encoding != "embedding", strip=not portable,
+                       name=f"{f.key}_lookup")]
 
 
 def inputs(schema: Schema) -> dict[str, Any]:
@@ -60,20 +108,20 @@ def inputs(schema: Schema) -> dict[str, Any]:
             for f in schema.features}
 
 
-def _parts(schema: Schema, raw: dict[str, Any]) -> list[Any]:
+def _parts(schema: Schema, raw: dict[str, Any], portable: bool = False) -> list[Any]:
     parts = []
     for f in schema.features:
         x = raw[f.key]
         if f.kind == "text":  # TextVectorization wants one string per row: (n, 1) -> (n,)
             x = keras.ops.squeeze(x, axis=-1)
-        for layer in _encoder(f, schema):
+        for layer in _encoder(f, schema, portable):
             x = layer(x)
         parts.append(keras.ops.cast(x, "float32"))
     return parts
 
 
-def encode(schema: Schema, raw: dict[str, Any]) -> Any:
-    parts = _parts(schema, raw)
+def encode(schema: Schema, raw: dict[str, Any], portable: bool = False) -> Any:
+    parts = _parts(schema, raw, portable)
     return keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
 
 
@@ -128,10 +176,11 @@ def preprocessing_model(schema: Schema) -> Any:
     return keras.Model(raw, encode(schema, raw), name="preprocessing")
 
 
-def serving_model(schema: Schema, network: Any) -> Any:
-    """Raw columns (dict) -> predictions: the fitted preprocessing in front of the trained network."""
+def serving_model(schema: Schema, network: Any, portable: bool = False) -> Any:
+    """Raw columns (dict) -> predictions: the fitted preprocessing in front of the trained network
+    (`portable`: for ONNX and TFLite, string inputs already stripped)."""
     raw = inputs(schema)
-    return keras.Model(raw, network(encode(schema, raw)), name="bigmodel")
+    return keras.Model(raw, network(encode(schema, raw, portable)), name="bigmodel")
 
 
 def to_inputs(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, np.ndarray]:

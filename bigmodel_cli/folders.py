@@ -128,6 +128,7 @@ class LoadedRun:
     schema: Schema
     config: Config
     serving: Any  # keras.Model: raw columns -> network output
+    network: Any = None  # the trained network alone (encoded features in)
 
     @property
     def threshold(self) -> float:
@@ -210,4 +211,4 @@ def load_run(run_dir: Path, unsafe: bool = False) -> LoadedRun:
     except ValueError as e:
         raise DataError(f"{folder / artifacts.MODEL}: the model does not fit the run's schema.json "
                         f"(was it copied from another run?): {str(e).splitlines()[0]}") from None
-    return LoadedRun(folder.path, manifest, schema, config, serving)
+    return LoadedRun(folder.path, manifest, schema, config, serving, network)

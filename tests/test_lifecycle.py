@@ -244,7 +244,7 @@ def test_export_keras_format_handles_strings_and_missing(penguins_run, tmp_path)
     bm("predict", penguins_run, tmp_path / "raw.csv", "--out", tmp_path / "raw_pred.csv")
     want = pd.read_csv(tmp_path / "raw_pred.csv")[[f"prob_{c}" for c in schema["classes"]]].to_numpy()
     assert np.allclose(probs, want, atol=1e-5)
-    bm("export", penguins_run, "--format", "onnx", "--out", out, code=2)
+    bm("export", penguins_run, "--format", "pmml", "--out", out, code=2)
 
 
 def test_regression_task(tmp_path):

@@ -1,0 +1,176 @@
+"""Deployment: portable exports (ONNX, TFLite) checked in their own runtimes, also where TensorFlow is absent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import PENGUINS, bm, read_json
+
+
+@pytest.fixture(scope="module")
+def mass_run(tmp_path_factory) -> Path:
+    """A regression in raw units (penguin body mass in grams, ~4200)."""
+    root = tmp_path_factory.mktemp("mass")
+    bm("preprocess", PENGUINS, "--target", "body_mass_g", "--out", root / "prep")
+    bm("train", root / "prep", "--out", root / "run", "--set", "train.epochs=3")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("embedded")
+    bm("preprocess", PENGUINS, "--target", "species", "--out", root / "prep", "--set",
+       "preprocess.categorical_encoding=embedding")
+    bm("train", root / "prep", "--out", root / "run", "--set", "train.epochs=3")
+    return root / "run"
+
+
+RUNS = ["penguins_run", "cancer_run", "mass_run", "embedded_run"]  # multiclass with categoricals, binary, regression
+
+
+@pytest.fixture(scope="module")
+def portable_exports(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    out = {}
+    root = tmp_path_factory.mktemp("portable")
+    for run in RUNS:
+        for fmt in ("onnx", "tflite"):
+            folder = root / f"{run}-{fmt}"
+            doc = json.loads(bm("export", request.getfixturevalue(run), "--format", fmt, "--out", folder,
+                                "--json").stdout)
+            assert doc["passed"] and set(doc["max_abs_diff"]) == {"keras", fmt, f"{fmt} (batch 1)"}, doc
+            out[(run, fmt)] = folder
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("run", RUNS)
+def test_portable_export_matches_predict_in_its_own_runtime(portable_exports, run, fmt, request):
+    from bigmodel_cli import features, runtimes
+    from bigmodel_cli.export import hostile
+    from bigmodel_cli.folders import load_run
+
+    folder = portable_exports[(run, fmt)]
+    manifest = read_json(folder / "manifest.json")
+    assert (folder / f"model.{fmt}").stat().st_size > 0 and manifest["format"] == fmt
+    assert manifest["parity"]["hostile_rows"] > 0 and manifest["parity"]["one_by_one"] > 0
+    if fmt == "onnx":
+        assert manifest["onnx"]["opset"] == 17
+    # the test split plus NaN / ±inf / '' / unseen rows, through onnxruntime or LiteRT, against predict's model
+    loaded = load_run(request.getfixturevalue(run))
+    x = hostile(features.to_inputs(loaded.split("test"), loaded.schema, "test"), loaded.schema)
+    got = runtimes.load(folder / f"model.{fmt}")(x)
+    want = features.apply(loaded.serving, x)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert manifest["inputs"] == {f.key: {"column": f.name, "dtype": "float32" if f.is_numeric else "string"}
+                                  for f in loaded.schema.features}
+
+
+def test_failed_parity_keeps_the_previous_export(penguins_run, tmp_path):
+    """A mismatch (here: a tolerance no float32 model meets) is exit 1, and the export folder that was there
+    stays byte for byte: the new one is built aside and swapped in only when every check passed."""
+    run = tmp_path / "run"
+    shutil.copytree(penguins_run, run)
+    out = tmp_path / "export"
+    bm("export", run, "--format", "keras", "--out", out)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir() if p.is_file()}
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("parity_tolerance: 1.0e-05", "parity_tolerance: 1.0e-30"))
+    r = bm("export", run, "--format", "onnx", "--out", out, "--json", code=1)
+    assert "onnx" in json.loads(r.stdout)["mismatch"]
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]  # no temp folder left beside it
+
+
+def test_free_text_is_refused_by_portable_formats(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["red fox", "blue whale", "green frog jumps", "the quick brown", "lazy dog sleeps"]
+    df = pd.DataFrame({"x": rng.normal(size=60), "note": rng.choice(words, 60), "y": rng.choice(["a", "b"], 60)})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    bm("preprocess", tmp_path / "t.csv", "--target", "y", "--out", tmp_path / "prep", "--set",
+       "data.columns={note: text}")
+    bm("train", tmp_path / "prep", "--out", tmp_path / "run", "--set", "train.epochs=1")
+    for fmt in ("onnx", "tflite"):
+        r = bm("export", tmp_path / "run", "--format", fmt, "--out", tmp_path / fmt, code=2)
+        assert r.stderr.startswith("error:") and "column 'note'" in r.stderr and fmt in r.stderr
+        assert not (tmp_path / fmt).exists() or not any((tmp_path / fmt).iterdir())
+
+
+# ---- a consumer without TensorFlow: a venv with only numpy, onnxruntime and ai-edge-litert (made once, cached)
+CONSUMER = r"""
+import json, sys
+import numpy as np
+try:
+    import tensorflow  # noqa: F401
+    sys.exit("tensorflow is importable here")
+except ImportError:
+    pass
+folder, rows = sys.argv[1], json.load(open(sys.argv[2]))
+manifest = json.load(open(f"{folder}/manifest.json"))
+x = {}
+for key, spec in manifest["inputs"].items():
+    col = rows[spec["column"]]
+    if spec["dtype"] == "float32":
+        x[key] = np.array([np.nan if v is None else v for v in col], dtype=np.float32).reshape(-1, 1)
+    else:
+        x[key] = np.array(["" if v is None else str(v).strip() for v in col], dtype=object).reshape(-1, 1)
+if manifest["format"] == "onnx":
+    import onnxruntime as ort
+    out = ort.InferenceSession(f"{folder}/model.onnx").run(None, x)[0]
+else:
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_path=f"{folder}/model.tflite").get_signature_runner()
+    feed = {k: (v if v.dtype != object else np.array([s.encode() for s in v[:, 0]], dtype=object).reshape(-1, 1))
+            for k, v in x.items()}
+    out = next(iter(runner(**feed).values()))
+print(json.dumps(np.asarray(out).tolist()))
+"""
+
+
+@pytest.fixture(scope="session")
+def consumer_python() -> Path:
+    cache = Path(os.environ.get("BIGMODEL_TEST_CACHE", Path.home() / ".cache" / "bigmodel-tests"))
+    pins = [f"{p}=={metadata.version(p)}" for p in ("numpy", "onnxruntime", "ai-edge-litert")]
+    venv = cache / ("consumer-" + hashlib.sha256(" ".join(pins).encode()).hexdigest()[:12])
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True, capture_output=True)
+        (venv / ".complete").touch()
+    return python
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_a_consumer_without_tensorflow_gets_predicts_answers(portable_exports, consumer_python, fmt, tmp_path):
+    """Raw rows (missing numbers, '' and untrimmed and unseen categories) fed by a script that has only
+    onnxruntime / LiteRT: the same probabilities as `bigmodel predict` on those rows."""
+    run = "penguins_run"
+    folder = portable_exports[(run, fmt)]
+    raw = pd.read_csv(PENGUINS).drop(columns="species").head(40)
+    raw.loc[0, "bill_length_mm"] = np.nan
+    raw.loc[1, "island"], raw.loc[2, "island"], raw.loc[3, "sex"] = "", "  Dream ", "Atlantis"
+    raw.to_csv(tmp_path / "raw.csv", index=False)
+    rows = {c: [None if pd.isna(v) else v.item() if hasattr(v, "item") else v for v in raw[c]] for c in raw.columns}
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "consumer.py").write_text(CONSUMER)
+    r = subprocess.run([str(consumer_python), str(tmp_path / "consumer.py"), str(folder), str(tmp_path / "rows.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = np.array(json.loads(r.stdout))
+    run_dir = Path(read_json(folder / "manifest.json")["run_dir"])
+    bm("predict", run_dir, tmp_path / "raw.csv", "--out", tmp_path / "p.csv")
+    classes = read_json(folder / "manifest.json")["classes"]
+    want = pd.read_csv(tmp_path / "p.csv")[[f"prob_{c}" for c in classes]].to_numpy()
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
