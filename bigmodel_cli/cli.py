@@ -399,6 +399,54 @@ def predict(
         _render(result, as_json, human)
 
 
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(
+        help="A run folder (bigmodel train) or export folder (bigmodel export).", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token-file "
+                                           "or --insecure-no-auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (TF Serving's REST port by default).", min=0,
+                                      max=65535)] = 8501,
+    model_name: Annotated[str, typer.Option(help="NAME in /v1/models/NAME:predict.")] = "model",
+    runtime: Annotated[str, typer.Option(help="tf (run or export folder) | onnx | tflite (an export folder with "
+                                              "model.onnx / model.tflite: no TensorFlow in the request loop).")] = "tf",
+    token_file: Annotated[Path | None, typer.Option(
+        help="A file holding a bearer token: every request must send 'Authorization: Bearer TOKEN'.",
+        show_default=False)] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="Serve a non-loopback --host without authentication.")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM), with --tls-key: HTTPS.",
+                                                  show_default=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).", show_default=False)] = None,
+    max_body_mb: Annotated[float, typer.Option(help="Larger request bodies get 413.", min=0.001)] = 10.0,
+    unsafe: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Real-time predictions over HTTP with TensorFlow Serving's REST API (POST /v1/models/NAME:predict,
+    GET /v1/models/NAME, /healthz, /readyz). Stops on SIGTERM / Ctrl-C after the requests in flight."""
+    with guard(ctx):
+        from . import serve as stage
+
+        _one_of(runtime, stage.RUNTIMES, "--runtime")
+        if (tls_cert is None) != (tls_key is None):
+            raise BigModelError("--tls-cert and --tls-key go together")
+
+        def event(what: str, detail: str) -> None:
+            if what == "listening":
+                err.print(f"listening on {escape(detail)} (runtime {runtime}); loading the model", highlight=False)
+            else:
+                err.print(f"ready: POST {escape(detail)}", highlight=False)
+
+        result = stage.run(folder, host, port, model_name, runtime, token_file, insecure_no_auth,
+                           (tls_cert, tls_key) if tls_cert and tls_key else None, max_body_mb, _verbose(ctx), unsafe,
+                           event)
+        err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s); "
+                  f"every request in flight was answered", highlight=False)
+        if as_json:
+            emit_json(result.to_dict())
+
+
 class _RunByDefault(TyperGroup):
     """`bigmodel federated PREP_DIR ...` means `bigmodel federated run PREP_DIR ...`."""
 

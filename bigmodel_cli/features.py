@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .keras_env import import_keras, tensorflow
-from .schema import Feature, Schema, as_str, numeric_column
+from .schema import Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs lives in schema: TF-free)
 
 keras, tf = import_keras(), tensorflow()  # at import: the layers below subclass Keras
 
@@ -181,18 +181,6 @@ def serving_model(schema: Schema, network: Any, portable: bool = False) -> Any:
     (`portable`: for ONNX and TFLite, string inputs already stripped)."""
     raw = inputs(schema)
     return keras.Model(raw, network(encode(schema, raw, portable)), name="bigmodel")
-
-
-def to_inputs(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, np.ndarray]:
-    """A DataFrame's feature columns as the arrays the models take (shape (n, 1))."""
-    out = {}
-    for f in schema.features:
-        if f.is_numeric:
-            v = numeric_column(df[f.name], f.name, source).astype("float32")
-        else:
-            v = as_str(df[f.name]).to_numpy(dtype=str)
-        out[f.key] = v.reshape(-1, 1)
-    return out
 
 
 def apply(model: Any, x: dict[str, np.ndarray], chunk: int = 65536) -> np.ndarray:

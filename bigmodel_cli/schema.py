@@ -146,3 +146,15 @@ def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0, tar
                         f"a regression target must be finite and within float32's range (±{FLOAT32_MAX:.3g})")
     values[out_of_range] = np.nan
     return values
+
+
+def to_inputs(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, np.ndarray]:
+    """A DataFrame's feature columns as the arrays the models take (shape (n, 1))."""
+    out = {}
+    for f in schema.features:
+        if f.is_numeric:
+            v = numeric_column(df[f.name], f.name, source).astype("float32")
+        else:
+            v = as_str(df[f.name]).to_numpy(dtype=str)
+        out[f.key] = v.reshape(-1, 1)
+    return out

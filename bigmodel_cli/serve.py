@@ -1,0 +1,415 @@
+"""`bigmodel serve`: real-time predictions over HTTP, speaking TensorFlow Serving's REST API.
+
+Starlette on uvicorn (an ASGI app of a few routes; FastAPI's request validation would answer bad input with its
+own 422 format, and TF Serving's clients expect `{"error": ...}`). The model is loaded and warmed up in a thread
+once the socket listens, so `/healthz` answers at once and `/readyz` says 503 until the model can answer.
+
+Runtimes: `tf` (the run's or export's Keras model with its preprocessing, in one traced `tf.function`), `onnx`
+(an export's model.onnx in onnxruntime) and `tflite` (model.tflite in LiteRT): these two never import
+TensorFlow, so no TensorFlow is in the request loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import hmac
+import ipaddress
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import artifacts
+from .errors import ConfigError, DataError
+from .schema import Schema, to_inputs
+
+RUNTIMES = ("tf", "onnx", "tflite")
+VERSION = "1"
+
+
+class BadRequest(Exception):
+    """A request the model cannot answer: 4xx with TF Serving's {"error": message}."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Model:
+    """What a request needs: the schema (columns in), a function of the input arrays (predictions out)."""
+
+    schema: Schema
+    predict: Any  # dict[key, (n, 1) array] -> (n, k) array
+    runtime: str
+    source: Path
+
+
+def check(path: Path, runtime: str) -> str:
+    """The folder's kind ("run" or "export") if `runtime` can serve it; the cheap checks, before listening."""
+    path = Path(path)
+    manifest = path / artifacts.MANIFEST
+    if not path.is_dir():
+        raise DataError(f"{path}: no such folder (expected a run or export folder)")
+    kind = artifacts.read_json(manifest).get("kind") if manifest.exists() else None
+    if kind not in ("run", "export"):
+        raise DataError(f"{path}: not a run or export folder (no complete {artifacts.MANIFEST})")
+    artifacts.Folder(path, kind).manifest()  # of this version
+    if runtime in ("onnx", "tflite"):
+        file = path / (artifacts.ONNX if runtime == "onnx" else artifacts.TFLITE)
+        if kind != "export" or not file.exists():
+            raise ConfigError(f"--runtime {runtime} needs an export folder with {file.name}: bigmodel export RUN_DIR "
+                              f"--format {runtime} --out EXPORT_DIR")
+    return kind
+
+
+def load(path: Path, runtime: str, unsafe: bool = False) -> Model:
+    """A run folder (tf runtime) or an export folder (any runtime its files allow)."""
+    kind = check(path, runtime)
+    if runtime in ("onnx", "tflite"):
+        from . import runtimes
+
+        file = Path(path) / (artifacts.ONNX if runtime == "onnx" else artifacts.TFLITE)
+        schema = Schema.load(Path(path))
+        model = runtimes.load(file)
+        if runtime == "tflite":  # a LiteRT interpreter is not thread-safe
+            lock = threading.Lock()
+
+            def predict(x: dict[str, np.ndarray]) -> np.ndarray:
+                with lock:
+                    return model(x)
+
+            return Model(schema, predict, runtime, file)
+        return Model(schema, model, runtime, file)
+    return _tf_model(Path(path), kind, unsafe)
+
+
+def _tf_model(path: Path, kind: str, unsafe: bool) -> Model:
+    from .keras_env import tensorflow
+
+    tf = tensorflow()
+    if kind == "run":
+        from .folders import load_run
+
+        loaded = load_run(path, unsafe)
+        schema, serving = loaded.schema, loaded.serving
+    else:
+        from . import features  # noqa: F401  (registers the preprocessing layers for loading)
+        from .folders import load_network
+
+        schema, serving = Schema.load(path), load_network(path / artifacts.MODEL, unsafe)
+    spec = {f.key: tf.TensorSpec((None, 1), tf.float32 if f.is_numeric else tf.string, name=f.key)
+            for f in schema.features}
+    call = tf.function(lambda x: serving(x, training=False), input_signature=[spec])
+
+    def predict(x: dict[str, np.ndarray]) -> np.ndarray:
+        return call({k: tf.constant(v) for k, v in x.items()}).numpy()
+
+    return Model(schema, predict, "tf", path)
+
+
+# ---- requests: TF Serving's row ("instances") and columnar ("inputs") formats -> the model's input arrays
+
+def parse(body: bytes, schema: Schema) -> tuple[dict[str, np.ndarray], str]:
+    """The input arrays of a predict request, and which format it used ("instances" or "inputs")."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest('the body must be a JSON object with "instances" or "inputs"')
+    if doc.get("signature_name", "serving_default") != "serving_default":
+        raise BadRequest(f"unknown signature_name {doc['signature_name']!r}; the model has serving_default")
+    given = [k for k in ("instances", "inputs") if k in doc]
+    if len(given) != 1:
+        raise BadRequest('give exactly one of "instances" (rows) or "inputs" (columns)'
+                         + (", not both" if given else ""))
+    fmt = given[0]
+    if fmt == "instances":
+        rows = doc["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise BadRequest('"instances" must be a non-empty list of {column: value} objects')
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise BadRequest(f"instances[{i}] must be an object of column: value")
+        columns = {f.name: [_scalar(row.get(f.name), f"instances[{i}].{f.name}") for i, row in enumerate(rows)]
+                   for f in schema.features}
+        missing = [f.name for f in schema.features if any(f.name not in row for row in rows)]
+    else:
+        cols = doc["inputs"]
+        if not isinstance(cols, dict):
+            raise BadRequest('"inputs" must be an object of column: [values]')
+        missing = [f.name for f in schema.features if f.name not in cols]
+        columns = {}
+        for f in schema.features:
+            if f.name in missing:
+                continue
+            values = cols[f.name] if isinstance(cols[f.name], list) else [cols[f.name]]
+            columns[f.name] = [_scalar(v, f"inputs.{f.name}[{i}]") for i, v in enumerate(values)]
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise BadRequest(f'"inputs" columns differ in length ({", ".join(map(str, sorted(lengths)))})')
+    if missing:
+        raise BadRequest(f"missing column(s) the model needs: {', '.join(missing)}")
+    df = pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
+    for f in schema.features:
+        if f.is_numeric:
+            bad = [v for v in df[f.name] if isinstance(v, str | bool) and not _number(v)]
+            if bad:
+                raise BadRequest(f"column '{f.name}' is numeric; got {bad[0]!r}")
+    try:
+        return to_inputs(df, schema, fmt), fmt
+    except DataError as e:
+        raise BadRequest(str(e).removeprefix(f"{fmt}: ")) from None
+
+
+def _scalar(v: Any, where: str) -> Any:
+    if isinstance(v, list):  # TF Serving's one-element list per column
+        if len(v) != 1:
+            raise BadRequest(f"{where}: one value per row (a scalar or a one-element list), got {len(v)}")
+        v = v[0]
+    if isinstance(v, dict | list):
+        raise BadRequest(f"{where}: a value must be a number, a string or null")
+    return v
+
+
+def _number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return v.strip() == ""
+
+
+# ---- the app
+
+@dataclass
+class State:
+    name: str
+    token: str | None
+    max_body: int
+    loader: Any  # () -> Model
+    model: Model | None = None
+    error: str | None = None
+    answered: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def load(self) -> None:
+        try:
+            model = self.loader()
+            warm = {f.key: np.array([[np.nan]], dtype="float32") if f.is_numeric else np.array([[""]], dtype=object)
+                    for f in model.schema.features}
+            model.predict(warm)  # traces the graph / allocates the runtime before the first request
+            self.model = model
+        except Exception as e:  # noqa: BLE001  (reported by /readyz and the model status; the process stays up)
+            self.error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def app(state: State) -> Any:
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    def error(message: str, status: int) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "up"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        if state.model is not None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "failed" if state.error else "loading", "error": state.error},
+                            status_code=503)
+
+    async def models(request: Request) -> JSONResponse:
+        rest = request.path_params["rest"]
+        name, _, verb = rest.partition(":")
+        name, _, version = name.partition("/versions/")
+        if name != state.name or (version and version != VERSION) or "/" in name:
+            return error(f"Servable not found for request: {'Specific' if version else 'Latest'}({name}"
+                         f"{', ' + version if version else ''})", 404)
+        if request.method == "GET":
+            if verb:
+                return error(f"unknown method :{verb}; POST :predict", 404)
+            state_name = "AVAILABLE" if state.model else ("END" if state.error else "LOADING")
+            return JSONResponse({"model_version_status": [{
+                "version": VERSION, "state": state_name,
+                "status": {"error_code": "UNKNOWN" if state.error else "OK", "error_message": state.error or ""}}]})
+        if verb != "predict":
+            return error(f"unknown method :{verb}; this server answers :predict", 404)
+        if state.model is None:
+            return error(state.error or "the model is still loading; GET /readyz says when it is ready", 503)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > state.max_body:
+            return error(f"the body is {int(length)} bytes; the limit is {state.max_body} (--max-body-mb)", 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > state.max_body:
+                return error(f"the body is over the limit of {state.max_body} bytes (--max-body-mb)", 413)
+        model = state.model
+        try:
+            x, fmt = parse(bytes(body), model.schema)
+        except BadRequest as e:
+            return error(str(e), e.status)
+        try:
+            out = await run_in_threadpool(model.predict, x)
+        except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
+            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return error(f"the model failed: {line}", 500)
+        values = np.asarray(out, dtype="float64").tolist()
+        state.answered += 1
+        return JSONResponse({"predictions" if fmt == "instances" else "outputs": values})
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return error(f"no such endpoint: {request.method} {request.url.path}", 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        return error(f"{request.method} is not allowed on {request.url.path}", 405)
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        return error(f"internal error: {type(exc).__name__}", 500)
+
+    inner = Starlette(routes=[
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/v1/models/{rest:path}", models, methods=["GET", "POST"]),
+    ], exception_handlers={404: not_found, 405: not_allowed, 500: internal})
+
+    if state.token is None:
+        return inner
+    expected = f"Bearer {state.token}".encode()
+
+    async def with_token(scope: dict, receive: Any, send: Any) -> None:
+        """Every HTTP request must carry `Authorization: Bearer TOKEN` (compared in constant time)."""
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, expected):
+                response = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await inner(scope, receive, send)
+
+    return with_token
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the token file: {getattr(e, 'strerror', None) or e}") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise DataError(f"{path}: the token must be one line of at least 16 characters without spaces")
+    return token
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    url: str
+    stopped_by: str  # "SIGTERM" or "SIGINT"
+    predictions: int  # predict requests answered with 200
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "stopped_by": self.stopped_by, "predictions": self.predictions,
+                "seconds": round(self.seconds, 3)}
+
+
+def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: Path | None, insecure: bool,
+        tls: tuple[Path, Path] | None, max_body_mb: float, verbose: bool, unsafe: bool,
+        on_event: Any = None) -> ServeResult:
+    """Serve until SIGTERM / SIGINT: the socket stops accepting, requests in flight finish, then return.
+    `on_event(what, detail)` hears "listening" (the URL) and "ready" (the predict URL)."""
+    import socket
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError("serve needs starlette and uvicorn: pip install 'bigmodel[serve]'") from None
+    token = read_token(token_file)
+    if not is_loopback(host) and token is None and not insecure:
+        raise ConfigError(f"--host {host} is reachable from the network: pass --token-file FILE (clients send "
+                          f"'Authorization: Bearer TOKEN'), or --insecure-no-auth to serve without authentication")
+    if tls is not None:
+        for p in tls:
+            if not Path(p).is_file():
+                raise DataError(f"{p}: no such file (--tls-cert / --tls-key)")
+    check(path, runtime)
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
+    try:  # bound here, so that a port in use is one line, not uvicorn's log and exit
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        raise DataError(f"{url}: cannot listen there: {e.strerror or e}") from None
+    state = State(name, token, int(max_body_mb * 2**20), lambda: load(path, runtime, unsafe))
+    logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for results; uvicorn logs access there
+    config = uvicorn.Config(app(state), log_level="info" if verbose else "warning", access_log=verbose,
+                            log_config=logs,
+                            lifespan="off", timeout_graceful_shutdown=30,
+                            ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
+    server = _Server(config)
+
+    def start_loading() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.01)
+        if on_event is not None:
+            on_event("listening", url)
+        state.load()
+        if state.error is not None:
+            server.should_exit = True  # a model that cannot load: stop, and say why
+        elif on_event is not None:
+            on_event("ready", f"{url}/v1/models/{name}:predict")
+
+    threading.Thread(target=start_loading, daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if state.error is not None:
+        raise DataError(f"{path}: cannot serve the model: {state.error}")
+    return ServeResult(url, server.stopped_by, state.answered, time.monotonic() - state.started)
+
+
+class _Server:
+    """uvicorn's Server, made to exit normally after a graceful stop (uvicorn re-raises the signal at the end,
+    which would make SIGTERM an exit 143 even though every request was answered)."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            stopped_by = ""
+
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                self.stopped_by = self.stopped_by or signal.Signals(sig).name
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True  # a second Ctrl-C: do not wait for requests in flight
+                self.should_exit = True
+
+        return Server(config)

@@ -1,0 +1,263 @@
+"""`bigmodel serve`: a real server process and a real HTTP client, speaking TF Serving's REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import PENGUINS, bm
+
+TOKEN = "s3cret-token-of-some-length"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, folder: Path, *args: str, env: dict | None = None, ca: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+        self.verify: str | bool = str(ca) if ca else True
+        self.proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *(["--verbose"] if "-v" in args else []),
+                                      "serve", str(folder), "--port", str(self.port),
+                                      *[a for a in args if a != "-v"]],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+        self.ready_was = self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> list[int]:
+        """Poll /readyz until 200; the statuses seen on the way."""
+        seen: list[int] = []
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                r = httpx.get(f"{self.url}/readyz", headers=headers, timeout=5, verify=self.verify)
+                if not seen or seen[-1] != r.status_code:
+                    seen.append(r.status_code)
+                if r.status_code == 200:
+                    return seen
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"not ready after {timeout} s")
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = self.proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        return self.proc.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def server(penguins_run):
+    s = Server(penguins_run)
+    yield s
+    s.stop()
+
+
+def rows(n: int = 6) -> pd.DataFrame:
+    """n >= 3 raw rows, among them a missing number, a missing and an unseen category."""
+    raw = pd.read_csv(PENGUINS).drop(columns="species").head(max(n, 3)).copy()
+    raw.loc[0, "bill_length_mm"] = np.nan
+    raw.loc[1, "island"], raw.loc[2, "sex"] = None, "Atlantis"
+    return raw
+
+
+def as_instances(df: pd.DataFrame) -> list[dict]:
+    return [{c: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for c, v in r.items()}
+            for r in df.to_dict(orient="records")]
+
+
+def predicted(run: Path, df: pd.DataFrame, tmp_path: Path) -> np.ndarray:
+    df.to_csv(tmp_path / "rows.csv", index=False)
+    bm("predict", run, tmp_path / "rows.csv", "--out", tmp_path / "p.csv")
+    p = pd.read_csv(tmp_path / "p.csv")
+    return p[[c for c in p.columns if c.startswith("prob_")]].to_numpy()
+
+
+def test_both_request_formats_equal_predict(server, penguins_run, tmp_path):
+    df = rows()
+    want = predicted(penguins_run, df, tmp_path)
+    url = f"{server.url}/v1/models/model:predict"
+    r = httpx.post(url, json={"instances": as_instances(df)})
+    assert r.status_code == 200, r.text
+    assert np.allclose(r.json()["predictions"], want, atol=1e-6)
+    cols = {c: [i[c] for i in as_instances(df)] for c in df.columns}
+    r = httpx.post(f"{server.url}/v1/models/model/versions/1:predict", json={"inputs": cols})
+    assert r.status_code == 200 and np.allclose(r.json()["outputs"], want, atol=1e-6)
+    # TF Serving's one-element lists per column, and a scalar per column for one row
+    one = {c: [v] for c, v in as_instances(df.head(1))[0].items()}
+    r = httpx.post(url, json={"instances": [one]})
+    assert np.allclose(r.json()["predictions"], want[:1], atol=1e-6)
+    r = httpx.post(url, json={"inputs": as_instances(df.head(1))[0]})
+    assert np.allclose(r.json()["outputs"], want[:1], atol=1e-6)
+    # JSON's NaN for a missing number
+    body = json.dumps({"instances": as_instances(df)}).replace("null", "NaN", 1)
+    assert np.allclose(httpx.post(url, content=body).json()["predictions"], want, atol=1e-6)
+
+
+def test_status_and_health(server):
+    assert server.ready_was[-1] == 200 and 503 in server.ready_was  # listening first, ready once warmed up
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "up"}
+    status = httpx.get(f"{server.url}/v1/models/model").json()
+    assert status == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                                "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+BAD = {
+    "missing column": ({"instances": [{"island": "Dream"}]}, 400, "missing column(s) the model needs: bill_length_mm"),
+    "wrong type": ({"inputs": {**{c: [1.0] for c in ["bill_length_mm", "bill_depth_mm", "flipper_length_mm",
+                                                       "body_mass_g", "year"]}, "island": ["Dream"], "sex": ["male"],
+                               "bill_depth_mm": ["deep"]}}, 400, "column 'bill_depth_mm' is numeric; got 'deep'"),
+    "both formats": ({"instances": [], "inputs": {}}, 400, "exactly one of"),
+    "neither format": ({"rows": []}, 400, "exactly one of"),
+    "not an object": ([1, 2], 400, "JSON object"),
+    "instance not an object": ({"instances": [3]}, 400, "instances[0] must be an object"),
+    "nested value": ({"instances": [{"island": {"a": 1}}]}, 400, "instances[0].island"),
+    "ragged columns": ({"inputs": {"island": ["a", "b"], "sex": ["male"]}}, 400, "differ in length"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_requests_get_4xx_naming_the_field(server, case):
+    body, status, words = BAD[case]
+    r = httpx.post(f"{server.url}/v1/models/model:predict", json=body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+
+
+def test_unknown_model_bad_json_and_large_bodies(server):
+    r = httpx.post(f"{server.url}/v1/models/other:predict", json={"instances": []})
+    assert r.status_code == 404 and "other" in r.json()["error"]
+    assert httpx.post(f"{server.url}/v1/models/model/versions/7:predict", json={}).status_code == 404
+    r = httpx.post(f"{server.url}/v1/models/model:predict", content=b"{not json")
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v1/models/model:predict", content=b" " * (11 * 2**20))
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert httpx.get(f"{server.url}/nowhere").status_code == 404
+    # and it keeps serving
+    assert httpx.get(f"{server.url}/v1/models/model").status_code == 200
+
+
+def test_token_auth_and_network_exposure(penguins_run, tmp_path):
+    r = bm("serve", penguins_run, "--host", "0.0.0.0", code=2)
+    assert "--token-file" in r.stderr and "--insecure-no-auth" in r.stderr
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    s = Server(penguins_run, "--token-file", str(tmp_path / "token"), "-v")
+    try:
+        url = f"{s.url}/v1/models/model:predict"
+        body = {"instances": as_instances(rows(3))}
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{s.url}/healthz").status_code == 401  # every request
+        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+    finally:
+        code, stderr = s.stop()
+    assert code == 0
+    lines = [line for line in stderr.splitlines() if "/readyz" not in line and 'HTTP/1.1" ' in line]
+    assert [line.split('HTTP/1.1" ')[1] for line in lines] == ["401 Unauthorized"] * 3 + ["200 OK"], stderr
+
+
+def test_tls(penguins_run, tmp_path):
+    from .test_federated import _tls_files
+
+    tls = _tls_files(tmp_path)
+    s = Server(penguins_run, "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"]), ca=tls["ca"])
+    try:
+        r = httpx.post(f"{s.url}/v1/models/model:predict", json={"instances": as_instances(rows(3))},
+                       verify=str(tls["ca"]))
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+        with pytest.raises(httpx.TransportError):  # plain HTTP on the TLS port
+            httpx.get(f"http://127.0.0.1:{s.port}/healthz", timeout=5)
+    finally:
+        assert s.stop()[0] == 0
+    r = bm("serve", penguins_run, "--tls-cert", tls["cert"], code=2)
+    assert "--tls-cert and --tls-key go together" in r.stderr
+
+
+def test_sigterm_finishes_the_request_in_flight(penguins_run, tmp_path):
+    s = Server(penguins_run)
+    body = json.dumps({"instances": as_instances(rows(4))}).encode()
+    with socket.create_connection(("127.0.0.1", s.port)) as conn:
+        conn.sendall(b"POST /v1/models/model:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:20])
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGTERM)  # mid-request: the server stops listening, this one completes
+        time.sleep(0.5)
+        conn.sendall(body[20:])
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert len(json.loads(reply.split(b"\r\n\r\n", 1)[1])["predictions"]) == 4
+    code, stderr = s.stop()
+    assert code == 0 and "stopped (SIGTERM)" in stderr, stderr
+    assert 'HTTP/1.1"' not in stderr  # no access log without --verbose
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{s.url}/healthz", timeout=2)
+
+
+def test_onnx_runtime_serves_without_tensorflow(penguins_run, tmp_path):
+    export = tmp_path / "export"
+    bm("export", penguins_run, "--format", "onnx", "--out", export)
+    s = Server(export, "--runtime", "onnx")
+    try:
+        df = rows()
+        r = httpx.post(f"{s.url}/v1/models/model:predict", json={"instances": as_instances(df)})
+        assert r.status_code == 200 and np.allclose(r.json()["predictions"], predicted(penguins_run, df, tmp_path),
+                                                    atol=1e-6)
+        maps = Path(f"/proc/{s.proc.pid}/maps").read_text()
+        assert "onnxruntime" in maps and "tensorflow" not in maps  # TensorFlow never loaded in this process
+    finally:
+        assert s.stop()[0] == 0
+    r = bm("serve", penguins_run, "--runtime", "onnx", code=2)
+    assert "needs an export folder with model.onnx" in r.stderr
+
+
+def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
+    """The app's own error path (in-process, Starlette's test client): a model that raises gives one line."""
+    from starlette.testclient import TestClient
+
+    from bigmodel_cli import serve
+    from bigmodel_cli.schema import Schema
+
+    calls = []
+
+    def flaky(x):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory\nsecond line")
+        return np.zeros((len(next(iter(x.values()))), 3))
+
+    state = serve.State("model", None, 2**20, lambda: None)
+    state.model = serve.Model(Schema.load(penguins_run), flaky, "tf", penguins_run)
+    client = TestClient(serve.app(state))
+    body = {"instances": as_instances(rows(3))}
+    r = client.post("/v1/models/model:predict", json=body)
+    assert r.status_code == 500 and r.json() == {"error": "the model failed: out of memory"}
+    assert client.post("/v1/models/model:predict", json=body).status_code == 200
