@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 BM     := $(BIN)/bigmodel
 OUT    ?= build
 
-.PHONY: demo test fuzz lint install dev bench bench-quality federated-table clean help report-check
+.PHONY: demo test fuzz lint install dev bench bench-quality bench-serve federated-table clean help report-check
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -19,6 +19,7 @@ help:
 	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
 	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script and scikit-learn on 16 real tables"
 	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column)"
+	@echo "make bench-serve - bigmodel serve (tf / onnx runtime) vs a hand-written Starlette service, under load"
 	@echo "make federated-table - centralized vs federated variants on penguins (the README table)"
 	@echo "make clean  - remove $(OUT)/"
 
@@ -70,6 +71,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 bench-quality: $(VENV)/.installed-bench
 	$(if $(BEFORE),rm -rf $(OUT)/before && mkdir -p $(OUT)/before && git archive $(BEFORE) | tar -x -C $(OUT)/before)
 	$(BIN)/python benchmarks/quality.py --cost $(if $(BEFORE),--before $(OUT)/before)
+
+# The README's serving table: bigmodel serve (tf, onnx) vs a hand-written Starlette + Keras service (~2 minutes).
+bench-serve: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_serve.py
 
 # The README's federated table: centralized vs FedAvg / SecAgg+ / client DP / deployment on penguins (~8 minutes).
 federated-table: $(VENV)/.installed-dev

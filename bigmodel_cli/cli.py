@@ -399,6 +399,51 @@ def predict(
         _render(result, as_json, human)
 
 
+@app.command()
+def explain(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    data: Annotated[Path | None, typer.Option(
+        help="Rows to explain: a CSV/Parquet file with the target, or a prep folder (default: the run's).",
+        show_default=False)] = None,
+    split: Annotated[str, typer.Option(help="The prep folder's split: train | val | test.")] = "val",
+    rows: Annotated[int, typer.Option(help="A seeded sample of this many rows (the cost grows with it).",
+                                      min=2)] = 300,
+    row_ids: Annotated[list[str] | None, typer.Option(
+        "--row-ids", help="Explain these rows instead: values of the id column (or row numbers); repeatable.",
+        show_default=False)] = None,
+    repeats: Annotated[int, typer.Option(help="Shuffles per column for permutation importance.", min=1)] = 5,
+    steps: Annotated[int, typer.Option(help="Integrated-gradients steps (more: a smaller completeness error).",
+                                       min=4)] = 64,
+    unsafe: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which raw columns the model relies on: permutation importance (global) and integrated gradients (per row).
+    Writes RUN_DIR/explain/: importance.json, importance.png, attributions.csv."""
+    with guard(ctx):
+        from . import explain as stage
+
+        _one_of(split, ("train", "val", "test"), "--split")
+        result = stage.run(run_dir, data, split, rows, row_ids, repeats, steps, unsafe)
+
+        def human() -> None:
+            doc = result.doc
+            score = doc["score"]
+            head = ["column", "kind", f"{score} drop" if score != "rmse" else "RMSE rise", "±",
+                    "log loss rise" if score != "rmse" else ""]
+            body = [[r["column"], r["kind"], f"{r['importance']:.4f}", f"{r['std']:.4f}",
+                     f"{r['loss_increase']:.4f}" if score != "rmse" else ""] for r in doc["importance"]]
+            out.print(table(f"permutation importance ({doc['rows']} rows of the {doc['source']}, "
+                            f"{doc['repeats']} repeats)", head, body))
+            ig = doc["integrated_gradients"]
+            out.print(f"integrated gradients ({ig['steps']} steps): completeness error max "
+                      f"{ig['completeness_abs_max']:.2e} (relative: median {ig['completeness_rel_median']:.1e}, "
+                      f"max {ig['completeness_rel_max']:.1e}); "
+                      f"per-row attributions in {escape(str(result.out))}/attributions.csv", highlight=False)
+
+        _render(result, as_json, human)
+
+
 @app.command("serve")
 def serve_command(
     ctx: typer.Context,

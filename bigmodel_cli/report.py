@@ -14,7 +14,7 @@ import pandas as pd
 from . import artifacts
 from .errors import DataError
 
-SECTIONS = ["data", "config", "training", "metrics", "plots", "gates", "manifest"]
+SECTIONS = ["data", "config", "training", "metrics", "plots", "explain", "gates", "manifest"]
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -72,6 +72,7 @@ def render(run: Path) -> tuple[str, int]:
         "training": _training_section(folder, manifest),
         "metrics": _metrics_section(metrics),
         "plots": "".join(_img(p) for p in plots) or "<p>No plots (run evaluate with --plots).</p>",
+        "explain": _explain_section(folder.path / "explain"),
         "gates": _gates_section(metrics.get("gates") or []),
         "manifest": f"<pre>{_e(json.dumps(manifest, indent=2, sort_keys=True))}</pre>",
     }
@@ -80,7 +81,7 @@ def render(run: Path) -> tuple[str, int]:
     body = "".join(f'<section id="{s}"><h2>{s.capitalize()}</h2>{parts[s]}</section>' for s in SECTIONS)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n")
-    return page, len(plots) + int(curve.exists())
+    return page, len(plots) + int(curve.exists()) + int((folder.path / "explain" / "importance.png").is_file())
 
 
 def _data_section(data: dict[str, Any] | None) -> str:
@@ -127,6 +128,23 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
         out += _table(["true \\ predicted", *cm["labels"]],
                       [[_e(label), *row] for label, row in zip(cm["labels"], cm["matrix"], strict=True)])
     return out
+
+
+def _explain_section(folder: Path) -> str:
+    """`bigmodel explain`'s permutation importance, with its chart, if it was run."""
+    path = folder / "importance.json"
+    if not path.is_file():
+        return "<p>Not explained (run <code>bigmodel explain RUN_DIR</code>).</p>"
+    doc = artifacts.read_json(path)
+    ig = doc["integrated_gradients"]
+    rows = [[_e(r["column"]), _e(r["kind"]), _num(r["importance"]), _num(r["std"]), _num(r["loss_increase"])]
+            for r in doc["importance"]]
+    head = ["column", "kind", f"{doc['score']} drop" if doc["score"] != "rmse" else "RMSE rise", "std",
+            "log loss rise" if doc["score"] != "rmse" else "RMSE rise"]
+    chart = _img(folder / "importance.png") if (folder / "importance.png").is_file() else ""
+    return (f"<p>Permutation importance on {doc['rows']} rows of the {_e(doc['source'])}, {doc['repeats']} repeats; "
+            f"per-row integrated gradients in <code>explain/attributions.csv</code> (completeness error max "
+            f"{ig['completeness_abs_max']:.2e}).</p>" + chart + _table(head, rows))
 
 
 def _gates_section(gates: list[dict[str, Any]]) -> str:
