@@ -444,6 +444,48 @@ def explain(
         _render(result, as_json, human)
 
 
+@app.command()
+def tune(
+    ctx: typer.Context,
+    prep_dir: PrepDirArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The tune folder (the study lives there: run again "
+                                                              "to continue it).", show_default=False)],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    trials: Annotated[int | None, typer.Option(help="Finished trials to reach (default: tune.trials).", min=1,
+                                               show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.",
+                                                  show_default=False)] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="An Optuna storage URL shared by workers on several hosts (e.g. postgresql://...); "
+             "default: OUT/study.db (SQLite).", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes on this host sharing the study.", min=1)] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tune hyperparameters: an Optuna study (TPE, pruning on each epoch's validation metric) over config paths
+    (tune.space); writes OUT/trials.csv, best.yaml, best/ (the best trial's run folder) and plots."""
+    with guard(ctx):
+        from . import tune as stage
+
+        def trial_line(t: dict[str, Any]) -> None:
+            value = "" if t["value"] is None else f" {t['value']:.4g}"
+            best = "" if t["best"] is None else f"; best {t['best']['value']:.4g} (trial {t['best']['number']})"
+            params = ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else
+                               f"{k.rsplit('.', 1)[-1]}={v}" for k, v in t["params"].items())
+            err.print(f"trial {t['number']} {t['state'].lower()}{value} [{t['done']}/{t['of']}] ({params}){best}",
+                      highlight=False)
+
+        result = stage.run(prep_dir, out_dir, config, sets or [], trials, timeout, storage, trial_line, workers)
+
+        def human() -> None:
+            rows = [["best value", "" if result.best_value is None else f"{result.best_value:.5g}"],
+                    ["best trial", result.best_trial], *[[k, v] for k, v in result.best_params.items()],
+                    *[[f"trials {k}", v] for k, v in result.counts.items()], ["seconds", round(result.seconds, 1)]]
+            out.print(table(f"tuned {result.metric} ({result.direction}) in {result.out}", ["", "value"], rows))
+
+        _render(result, as_json, human)
+
+
 @app.command("serve")
 def serve_command(
     ctx: typer.Context,

@@ -200,6 +200,19 @@ class ExportConfig(_Section):
     parity_tolerance: float = Field(1e-5, gt=0)
 
 
+class TuneConfig(_Section):
+    """`bigmodel tune`: an Optuna study over config paths, selected on the validation split.
+
+    space: {config.path: {float: [lo, hi], log: bool} | {int: [lo, hi], log: bool} | {choice: [a, b, ...]}};
+    empty: the default space of `tune.default_space`."""
+
+    metric: str = "val_loss"
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: minimize losses and errors
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    trials: int = Field(20, ge=1)
+    pruner: Literal["median", "halving", "none"] = "median"
+
+
 class FederatedPrivacyConfig(_Section):
     """Client-level DP for `federated` (Flower's DP strategy wrappers): each client's update is clipped to
     `clipping_norm` in L2 norm and Gaussian noise of std noise_multiplier * clipping_norm / clients is added to
@@ -248,6 +261,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

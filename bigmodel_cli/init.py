@@ -65,12 +65,16 @@ def render(cfg: Config, data: Path, task: str, kinds: dict[str, str], notes: lis
         "# evaluate: the split `bigmodel evaluate` uses by default.",
         _block({"evaluate": d["evaluate"]}),
         "",
-        "# export: savedmodel (a TensorFlow SavedModel plus model.keras) | keras.",
+        "# export: savedmodel (a TensorFlow SavedModel plus model.keras) | keras | onnx | tflite.",
         _block({"export": d["export"]}),
         "",
         "# federated: `bigmodel federated` only: FedAvg over clients on Flower (simulation or deployment),",
         "# optionally with SecAgg+ (secure_aggregation) and client-level DP (privacy).",
         _block({"federated": d["federated"]}),
+        "",
+        "# tune: `bigmodel tune` only: an Optuna study (TPE, pruning) over config paths, on the val split;",
+        "# space: {path: {float: [lo, hi], log: true} | {int: [lo, hi]} | {choice: [...]}}, empty: the default.",
+        _block({"tune": d["tune"]}),
         "",
     ]
     return "\n".join(lines)

@@ -43,6 +43,10 @@ def test_streaming_equals_in_memory(penguins_prep, tmp_path):
     on_file = [json.loads(bm("evaluate", tmp_path / r, "--data", PENGUINS, "--json", "--no-plots").stdout)
                for r in ("stream", "memory")]
     assert on_file[0]["metrics"] == on_file[1]["metrics"] and on_file[0]["data"]["rows"] == 344
+    # explain samples the streamed split row group by row group: the same rows, the same importance
+    explained = [json.loads(bm("explain", tmp_path / r, "--rows", "20", "--repeats", "2", "--json").stdout)
+                 for r in ("stream", "memory")]
+    assert explained[0]["importance"] == explained[1]["importance"] and explained[0]["rows"] == 20
     assert not [p.name for p in (tmp_path / "stream").iterdir() if p.name.startswith(".")]  # no leftovers
 
 

@@ -1,0 +1,362 @@
+"""`bigmodel tune`: hyperparameters by an Optuna study, each trial bigmodel's own training on the prep folder.
+
+Each trial is `train.run` with the sampled config paths applied (so DP-SGD, class weights, the run folder format
+all keep working); its epochs report the monitored validation metric to Optuna (`trial.report`), and the pruner
+(median, or successive halving) stops a trial that is behind — KerasTuner drives `fit` itself and cannot, Ludwig's
+Optuna executor never reports, so its pruner does nothing. TPE, seeded. Selection on the validation split only:
+the test split is not read. The study lives in TUNE_DIR/study.db (SQLite): `tune` again on the same folder
+continues it; a trial whose process died (no heartbeat for 2 minutes) is marked failed and retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import artifacts
+from .config import Config, apply_override, load_config
+from .errors import ConfigError, DataError
+from .gates import lower_is_better
+
+STUDY = "study.db"
+TRIALS_CSV = "trials.csv"
+BEST_CONFIG = "best.yaml"
+BEST_RUN = "best"
+
+
+def default_space(cfg: Config) -> dict[str, dict[str, Any]]:
+    """What is worth tuning on a small MLP: the learning rate, the first layer's width, the batch size."""
+    space: dict[str, dict[str, Any]] = {"train.optimizer.learning_rate": {"float": [1e-4, 1e-2], "log": True}}
+    if cfg.model.layers and "units" in cfg.model.layers[0]:
+        space["model.layers.0.units"] = {"int": [16, 256], "log": True}
+    space["train.batch_size"] = {"choice": [16, 32, 64, 128]}
+    return space
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"  # JSON is YAML: apply_override parses it back exactly
+
+
+def check_space(space: dict[str, dict[str, Any]], base: dict[str, Any], source: str) -> None:
+    """Every key a config path the config accepts at both ends of its range (or every choice), before any trial."""
+    for key, spec in space.items():
+        where = f"{source}: tune.space.{key}"
+        if not isinstance(spec, dict) or len({"float", "int", "choice"} & set(spec)) != 1:
+            raise ConfigError(f"{where}: give one of float: [lo, hi], int: [lo, hi] or choice: [values]")
+        unknown = set(spec) - {"float", "int", "choice", "log", "step"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: float, int, choice, "
+                              f"log, step")
+        if "choice" in spec:
+            values = spec["choice"]
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: choice needs a non-empty list")
+        else:
+            kind = "float" if "float" in spec else "int"
+            bounds = spec[kind]
+            if (not isinstance(bounds, list) or len(bounds) != 2
+                    or not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)):
+                raise ConfigError(f"{where}: {kind} needs [low, high] numbers")
+            if kind == "int" and not all(float(b).is_integer() for b in bounds):
+                raise ConfigError(f"{where}: int bounds must be whole numbers")
+            if not bounds[0] < bounds[1]:
+                raise ConfigError(f"{where}: low {bounds[0]} must be below high {bounds[1]}")
+            if spec.get("log") and bounds[0] <= 0:
+                raise ConfigError(f"{where}: log: true needs a positive low bound")
+            values = bounds
+        for v in values:
+            raw = json.loads(json.dumps(base))
+            try:
+                apply_override(raw, _override(key, v))
+                Config.model_validate(raw)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+            except Exception as e:  # noqa: BLE001  (pydantic's ValidationError: the config rejects the value)
+                first = str(e).strip().splitlines()
+                raise ConfigError(f"{where}: the config rejects {v!r}: "
+                                  f"{first[-1].strip() if first else type(e).__name__}") from None
+
+
+def _current(space: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[str, Any] | None:
+    """The config's own values of the space's keys, if each lies in its range (or among its choices)."""
+    values = {}
+    for key, spec in space.items():
+        node: Any = base
+        for part in key.split("."):
+            node = node[int(part)] if isinstance(node, list) else node.get(part)
+            if node is None:
+                return None
+        if "choice" in spec:
+            if node not in spec["choice"]:
+                return None
+        else:
+            lo, hi = spec.get("float") or spec["int"]
+            if not isinstance(node, int | float) or not lo <= node <= hi:
+                return None
+        values[key] = node
+    return values
+
+
+def _suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
+    if "choice" in spec:
+        return trial.suggest_categorical(key, spec["choice"])
+    if "float" in spec:
+        lo, hi = spec["float"]
+        return trial.suggest_float(key, float(lo), float(hi), log=bool(spec.get("log")), step=spec.get("step"))
+    lo, hi = spec["int"]
+    return trial.suggest_int(key, int(lo), int(hi), log=bool(spec.get("log")), step=int(spec.get("step", 1)))
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    out: Path
+    metric: str
+    direction: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    counts: dict[str, int]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "metric": self.metric, "direction": self.direction,
+                "best_value": self.best_value, "best_params": self.best_params, "best_trial": self.best_trial,
+                "trials": self.counts, "seconds": round(self.seconds, 3)}
+
+
+def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials: int | None = None,
+        timeout: float | None = None, storage: str | None = None,
+        on_trial: Callable[[dict[str, Any]], None] | None = None, workers: int = 1) -> TuneResult:
+    """Run the study until it has `trials` finished (complete or pruned) trials, or `timeout` seconds pass.
+    `workers` > 1: that many processes on this host share the study (the others are `bigmodel tune` again)."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("tune needs Optuna: pip install 'bigmodel[tune]'") from None
+    from . import train
+    from .folders import resolve_config
+
+    t0 = time.perf_counter()
+    cfg = resolve_config(prep, config, overrides)
+    tc = cfg.tune
+    space = tc.space or default_space(cfg)
+    base = cfg.model_dump(mode="json")
+    check_space(space, base, str(config) if config else "config")
+    n = trials or tc.trials
+    direction = tc.direction if tc.direction != "auto" else ("minimize" if lower_is_better(tc.metric) else "maximize")
+    if not tc.metric.startswith("val_"):
+        raise ConfigError(f"tune.metric: '{tc.metric}' is not a validation metric (val_loss, val_accuracy, ...): "
+                          f"trials are compared on the validation split only")
+    out = Path(out)
+    folder = artifacts.Folder(out, "tune")
+    folder.prepare()
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = storage or f"sqlite:///{(out / STUDY).resolve()}"
+    # a trial whose process died stops beating: after grace_period it is marked failed and a copy is re-queued
+    store = optuna.storages.RDBStorage(
+        url, heartbeat_interval=10, grace_period=60,
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
+              "halving": optuna.pruners.SuccessiveHalvingPruner(),
+              "none": optuna.pruners.NopPruner()}[tc.pruner]
+    study = optuna.create_study(study_name="bigmodel", storage=store, load_if_exists=True, direction=direction,
+                                pruner=pruner)
+    # seeded, and by the trials already there: a continued study draws new points, not the first ones again
+    # (and by worker: helpers started by --workers draw their own points)
+    worker = int(os.environ.get("BIGMODEL_TUNE_WORKER", "0"))
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.get_trials(deepcopy=False)) + 7919 * worker)
+    if study.user_attrs.get("space") not in (None, space) or study.user_attrs.get("metric") not in (None, tc.metric):
+        raise ConfigError(f"{out}: the study there tunes another space or metric; use a new --out, or the same "
+                          f"tune section")
+    if not study.get_trials(deepcopy=False):  # trial 0 is the config as given: the best is never worse than it
+        start = _current(space, base)
+        if start is not None:
+            study.enqueue_trial(start)
+    study.set_user_attr("space", space)
+    study.set_user_attr("metric", tc.metric)
+    trial_root = out / "trials"
+
+    gate = _Gate(out / ".ask.lock")
+
+    def objective(trial: Any) -> float:
+        gate.release()  # this trial is RUNNING in the study now: other workers count it
+        params = {k: _suggest(trial, k, spec) for k, spec in space.items()}
+        trial_cfg = resolve_config(prep, config, [*overrides, *(_override(k, v) for k, v in params.items())])
+        started = time.perf_counter()
+
+        def report(epoch: int, total: int, logs: dict[str, float]) -> None:
+            if tc.metric not in logs:  # the refit's epochs (refit_*): not for comparing trials
+                return
+            trial.report(logs[tc.metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        run_dir = trial_root / f"{trial.number:04d}"
+        try:
+            result = train.run(prep, run_dir, trial_cfg, on_epoch=report)
+        except optuna.TrialPruned:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+            raise
+        value = result.final.get(tc.metric)
+        if value is None:
+            raise ConfigError(f"tune.metric: '{tc.metric}' is not logged; choose one of {', '.join(result.final)}")
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("run_dir", str(run_dir))
+        return float(value)
+
+    def finished(study: Any, trial: Any) -> None:
+        if on_trial is not None:
+            done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+            try:
+                best = study.best_trial
+            except ValueError:
+                best = None
+            on_trial({"number": trial.number, "state": trial.state.name, "value": trial.value,
+                      "params": trial.params, "done": len(done), "of": n,
+                      "best": None if best is None else {"number": best.number, "value": best.value}})
+
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    remaining = n - len(study.get_trials(deepcopy=False, states=counted))
+    helpers = _helpers(prep, out, config, overrides, n, timeout, url, workers - 1) if remaining > 1 else []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    running = (*counted, optuna.trial.TrialState.RUNNING)
+    try:
+        # one trial at a time per worker, each started under a lock held until it is RUNNING in the study, so
+        # that the workers on this host stop at exactly `n` finished trials (a died trial is re-queued as
+        # WAITING by the heartbeat callback and picked up first)
+        while deadline is None or time.monotonic() < deadline:
+            gate.acquire()
+            try:
+                if len(study.get_trials(deepcopy=False, states=running)) >= n:
+                    break
+                study.optimize(objective, n_trials=1, catch=(), callbacks=[finished])
+            finally:
+                gate.release()
+    finally:
+        for i, p in enumerate(helpers):
+            if p.wait() != 0:
+                log = out / f".worker-{i + 1}.log"
+                last = log.read_text(encoding="utf-8").strip().splitlines()[-1:] if log.exists() else []
+                raise DataError(f"{out}: tune worker {i + 1} failed (exit {p.returncode}): "
+                                f"{last[0] if last else 'no message'} (see {log})")
+    return _write(study, out, prep, config, overrides, tc.metric, direction, time.perf_counter() - t0)
+
+
+class _Gate:
+    """An flock on a file in the tune folder, released by whoever gets there first (the trial, or the loop)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, None
+
+    def acquire(self) -> None:
+        import fcntl
+        import os
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def _helpers(prep: Path, out: Path, config: Path | None, overrides: list[str], n: int, timeout: float | None,
+             url: str, count: int) -> list[Any]:
+    """`count` more worker processes on the same study (each stops when the study has n finished trials)."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "bigmodel_cli", "tune", str(prep), "--out", str(out), "--trials", str(n),
+            "--storage", url, *(["--config", str(config)] if config else []),
+            *[a for o in overrides for a in ("--set", o)], *(["--timeout", str(timeout)] if timeout else [])]
+    procs = []
+    for i in range(max(0, count)):
+        with open(Path(out) / f".worker-{i + 1}.log", "w", encoding="utf-8") as log:  # not a pipe: it could fill
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                                          env={**os.environ, "BIGMODEL_TUNE_WORKER": str(i + 1)}))
+    return procs
+
+
+def _write(study: Any, out: Path, prep: Path, config: Path | None, overrides: list[str], metric: str,
+           direction: str, seconds: float) -> TuneResult:
+    """trials.csv, best.yaml, best/ and the plots, from the study as it stands."""
+    import optuna
+    import pandas as pd
+
+    trials = study.get_trials(deepcopy=False)
+    rows = [{"number": t.number, "state": t.state.name, "value": t.value,
+             **{f"param:{k}": v for k, v in t.params.items()},
+             "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values) or None),
+             "seconds": t.user_attrs.get("seconds")} for t in trials]
+    with artifacts.atomic_path(out / TRIALS_CSV) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    counts = {k: v for k, v in counts.items() if v}
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return TuneResult(out, metric, direction, None, {}, None, counts, seconds)
+    best = study.best_trial
+    from .folders import resolve_config
+
+    cfg = resolve_config(prep, config, [*overrides, *(_override(k, v) for k, v in best.params.items())])
+    artifacts.write_text(out / BEST_CONFIG, cfg.to_yaml())
+    source = Path(best.user_attrs.get("run_dir", ""))
+    if source.is_dir():
+        with artifacts.atomic_dir(out / BEST_RUN) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+    _plots(study, out, len(complete))
+    artifacts.Folder(out, "tune").finish({
+        "prep_dir": str(Path(prep).resolve()), "metric": metric, "direction": direction, "trials": counts,
+        "best": {"number": best.number, "value": best.value, "params": best.params}, "created": artifacts.now()})
+    return TuneResult(out, metric, direction, float(best.value), dict(best.params), best.number, counts, seconds)
+
+
+def _plots(study: Any, out: Path, complete: int) -> None:
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as ov
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+    plots = [("optimization_history.png", ov.plot_optimization_history)]
+    if complete >= 2 and len(study.best_params) >= 1:
+        plots.append(("param_importances.png", ov.plot_param_importances))
+    for name, plot in plots:
+        try:
+            ax = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importances of a parameter never varied
+            continue
+        fig = ax.figure
+        fig.set_size_inches(7, 4)
+        fig.tight_layout()
+        with artifacts.atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+
+
+def load_best(out: Path) -> Config:
+    """The tuned config, for tests and callers."""
+    if not (Path(out) / BEST_CONFIG).exists():
+        raise DataError(f"{out}: no {BEST_CONFIG} (no completed trial yet)")
+    return load_config(Path(out) / BEST_CONFIG)

@@ -1,0 +1,89 @@
+"""`bigmodel tune`: real Optuna studies of real (tiny) trainings on the penguins prep folder."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from .conftest import bm, read_json
+
+QUICK = ["--set", "train.epochs=8", "--set", "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def study(penguins_prep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "study"
+    doc = json.loads(bm("tune", penguins_prep, "--out", out, "--trials", "4", *QUICK, "--json").stdout)
+    return out, doc
+
+
+def test_a_study_writes_its_trials_and_a_best_config_no_worse_than_the_default(study, penguins_prep, tmp_path):
+    out, doc = study
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials["number"]) == [0, 1, 2, 3] and set(trials["state"]) <= {"COMPLETE", "PRUNED"}
+    assert {"param:train.optimizer.learning_rate", "param:model.layers.0.units", "param:train.batch_size"} \
+        <= set(trials.columns)
+    # trial 0 is the config as given (the defaults): the best is never worse than them
+    assert trials.loc[0, "param:train.optimizer.learning_rate"] == 0.001 and trials.loc[0, "state"] == "COMPLETE"
+    default = trials.loc[0, "value"]
+    assert doc["best_value"] <= default and doc["best_value"] == trials["value"][trials["state"] == "COMPLETE"].min()
+    assert read_json(out / "best" / "manifest.json")["kind"] == "run"  # ready for evaluate / export
+    assert (out / "optimization_history.png").stat().st_size > 0
+    # best.yaml is a config `train` accepts, and it reproduces the best trial's validation metric
+    run = json.loads(bm("train", penguins_prep, "--out", tmp_path / "again", "--config", out / "best.yaml",
+                        "--json").stdout)
+    assert run["final"]["val_loss"] == pytest.approx(doc["best_value"], rel=1e-6)
+
+
+def test_each_epoch_is_reported_to_the_pruner(study):
+    import optuna
+
+    out, _ = study
+    s = optuna.load_study(study_name="bigmodel", storage=f"sqlite:///{out / 'study.db'}")
+    for t in s.trials:
+        assert len(t.intermediate_values) == (8 if t.state.name == "COMPLETE" else t.user_attrs.get("epochs_run", 0)
+                                             or len(t.intermediate_values)) > 0
+
+
+def test_resuming_adds_new_trials_and_a_fresh_study_repeats_them(study, penguins_prep, tmp_path):
+    out, _ = study
+    bm("tune", penguins_prep, "--out", out, "--trials", "6", *QUICK)
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials["number"]) == list(range(6))
+    params = trials.filter(like="param:").astype(str).agg("|".join, axis=1)
+    assert params.is_unique  # resumed with new points, not the first ones again
+    # the same seed, one worker: the same trials and values
+    again = tmp_path / "again"
+    bm("tune", penguins_prep, "--out", again, "--trials", "4", *QUICK)
+    first = pd.read_csv(out / "trials.csv").head(4)
+    pd.testing.assert_frame_equal(pd.read_csv(again / "trials.csv").drop(columns="seconds"),
+                                  first.drop(columns="seconds"))
+
+
+@pytest.mark.parametrize("space, words", [
+    ("{train.nope: {int: [1, 4]}}", "tune.space.train.nope"),
+    ("{train.batch_size: {int: [64, 8]}}", "low 64 must be below high 8"),
+    ("{train.optimizer.learning_rate: {float: [0, 0.1], log: true}}", "positive low bound"),
+    ("{train.epochs: {int: [-5, 3]}}", "tune.space.train.epochs"),
+    ("{train.batch_size: [1, 2]}", "tune.space.train.batch_size"),
+    ("{train.batch_size: {range: [1, 2]}}", "give one of float"),
+])
+def test_a_bad_space_is_refused_before_any_trial(penguins_prep, tmp_path, space, words):
+    r = bm("tune", penguins_prep, "--out", tmp_path / "t", "--set", f"tune.space={space}", code=2)
+    assert r.stderr.startswith("error:") and words in r.stderr and "\n" not in r.stderr.strip(), r.stderr
+    assert not (tmp_path / "t" / "study.db").exists()
+
+
+def test_two_workers_share_one_study_and_stop_at_exactly_n(penguins_prep, tmp_path):
+    out = tmp_path / "two"
+    doc = json.loads(bm("tune", penguins_prep, "--out", out, "--trials", "5", "--workers", "2", *QUICK,
+                        "--json").stdout)
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials["number"]) == list(range(5)) and sum(doc["trials"].values()) == 5
+    import optuna
+
+    s = optuna.load_study(study_name="bigmodel", storage=f"sqlite:///{out / 'study.db'}")
+    spans = [(t.datetime_start, t.datetime_complete) for t in s.trials]
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])  # in parallel
