@@ -211,6 +211,10 @@ class TuneConfig(_Section):
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)
     trials: int = Field(20, ge=1)
     pruner: Literal["median", "halving", "none"] = "median"
+    # a running trial writes a heartbeat this often; one silent for stale_after_seconds (its process died) is
+    # marked failed and queued again
+    heartbeat_seconds: int = Field(10, ge=1)
+    stale_after_seconds: int = Field(60, ge=2)
 
 
 class FederatedPrivacyConfig(_Section):

@@ -163,7 +163,8 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
     url = storage or f"sqlite:///{(out / STUDY).resolve()}"
     # a trial whose process died stops beating: after grace_period it is marked failed and a copy is re-queued
     store = optuna.storages.RDBStorage(
-        url, heartbeat_interval=10, grace_period=60,
+        url, heartbeat_interval=tc.heartbeat_seconds,
+        grace_period=max(tc.stale_after_seconds, tc.heartbeat_seconds + 1),
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
@@ -240,11 +241,17 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
         while deadline is None or time.monotonic() < deadline:
             gate.acquire()
             try:
-                if len(study.get_trials(deepcopy=False, states=running)) >= n:
+                optuna.storages.fail_stale_trials(study)  # a died trial: failed, and a copy queued (WAITING)
+                done = len(study.get_trials(deepcopy=False, states=counted))
+                if done >= n:
                     break
-                study.optimize(objective, n_trials=1, catch=(), callbacks=[finished])
+                wait = len(study.get_trials(deepcopy=False, states=running)) >= n  # finished + running
+                if not wait:
+                    study.optimize(objective, n_trials=1, catch=(), callbacks=[finished])
             finally:
                 gate.release()
+            if wait:  # the last trials are running elsewhere (or died: then they go stale and come back)
+                time.sleep(min(1.0, tc.heartbeat_seconds))
     finally:
         for i, p in enumerate(helpers):
             if p.wait() != 0:

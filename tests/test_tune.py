@@ -87,3 +87,44 @@ def test_two_workers_share_one_study_and_stop_at_exactly_n(penguins_prep, tmp_pa
     s = optuna.load_study(study_name="bigmodel", storage=f"sqlite:///{out / 'study.db'}")
     spans = [(t.datetime_start, t.datetime_complete) for t in s.trials]
     assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])  # in parallel
+
+
+def test_a_killed_worker_loses_only_its_trial(penguins_prep, tmp_path):
+    """kill -9 mid-trial: the rerun finds the trial silent, marks it failed, runs it again, and ends with exactly
+    the requested number of finished trials."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    out = tmp_path / "killed"
+    args = ["tune", str(penguins_prep), "--out", str(out), "--trials", "3", "--set", "train.epochs=40",
+            "--set", "train.early_stopping.enabled=false", "--set", "tune.pruner=none",
+            "--set", "tune.heartbeat_seconds=1", "--set", "tune.stale_after_seconds=3"]
+    proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:  # until trial 1 is running and has reported an epoch
+            time.sleep(0.3)
+            if (out / "study.db").exists():
+                try:
+                    s = optuna.load_study(study_name="bigmodel", storage=f"sqlite:///{out / 'study.db'}")
+                except KeyError:
+                    continue
+                running = [t for t in s.trials if t.state.name == "RUNNING" and t.number == 1]
+                if running and running[0].intermediate_values:
+                    break
+        else:
+            raise AssertionError("trial 1 never ran")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    bm("tune", *args[1:])
+    trials = pd.read_csv(out / "trials.csv")
+    states = trials["state"].tolist()
+    assert states.count("FAIL") == 1 and states[1] == "FAIL", states
+    assert sum(st in ("COMPLETE", "PRUNED") for st in states) == 3  # exactly the trials asked for
