@@ -47,6 +47,9 @@ def test_streaming_equals_in_memory(penguins_prep, tmp_path):
     explained = [json.loads(bm("explain", tmp_path / r, "--rows", "20", "--repeats", "2", "--json").stdout)
                  for r in ("stream", "memory")]
     assert explained[0]["importance"] == explained[1]["importance"] and explained[0]["rows"] == 20
+    # tune on the streamed prep folder: its trials train from the on-disk matrix like `train` does
+    tuned = json.loads(bm("tune", prep, "--out", tmp_path / "tune", "--trials", "2", *TRAIN, "--json").stdout)
+    assert sum(tuned["trials"].values()) == 2 and (tmp_path / "tune" / "best" / "manifest.json").exists()
     assert not [p.name for p in (tmp_path / "stream").iterdir() if p.name.startswith(".")]  # no leftovers
 
 
