@@ -225,7 +225,8 @@ class Folder:
         doc = read_json(m)
         if not isinstance(doc, dict) or doc.get("kind") != self.kind:
             kind = doc.get("kind") if isinstance(doc, dict) else None
-            raise DataError(f"{self.path}: this is a {kind} folder, not a {self.kind} folder")
+            an = "an" if self.kind[0] in "aeiou" else "a"
+            raise DataError(f"{self.path}: this is a {kind} folder, not {an} {self.kind} folder")
         if doc.get("schema_version") != SCHEMA_VERSION:
             raise DataError(f"{self.path}: written by an incompatible bigmodel version (schema_version "
                             f"{doc.get('schema_version')}; this version reads {SCHEMA_VERSION}); run the stage "

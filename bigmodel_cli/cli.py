@@ -528,8 +528,8 @@ def serve_command(
         result = stage.run(folder, host, port, model_name, runtime, token_file, insecure_no_auth,
                            (tls_cert, tls_key) if tls_cert and tls_key else None, max_body_mb, _verbose(ctx), unsafe,
                            event)
-        err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s); "
-                  f"every request in flight was answered", highlight=False)
+        err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s)",
+                  highlight=False)
         if as_json:
             emit_json(result.to_dict())
 

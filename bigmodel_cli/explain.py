@@ -84,9 +84,10 @@ def _rows(loaded: LoadedRun, data: Path | None, split: str, rows: int, row_ids: 
     path = open_prep(Path(data)).split_path(split) if data is not None else loaded.split_path(split)
     if pq.ParquetFile(path).metadata.num_rows == 0:
         raise DataError(f"{path}: the {split} split is empty; pass --split or --data")
-    if row_ids:
-        return _pick(pd.read_parquet(path), rows, row_ids, loaded.schema, seed, str(path))
-    return sample(path, rows, seed)
+    df = _pick(pd.read_parquet(path), rows, row_ids, loaded.schema, seed, str(path)) if row_ids \
+        else sample(path, rows, seed)
+    loaded.schema.check_columns(df, str(path), need_target=True)  # another table's prep folder: say so
+    return df
 
 
 def sample(path: Path, rows: int, seed: int) -> pd.DataFrame:
@@ -254,10 +255,9 @@ def integrated_gradients(loaded: LoadedRun, df: pd.DataFrame, steps: int) -> tup
     for i in range(len(x)):
         for k, label in enumerate(labels):
             rec: dict[str, Any] = {"row": ids[i], "output": label, "prediction": float(fx[i, k]),
-                                   "baseline_prediction": float(fb[0, k])}
-            for name, pos in names:
-                rec[name] = float(attrs[i, k, pos].sum())
-            rec["completeness_error"] = float(err[i, k])
+                                   "baseline_prediction": float(fb[0, k]), "completeness_error": float(err[i, k])}
+            for name, pos in names:  # a column named like one of the fixed keys keeps them intact
+                rec[name if name not in rec else f"{name} (attribution)"] = float(attrs[i, k, pos].sum())
             records.append(rec)
     return pd.DataFrame.from_records(records), completeness
 

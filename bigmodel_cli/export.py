@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .folders import load_run
 
 CHUNK = 4096
@@ -68,9 +68,19 @@ def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) 
     """Write the export folder whole (a temp folder swapped in at the end: a failed check keeps the old one)."""
     from . import features
 
+    out = Path(out).resolve()  # `--out .` has no name to put a temp folder beside
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / artifacts.MANIFEST).is_file():
+        raise DataError(f"{out}: exists and is not an export folder; export into a new or empty folder (an "
+                        f"export folder is replaced whole)")
+    if (out / artifacts.MANIFEST).is_file():
+        artifacts.Folder(out, "export").manifest()  # a run or prep folder is never replaced by an export
     loaded = load_run(run_dir, unsafe)
     fmt = fmt or loaded.config.export.format
     tol = loaded.config.export.parity_tolerance
+    if fmt == "onnx":
+        _needs("tf2onnx", "onnxruntime", extra="onnx")
+    elif fmt == "tflite":
+        _needs("ai_edge_litert", extra="tflite")
     if fmt in PORTABLE_FILES:
         text = [f.name for f in loaded.schema.features if f.kind == "text"]
         if text:
@@ -114,6 +124,14 @@ def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) 
     except _Mismatch as e:
         return ExportResult(folder.path, fmt, [], diffs, rows, tol, str(e))
     return ExportResult(folder.path, fmt, files, diffs, rows, tol)
+
+
+def _needs(*modules: str, extra: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"export --format {extra} needs {', '.join(missing)}: pip install 'bigmodel[{extra}]'")
 
 
 def _output_doc(schema: Any) -> str:
@@ -186,22 +204,25 @@ def _portable(fmt: str, model: Any, work: Path, x: dict, want: np.ndarray, tol: 
 def _to_onnx(saved: Path, path: Path) -> dict[str, Any]:
     import logging
 
-    try:
-        import tf2onnx
-        from tf2onnx import convert, tf_loader
-    except ImportError:
-        raise ConfigError("export --format onnx needs tf2onnx: pip install 'bigmodel[onnx]'") from None
+    import tf2onnx
+    from tf2onnx import convert, tf_loader
+
     from .keras_env import tensorflow
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     # tf2onnx's own saved-model path (what `python -m tf2onnx.convert --saved-model` runs): it is the one that
     # carries lookup tables into ONNX (CategoryMapper); from_function / from_keras lose them (tf2onnx#1867)
-    graph, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-        str(saved), None, None, None, None, None, False, return_initialized_tables=True,
-        return_tensors_to_rename=True)
-    with tensorflow().device("/cpu:0"):
-        convert._convert_common(graph, name="bigmodel", opset=ONNX_OPSET, input_names=inputs, output_names=outputs,
-                                tensors_to_rename=renames, initialized_tables=tables, output_path=str(path))
+    try:
+        graph, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+            str(saved), None, None, None, None, None, False, return_initialized_tables=True,
+            return_tensors_to_rename=True)
+        with tensorflow().device("/cpu:0"):
+            convert._convert_common(graph, name="bigmodel", opset=ONNX_OPSET, input_names=inputs,
+                                    output_names=outputs, tensors_to_rename=renames, initialized_tables=tables,
+                                    output_path=str(path))
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:  # an op tf2onnx cannot write: say which
+        raise ConfigError(f"export --format onnx: the model does not convert to ONNX (tf2onnx "
+                          f"{tf2onnx.__version__}): {str(e).strip().splitlines()[0][:200]}") from None
     return {"onnx": {"opset": ONNX_OPSET, "tf2onnx": tf2onnx.__version__}}
 
 
@@ -213,7 +234,9 @@ def _to_tflite(saved: Path, path: Path) -> dict[str, Any]:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no select TF ops: LiteRT runs it
     try:
         data = converter.convert()
-    except Exception as e:  # the converter's errors are long logs: the first line says which op
+    except Exception as e:  # noqa: BLE001  (TF's ConverterError, by name: TF is imported through keras_env only)
+        if type(e).__name__ != "ConverterError":
+            raise
         raise ConfigError(f"export --format tflite: the model does not convert to TFLite builtins: "
                           f"{str(e).strip().splitlines()[0][:200]}") from None
     path.write_bytes(data)

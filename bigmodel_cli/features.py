@@ -12,12 +12,9 @@ import numpy as np
 import pandas as pd
 
 from .keras_env import import_keras, tensorflow
-from .schema import Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs lives in schema: TF-free)
+from .schema import FLOAT32_MAX, Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs: TF-free, in schema)
 
 keras, tf = import_keras(), tensorflow()  # at import: the layers below subclass Keras
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @keras.saving.register_keras_serializable(package="bigmodel")

@@ -139,7 +139,7 @@ def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0, tar
         s = parsed
     values = np.array(s.to_numpy(dtype="float64", na_value=np.nan), copy=True)
     # ±inf, and values too large for the model's float32, count as missing (imputed, and reported)
-    out_of_range = np.isinf(values) | (np.abs(values) > FLOAT32_MAX)
+    out_of_range = np.isinf(values) | (np.abs(values) >= FLOAT32_MAX)  # as the models' Impute: ±max is ±inf
     if target and out_of_range.any():
         row = int(np.flatnonzero(out_of_range)[0])
         raise DataError(f"{source}: column '{name}' (target) holds '{s.iloc[row]}' at data row {first_row + row + 1}; "

@@ -120,8 +120,8 @@ def parse(body: bytes, schema: Schema) -> tuple[dict[str, np.ndarray], str]:
     """The input arrays of a predict request, and which format it used ("instances" or "inputs")."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the body is not JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested beyond reason
+        raise BadRequest(f"the body is not JSON: {str(e)[:200] or type(e).__name__}") from None
     if not isinstance(doc, dict):
         raise BadRequest('the body must be a JSON object with "instances" or "inputs"')
     if doc.get("signature_name", "serving_default") != "serving_default":
@@ -158,15 +158,19 @@ def parse(body: bytes, schema: Schema) -> tuple[dict[str, np.ndarray], str]:
     if missing:
         raise BadRequest(f"missing column(s) the model needs: {', '.join(missing)}")
     df = pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
-    for f in schema.features:
-        if f.is_numeric:
-            bad = [v for v in df[f.name] if isinstance(v, str | bool) and not _number(v)]
-            if bad:
-                raise BadRequest(f"column '{f.name}' is numeric; got {bad[0]!r}")
     try:
+        for f in schema.features:
+            if f.is_numeric:
+                bad = [v for v in df[f.name] if isinstance(v, bool) or
+                       (isinstance(v, str) and v.strip() and pd.isna(pd.to_numeric(v, errors="coerce")))]
+                if bad:
+                    raise BadRequest(f"column '{f.name}' is numeric; got {bad[0]!r}")
         return to_inputs(df, schema, fmt), fmt
     except DataError as e:
         raise BadRequest(str(e).removeprefix(f"{fmt}: ")) from None
+    except (OverflowError, ValueError, UnicodeError) as e:  # a 400-digit integer, a lone surrogate
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise BadRequest(f"a value cannot be read: {first}") from None
 
 
 def _scalar(v: Any, where: str) -> Any:
@@ -177,16 +181,6 @@ def _scalar(v: Any, where: str) -> Any:
     if isinstance(v, dict | list):
         raise BadRequest(f"{where}: a value must be a number, a string or null")
     return v
-
-
-def _number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    try:
-        float(v)
-        return True
-    except ValueError:
-        return v.strip() == ""
 
 
 # ---- the app
@@ -268,7 +262,9 @@ def app(state: State) -> Any:
         except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
             line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             return error(f"the model failed: {line}", 500)
-        values = np.asarray(out, dtype="float64").tolist()
+        values = np.asarray(out, dtype="float64")
+        # JSON has no NaN or inf (a value far outside the training range can overflow the scaling): null
+        values = np.where(np.isfinite(values), values, None).tolist()
         state.answered += 1
         return JSONResponse({"predictions" if fmt == "instances" else "outputs": values})
 
@@ -289,13 +285,13 @@ def app(state: State) -> Any:
 
     if state.token is None:
         return inner
-    expected = f"Bearer {state.token}".encode()
+    expected = state.token.encode()
 
     async def with_token(scope: dict, receive: Any, send: Any) -> None:
-        """Every HTTP request must carry `Authorization: Bearer TOKEN` (compared in constant time)."""
+        """Every HTTP request must carry `Authorization: Bearer TOKEN` (the token compared in constant time)."""
         if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, expected):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), expected):
                 response = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
                                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
@@ -354,11 +350,17 @@ def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: P
         raise ConfigError(f"--host {host} is reachable from the network: pass --token-file FILE (clients send "
                           f"'Authorization: Bearer TOKEN'), or --insecure-no-auth to serve without authentication")
     if tls is not None:
+        import ssl
+
         for p in tls:
             if not Path(p).is_file():
                 raise DataError(f"{p}: no such file (--tls-cert / --tls-key)")
+        try:  # what uvicorn will do, here: a bad PEM is one line, not a crash inside the server
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(tls[0]), str(tls[1]))
+        except (ssl.SSLError, OSError) as e:
+            raise DataError(f"{tls[0]}, {tls[1]}: not a usable TLS certificate and key: {e}") from None
     check(path, runtime)
-    url = f"{'https' if tls else 'http'}://{host}:{port}"
+    url = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
     try:  # bound here, so that a port in use is one line, not uvicorn's log and exit
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

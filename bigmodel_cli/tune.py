@@ -5,7 +5,7 @@ all keep working); its epochs report the monitored validation metric to Optuna (
 (median, or successive halving) stops a trial that is behind — KerasTuner drives `fit` itself and cannot, Ludwig's
 Optuna executor never reports, so its pruner does nothing. TPE, seeded. Selection on the validation split only:
 the test split is not read. The study lives in TUNE_DIR/study.db (SQLite): `tune` again on the same folder
-continues it; a trial whose process died (no heartbeat for 2 minutes) is marked failed and retried.
+continues it; a trial whose process died (no heartbeat for tune.stale_after_seconds) is marked failed and retried.
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ def check_space(space: dict[str, dict[str, Any]], base: dict[str, Any], source: 
             if spec.get("log") and bounds[0] <= 0:
                 raise ConfigError(f"{where}: log: true needs a positive low bound")
             values = bounds
+            step = spec.get("step")
+            if step is not None:
+                if spec.get("log"):
+                    raise ConfigError(f"{where}: step and log: true do not go together")
+                if not isinstance(step, int | float) or isinstance(step, bool) or step <= 0 or \
+                        (kind == "int" and not float(step).is_integer()):
+                    raise ConfigError(f"{where}: step must be a positive {'whole ' if kind == 'int' else ''}number")
         for v in values:
             raw = json.loads(json.dumps(base))
             try:
@@ -158,7 +165,7 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
     folder.prepare()
     import warnings
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's traceback: ours is one line
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = storage or f"sqlite:///{(out / STUDY).resolve()}"
     # a trial whose process died stops beating: after grace_period it is marked failed and a copy is re-queued
@@ -179,10 +186,11 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
     if study.user_attrs.get("space") not in (None, space) or study.user_attrs.get("metric") not in (None, tc.metric):
         raise ConfigError(f"{out}: the study there tunes another space or metric; use a new --out, or the same "
                           f"tune section")
-    if not study.get_trials(deepcopy=False):  # trial 0 is the config as given: the best is never worse than it
-        start = _current(space, base)
-        if start is not None:
-            study.enqueue_trial(start)
+    # the config as given is a trial (trial 0 of a new study): the best is never worse than it
+    start = _current(space, base)
+    kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    if start is not None and not any(t.params == start for t in study.get_trials(deepcopy=False, states=kept)):
+        study.enqueue_trial(start)
     study.set_user_attr("space", space)
     study.set_user_attr("metric", tc.metric)
     trial_root = out / "trials"
@@ -205,7 +213,7 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
         run_dir = trial_root / f"{trial.number:04d}"
         try:
             result = train.run(prep, run_dir, trial_cfg, on_epoch=report)
-        except optuna.TrialPruned:
+        except BaseException:  # pruned, failed or interrupted: its folder is of no use
             shutil.rmtree(run_dir, ignore_errors=True)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
             raise
@@ -220,7 +228,7 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
 
     def finished(study: Any, trial: Any) -> None:
         if on_trial is not None:
-            done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+            done = study.get_trials(deepcopy=False, states=counted)
             try:
                 best = study.best_trial
             except ValueError:
@@ -234,13 +242,14 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
     helpers = _helpers(prep, out, config, overrides, n, timeout, url, workers - 1) if remaining > 1 else []
     deadline = None if timeout is None else time.monotonic() + timeout
     running = (*counted, optuna.trial.TrialState.RUNNING)
+    ok = False
     try:
         # one trial at a time per worker, each started under a lock held until it is RUNNING in the study, so
         # that the workers on this host stop at exactly `n` finished trials (a died trial is re-queued as
         # WAITING by the heartbeat callback and picked up first)
         while deadline is None or time.monotonic() < deadline:
-            gate.acquire()
             try:
+                gate.acquire()
                 optuna.storages.fail_stale_trials(study)  # a died trial: failed, and a copy queued (WAITING)
                 done = len(study.get_trials(deepcopy=False, states=counted))
                 if done >= n:
@@ -252,13 +261,19 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
                 gate.release()
             if wait:  # the last trials are running elsewhere (or died: then they go stale and come back)
                 time.sleep(min(1.0, tc.heartbeat_seconds))
+        ok = True
     finally:
+        if not ok:  # interrupted or failed: the helpers stop too
+            for p in helpers:
+                p.terminate()
         for i, p in enumerate(helpers):
-            if p.wait() != 0:
+            if p.wait() != 0 and ok:  # (when this one failed too, its own error is the one to tell)
                 log = out / f".worker-{i + 1}.log"
                 last = log.read_text(encoding="utf-8").strip().splitlines()[-1:] if log.exists() else []
                 raise DataError(f"{out}: tune worker {i + 1} failed (exit {p.returncode}): "
                                 f"{last[0] if last else 'no message'} (see {log})")
+    if worker:  # a helper: the process that started it writes the outputs, once
+        return TuneResult(out, tc.metric, direction, None, {}, None, {}, time.perf_counter() - t0)
     return _write(study, out, prep, config, overrides, tc.metric, direction, time.perf_counter() - t0)
 
 
@@ -291,7 +306,8 @@ def _helpers(prep: Path, out: Path, config: Path | None, overrides: list[str], n
 
     args = [sys.executable, "-m", "bigmodel_cli", "tune", str(prep), "--out", str(out), "--trials", str(n),
             "--storage", url, *(["--config", str(config)] if config else []),
-            *[a for o in overrides for a in ("--set", o)], *(["--timeout", str(timeout)] if timeout else [])]
+            *[a for o in overrides for a in ("--set", o)],
+            *(["--timeout", str(timeout)] if timeout is not None else [])]
     procs = []
     for i in range(max(0, count)):
         with open(Path(out) / f".worker-{i + 1}.log", "w", encoding="utf-8") as log:  # not a pipe: it could fill

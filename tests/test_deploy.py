@@ -174,3 +174,14 @@ def test_a_consumer_without_tensorflow_gets_predicts_answers(portable_exports, c
     classes = read_json(folder / "manifest.json")["classes"]
     want = pd.read_csv(tmp_path / "p.csv")[[f"prob_{c}" for c in classes]].to_numpy()
     assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
+
+
+def test_export_never_replaces_a_folder_that_is_not_an_export(penguins_run, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = bm("export", penguins_run, "--format", "keras", "--out", mine, code=2)
+    assert "is not an export folder" in r.stderr and (mine / "notes.txt").read_text() == "keep me"
+    r = bm("export", penguins_run, "--format", "keras", "--out", penguins_run, code=2)
+    assert "this is a run folder, not an export folder" in r.stderr, r.stderr
+    assert (penguins_run / "model.keras").exists()

@@ -85,7 +85,7 @@ def test_multiclass_regression_and_embedded(run, request):
     assert doc["score"] == ("rmse" if run == "mass_run" else "accuracy")
 
 
-def test_explain_errors_name_the_culprit(penguins_run, tmp_path):
+def test_explain_errors_name_the_culprit(penguins_run, cancer_prep, tmp_path):
     r = bm("explain", penguins_run, "--row-ids", "99999", code=2)
     assert r.stderr.startswith("error:") and "--row-ids not found: 99999" in r.stderr
     r = bm("explain", penguins_run, "--split", "holdout", code=2)
@@ -93,6 +93,8 @@ def test_explain_errors_name_the_culprit(penguins_run, tmp_path):
     pd.read_csv(PENGUINS).drop(columns="species").to_csv(tmp_path / "no_target.csv", index=False)
     r = bm("explain", penguins_run, "--data", tmp_path / "no_target.csv", code=2)
     assert "species" in r.stderr
+    r = bm("explain", penguins_run, "--data", cancer_prep, code=2)  # another table's prep folder
+    assert r.stderr.startswith("error:") and "missing column(s) the model needs: island" in r.stderr
 
 
 def test_report_has_the_explain_section(planted, tmp_path):

@@ -147,6 +147,20 @@ def test_bad_requests_get_4xx_naming_the_field(server, case):
     assert words in r.json()["error"]
 
 
+def test_hostile_values_get_4xx_or_an_answer_never_a_500(server):
+    url = f"{server.url}/v1/models/model:predict"
+    row = as_instances(rows(3))[0]
+    for value, words in ((int("9" * 400), "cannot be read"), ("\ud800", "cannot be read")):
+        column = "year" if isinstance(value, int) else "island"
+        body = json.dumps({"instances": [{**row, column: value}]})
+        r = httpx.post(url, content=body)
+        assert r.status_code == 400 and words in r.json()["error"], (value, r.text)
+    r = httpx.post(url, content=b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    r = httpx.post(url, json={"instances": [{**row, "year": 3e38}]})  # in float32, but overflows the scaling
+    assert r.status_code == 200, r.text
+
+
 def test_unknown_model_bad_json_and_large_bodies(server):
     r = httpx.post(f"{server.url}/v1/models/other:predict", json={"instances": []})
     assert r.status_code == 404 and "other" in r.json()["error"]
@@ -171,7 +185,7 @@ def test_token_auth_and_network_exposure(penguins_run, tmp_path):
         assert httpx.post(url, json=body).status_code == 401
         assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert httpx.get(f"{s.url}/healthz").status_code == 401  # every request
-        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        r = httpx.post(url, json=body, headers={"Authorization": f"bearer {TOKEN}"})  # the scheme is case-blind
         assert r.status_code == 200 and len(r.json()["predictions"]) == 3
     finally:
         code, stderr = s.stop()

@@ -69,6 +69,7 @@ def test_resuming_adds_new_trials_and_a_fresh_study_repeats_them(study, penguins
     ("{train.epochs: {int: [-5, 3]}}", "tune.space.train.epochs"),
     ("{train.batch_size: [1, 2]}", "tune.space.train.batch_size"),
     ("{train.batch_size: {range: [1, 2]}}", "give one of float"),
+    ("{train.optimizer.learning_rate: {float: [1.0e-4, 1.0e-2], log: true, step: 0.001}}", "step and log"),
 ])
 def test_a_bad_space_is_refused_before_any_trial(penguins_prep, tmp_path, space, words):
     r = bm("tune", penguins_prep, "--out", tmp_path / "t", "--set", f"tune.space={space}", code=2)
