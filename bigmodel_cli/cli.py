@@ -418,7 +418,8 @@ def explain(
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Which raw columns the model relies on: permutation importance (global) and integrated gradients (per row).
+    """Which raw columns the model relies on: permutation importance and integrated gradients.
+
     Writes RUN_DIR/explain/: importance.json, importance.png, attributions.csv."""
     with guard(ctx):
         from . import explain as stage
@@ -462,8 +463,10 @@ def tune(
     workers: Annotated[int, typer.Option(help="Worker processes on this host sharing the study.", min=1)] = 1,
     as_json: JsonOpt = False,
 ) -> None:
-    """Tune hyperparameters: an Optuna study (TPE, pruning on each epoch's validation metric) over config paths
-    (tune.space); writes OUT/trials.csv, best.yaml, best/ (the best trial's run folder) and plots."""
+    """Tune hyperparameters on the validation split: an Optuna study over config paths (tune.space).
+
+    TPE, pruning on each epoch's validation metric; writes OUT/trials.csv, best.yaml, best/ (the best trial's run
+    folder) and plots. Run again on the same OUT to continue the study."""
     with guard(ctx):
         from . import tune as stage
 
@@ -510,8 +513,10 @@ def serve_command(
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Real-time predictions over HTTP with TensorFlow Serving's REST API (POST /v1/models/NAME:predict,
-    GET /v1/models/NAME, /healthz, /readyz). Stops on SIGTERM / Ctrl-C after the requests in flight."""
+    """Real-time predictions over HTTP, with TensorFlow Serving's REST API.
+
+    POST /v1/models/NAME:predict, GET /v1/models/NAME, /healthz, /readyz. Stops on SIGTERM / Ctrl-C after the
+    requests in flight."""
     with guard(ctx):
         from . import serve as stage
 
