@@ -123,13 +123,18 @@ def as_str(s: pd.Series) -> pd.Series:
     return s.astype("string").fillna("").str.strip().astype(object)
 
 
+_PLAIN_NUMBER = (int, float, type(None))
+
+
 def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0, target: bool = False) -> np.ndarray:
     """A column as float64, ±inf and huge values as missing; a non-numeric string is an error naming its row
     (counted from `first_row`, for a chunk of a larger file). For a regression `target`, ±inf or a value beyond
     float32 is an error too: it cannot be imputed, and the network would learn NaN from it."""
     if pd.api.types.is_bool_dtype(s):
         return s.astype("float64").to_numpy()
-    if not pd.api.types.is_numeric_dtype(s):
+    if s.dtype == object and all(type(v) in _PLAIN_NUMBER for v in s):
+        s = pd.Series(np.array(s.to_numpy(), dtype="float64"))  # numbers and None (JSON rows): no parsing needed
+    elif not pd.api.types.is_numeric_dtype(s):
         parsed = pd.to_numeric(s, errors="coerce")
         bad = parsed.isna() & s.notna() & (s.astype("string").str.strip() != "")
         if bad.any():
