@@ -206,8 +206,7 @@ def integrated_gradients(loaded: LoadedRun, df: pd.DataFrame, steps: int) -> tup
     tf = tensorflow()
     schema, net = loaded.schema, loaded.network
     encoder = features.preprocessing_model(schema)
-    parts = features._parts(schema, features.inputs(schema))
-    widths = {f.key: int(p.shape[-1]) for f, p in zip(schema.features, parts, strict=True)}
+    widths = {f.key: w for f, w in zip(schema.features, features.widths(schema), strict=True)}
     x = features.apply(encoder, features.to_inputs(df, schema, "explain rows"))
     train = sample(loaded.split_path("train"), 2000, loaded.config.seed)
     base = features.apply(encoder, features.to_inputs(train, schema, "train split"))

@@ -122,16 +122,21 @@ def encode(schema: Schema, raw: dict[str, Any], portable: bool = False) -> Any:
     return keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
 
 
+def widths(schema: Schema) -> list[int]:
+    """How many encoded columns each feature becomes, in the schema's order."""
+    return [int(part.shape[-1]) for part in _parts(schema, inputs(schema))]
+
+
 def embedded_columns(schema: Schema) -> list[tuple[int, int]]:
     """(position in the encoded vector, vocabulary size incl. the OOV index) of each categorical index column,
     when preprocess.categorical_encoding is `embedding`."""
     if schema.categorical_encoding != "embedding":
         return []
     out, position = [], 0
-    for f, part in zip(schema.features, _parts(schema, inputs(schema)), strict=True):
+    for f, width in zip(schema.features, widths(schema), strict=True):
         if f.kind in ("categorical", "boolean"):
             out.append((position, len(f.vocabulary) + 1))
-        position += int(part.shape[-1])
+        position += width
     return out
 
 

@@ -47,8 +47,6 @@ class Model:
 
     schema: Schema
     predict: Any  # dict[key, (n, 1) array] -> (n, k) array
-    runtime: str
-    source: Path
 
 
 def check(path: Path, runtime: str) -> str:
@@ -85,8 +83,8 @@ def load(path: Path, runtime: str, unsafe: bool = False) -> Model:
                 with lock:
                     return model(x)
 
-            return Model(schema, predict, runtime, file)
-        return Model(schema, model, runtime, file)
+            return Model(schema, predict)
+        return Model(schema, model)
     return _tf_model(Path(path), kind, unsafe)
 
 
@@ -111,7 +109,7 @@ def _tf_model(path: Path, kind: str, unsafe: bool) -> Model:
     def predict(x: dict[str, np.ndarray]) -> np.ndarray:
         return call({k: tf.constant(v) for k, v in x.items()}).numpy()
 
-    return Model(schema, predict, "tf", path)
+    return Model(schema, predict)
 
 
 # ---- requests: TF Serving's row ("instances") and columnar ("inputs") formats -> the model's input arrays

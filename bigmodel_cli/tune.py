@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import artifacts
-from .config import Config, apply_override, load_config
+from .config import Config, apply_override
 from .errors import ConfigError, DataError
 from .gates import lower_is_better
 
@@ -376,10 +376,3 @@ def _plots(study: Any, out: Path, complete: int) -> None:
         with artifacts.atomic_path(out / name) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
-
-
-def load_best(out: Path) -> Config:
-    """The tuned config, for tests and callers."""
-    if not (Path(out) / BEST_CONFIG).exists():
-        raise DataError(f"{out}: no {BEST_CONFIG} (no completed trial yet)")
-    return load_config(Path(out) / BEST_CONFIG)

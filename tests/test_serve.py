@@ -269,7 +269,7 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
         return np.zeros((len(next(iter(x.values()))), 3))
 
     state = serve.State("model", None, 2**20, lambda: None)
-    state.model = serve.Model(Schema.load(penguins_run), flaky, "tf", penguins_run)
+    state.model = serve.Model(Schema.load(penguins_run), flaky)
     client = TestClient(serve.app(state))
     body = {"instances": as_instances(rows(3))}
     r = client.post("/v1/models/model:predict", json=body)
