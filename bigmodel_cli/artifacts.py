@@ -60,8 +60,9 @@ _DIR_MODE = 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path` (same suffix); rename it into place only if the block succeeds."""
+def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path` (same suffix); rename it into place only if the block succeeds.
+    `mode`: the file's permissions (default: the usual umask-based ones)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
@@ -69,7 +70,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; artifacts get the usual umask-based mode
+        os.chmod(tmp_path, _FILE_MODE if mode is None else mode)  # mkstemp makes 0600; artifacts get the usual mode
         os.replace(tmp_path, path)
     except OSError as e:  # disk full, read-only, a folder in the way: the old file is untouched
         raise DataError(f"{path}: cannot write: {e.strerror or e}") from None

@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .console import emit_json, err, out, table
-from .errors import BigModelError, GateFailed
+from .errors import BigModelError, GateFailed, Terminated
 
 app = typer.Typer(
     name="bigmodel",
@@ -118,12 +118,6 @@ def guard(ctx: typer.Context) -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the same clean-up runs; exit code 143."""
-
-    exit_code = 143
 
 
 def _on_sigterm() -> Any:
@@ -580,18 +574,22 @@ def federated_run(
     out_dir: RunOutOpt,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete round).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate clients on one machine (Flower's simulation engine); writes a run folder.
 
-    The `federated` config section sets clients, rounds, local_epochs, fraction_fit, min_clients, the partition
-    (iid | dirichlet with alpha | by_column with column), secure_aggregation and privacy (client-level DP with
-    max_epsilon: exit 1 when the budget stops training early). `bigmodel federated PREP_DIR` is this command.
+    The `federated` config section sets clients, rounds (auto: train.epochs / local_epochs, ended by early
+    stopping on the global model's validation loss, the best round kept), local_epochs, fraction_fit,
+    min_clients, the partition (iid | dirichlet with alpha | by_column with column), secure_aggregation and
+    privacy (client-level DP with max_epsilon: exit 1 when the budget stops training early). Every round is
+    checkpointed, so an interrupted run continues with --resume. `bigmodel federated PREP_DIR` is this command.
     """
     def start(cfg: Any, progress: Any) -> Any:
-        from . import federated as stage
+        from .federated import simulation as stage
 
-        return stage.simulate(prep_dir, out_dir, cfg, progress, _verbose(ctx))
+        return stage.simulate(prep_dir, out_dir, cfg, progress, _verbose(ctx), resume)
 
     with guard(ctx):
         _federate(prep_dir, config, sets or [], as_json, start)
@@ -617,24 +615,31 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(
         "--tls-key", exists=True, dir_okay=False, show_default=False,
         help="TLS: the server's private key (PEM).")] = None,
+    authorized_keys: Annotated[Path | None, typer.Option(
+        "--authorized-keys", exists=True, dir_okay=False, show_default=False,
+        help="Admit only clients whose public key is in this file (one per line; `federated keygen`'s .pub "
+             "files concatenated). Needs TLS.")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete round).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The server of a deployment: a Flower SuperLink at --address; waits for clients, runs the rounds, writes
     the run folder.
 
-    It starts Flower's SuperLink (one HTTP port; TLS with the --tls-* options; its control API has no
-    authentication, so bind it only on a network you trust), submits bigmodel's Flower App to it, waits for
-    `federated.clients` clients (`bigmodel federated join`), evaluates the global model on
-    PREP_DIR's validation split after every round and sends the config (model, local_epochs, batch size) to the
-    clients. secure_aggregation and privacy work as in simulation.
+    It starts Flower's SuperLink on 127.0.0.1 and, at --address, a front that passes on only what clients send
+    (Flower's fleet API; its control API stays local), with TLS by the --tls-* options; --authorized-keys admits
+    only registered clients. It submits bigmodel's Flower App, waits for `federated.clients` clients
+    (`bigmodel federated join`), evaluates the global model on PREP_DIR's validation split after every round
+    and sends the config (model, local_epochs, batch size) to the clients. secure_aggregation and privacy work as
+    in simulation.
     """
     def start(cfg: Any, progress: Any) -> Any:
-        from . import federated_deploy as stage
+        from .federated import deploy as stage
 
         return stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress,
-                           stage.server_tls(tls_ca, tls_cert, tls_key), _verbose(ctx))
+                           stage.server_tls(tls_ca, tls_cert, tls_key), _verbose(ctx), authorized_keys, resume)
 
     with guard(ctx):
         _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json, start)
@@ -651,6 +656,9 @@ def join(
     wait: Annotated[float, typer.Option("--wait", help="Give up after retrying to reach the server this many "
                                         "seconds.")] = 600.0,
     tls_ca: TlsCaOpt = None,
+    key: Annotated[Path | None, typer.Option(
+        "--key", exists=True, dir_okay=False, show_default=False,
+        help="This client's private key (`federated keygen`'s .key), for a server with --authorized-keys.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A client of a deployment: a Flower SuperNode; trains on its own rows, sends only model weights.
@@ -660,11 +668,29 @@ def join(
     for a minute).
     """
     with guard(ctx):
-        from . import federated_deploy as stage
+        from .federated import deploy as stage
 
-        result = stage.join(prep_dir, data, server, seed, wait, tls_ca, _verbose(ctx))
+        result = stage.join(prep_dir, data, server, seed, wait, tls_ca, _verbose(ctx), key)
         _render(result, as_json, lambda: out.print(
             f"federation finished; trained in {result.rounds} round(s) on {result.rows} local rows", highlight=False))
+
+
+@federated_app.command()
+def keygen(
+    ctx: typer.Context,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Write OUT.key (private) and OUT.pub (public).",
+                                           show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a client's key pair: OUT.key stays with the client (`join --key`), OUT.pub goes to the server's
+    --authorized-keys file. EC P-384 in OpenSSH format, as Flower's SuperNode authentication expects."""
+    with guard(ctx):
+        from .federated import auth as stage
+
+        result = stage.keygen(out_path)
+        _render(result, as_json, lambda: out.print(
+            f"wrote {escape(str(result.private))} (keep it on the client) and {escape(str(result.public))} (add it "
+            f"to the server's --authorized-keys)", highlight=False))
 
 
 @app.command()

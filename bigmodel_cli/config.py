@@ -234,8 +234,11 @@ class FederatedConfig(_Section):
     """`bigmodel federated`: FedAvg of the model over clients on Flower (simulation or deployment)."""
 
     clients: int = Field(4, ge=2)
-    rounds: int = Field(5, ge=1)
-    local_epochs: int = Field(1, ge=1)
+    # auto: train.epochs / local_epochs rounds (as many local epochs as `train` runs), ended by early stopping
+    rounds: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    # 5: penguins and breast cancer (4 IID clients) reach central training's test accuracy in 20 rounds at most,
+    # as 1 local epoch does in 100 rounds (3.3x the time)
+    local_epochs: int = Field(5, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(2, ge=1)
     partition: Literal["iid", "dirichlet", "by_column"] = "iid"

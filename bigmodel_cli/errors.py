@@ -19,3 +19,9 @@ class GateFailed(Exception):
     """A quality gate failed (exit code 1). Not a user error: the result is still printed."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs; exit code 143."""
+
+    exit_code = 143

@@ -42,8 +42,18 @@ class Prep:
     def split_path(self, name: str) -> Path:
         return self.path / artifacts.SPLIT_FILES[name]
 
+    def split_rows(self, name: str) -> int:
+        return parquet_rows(self.split_path(name))
+
     def split(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(self.split_path(name))
+
+
+def parquet_rows(path: Path) -> int:
+    """A Parquet file's row count, from its footer."""
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
 
 
 def open_prep(path: Path) -> Prep:
@@ -160,9 +170,7 @@ class LoadedRun:
         return path
 
     def split_rows(self, name: str) -> int:
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(self.split_path(name)).metadata.num_rows)
+        return parquet_rows(self.split_path(name))
 
     def split(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(self.split_path(name))

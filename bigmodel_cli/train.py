@@ -91,13 +91,13 @@ class _Fit:
 RESUMABLE = ("train.epochs", "train.early_stopping.patience", "train.checkpoint_seconds", "train.tensorboard")
 
 
-def resume_changes(progress: Any, cfg: Config, config_sha256: str) -> list[str]:
-    """The config keys that differ from the interrupted run's, other than RESUMABLE ones (a checkpoint of an older
+def resume_changes(progress: Any, cfg: Config, config_sha256: str, allowed: tuple[str, ...] = RESUMABLE) -> list[str]:
+    """The config keys that differ from the interrupted run's, other than `allowed` ones (a checkpoint of an older
     version, without its config, can only say that something differs)."""
     if not progress.config:
         return [] if progress.config_sha256 == config_sha256 else ["(the config)"]
     old, new = flatten(progress.config), flatten(cfg.model_dump(mode="json"))
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in allowed)
 
 
 def monitored(cfg: Config, has_val: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,26 +21,107 @@ from .conftest import PENGUINS, bm, read_json
 pytest.importorskip("flwr", reason="the federated extra is not installed")
 
 FAST = ["--set", "train.optimizer.learning_rate=0.01", "--set", "train.tensorboard=false",
-        "--set", "train.early_stopping.enabled=false"]
+        "--set", "train.early_stopping.enabled=false", "--set", "federated.local_epochs=1"]
 
 
-def test_fedavg_iid_matches_centralized(penguins_prep, tmp_path):
-    rounds, local = 12, 2
-    bm("federated", penguins_prep, "--out", tmp_path / "fed", *FAST, "--set", "federated.clients=4",
-       "--set", f"federated.rounds={rounds}", "--set", f"federated.local_epochs={local}")
-    bm("train", penguins_prep, "--out", tmp_path / "central", *FAST, "--set", f"train.epochs={rounds * local}")
+def test_defaults_match_centralized_training(penguins_prep, tmp_path):
+    """No federated setting but the clients: FedAvg of 4 IID clients is within 2 points of `train`'s defaults
+    (rounds auto = train.epochs / local_epochs, early stopping on the global validation loss, best round kept)."""
+    quiet = ["--set", "train.tensorboard=false"]
+    r = bm("federated", penguins_prep, "--out", tmp_path / "fed", *quiet, "--set", "federated.clients=4", "--json")
+    bm("train", penguins_prep, "--out", tmp_path / "central", *quiet)
     fed = json.loads(bm("evaluate", tmp_path / "fed", "--json", "--no-plots").stdout)["metrics"]["accuracy"]
     central = json.loads(bm("evaluate", tmp_path / "central", "--json", "--no-plots").stdout)["metrics"]["accuracy"]
-    assert fed >= central - 0.03, (fed, central)
+    assert fed >= central - 0.02, (fed, central)
     m = read_json(tmp_path / "fed" / "manifest.json")
-    assert m["kind"] == "run" and m["federated"]["clients"] == 4 and m["epochs_run"] == rounds
+    assert m["kind"] == "run" and m["federated"]["clients"] == 4 and m["federated"]["rounds_asked"] == 20  # 100 / 5
+    assert m["federated"]["patience"] == 2 and m["epochs_run"] == json.loads(r.stdout)["rounds"] <= 20
+    hist = pd.read_csv(tmp_path / "fed" / "history.csv")
+    kept = m["federated"]["kept_round"]
+    assert kept == m["best_epoch"] == int(hist["val_loss"].idxmin()) + 1  # the best round's model is the one kept
     assert sum(sum(b.values()) for b in m["federated"]["class_balance"]) == 276  # the train split
+    assert not (tmp_path / "fed" / "checkpoint").exists()
     # an ordinary run folder for every later stage
     bm("export", tmp_path / "fed", "--format", "keras", "--out", tmp_path / "export")
     doc = json.loads(bm("compare", tmp_path / "central", tmp_path / "fed", "--json").stdout)
-    assert doc["metrics"]["accuracy"]["values"] == [central, fed] and not doc["warnings"]  # same test split
+    assert doc["metrics"]["accuracy"]["values"] == [central, fed]  # same test split
     r = json.loads(bm("predict", tmp_path / "fed", PENGUINS, "--out", tmp_path / "p.csv", "--json").stdout)
     assert r["rows"] == 344
+
+
+def test_early_stopping_keeps_the_best_round_and_threshold_auto(cancer_prep, tmp_path):
+    """A learning rate that overshoots: early stopping ends the rounds after `patience` rounds without a better
+    validation loss and keeps the best round; evaluate.threshold auto is picked on the validation split."""
+    bm("federated", cancer_prep, "--out", tmp_path / "fed", "--set", "train.tensorboard=false",
+       "--set", "federated.clients=3", "--set", "federated.local_epochs=2", "--set", "train.early_stopping.patience=2",
+       "--set", "train.optimizer.learning_rate=0.05", "--set", "evaluate.threshold=auto")
+    m = read_json(tmp_path / "fed" / "manifest.json")
+    hist = pd.read_csv(tmp_path / "fed" / "history.csv")
+    kept, rounds = m["federated"]["kept_round"], m["federated"]["rounds"]
+    assert m["federated"]["stopped_early"] is True and rounds == kept + 1 < 50  # patience 2 epochs = 1 round
+    assert hist["val_loss"].iloc[kept - 1] == hist["val_loss"].min()
+    assert 0 < m["threshold"] < 1 and m["threshold"] != 0.5
+    assert json.loads(bm("evaluate", tmp_path / "fed", "--json", "--no-plots").stdout)["threshold"] == m["threshold"]
+
+
+def _rounds_done(run: Path) -> int:
+    for folder in (run / "checkpoint", run / ".checkpoint.old"):
+        try:
+            return len(json.loads((folder / "federated.json").read_text())["history"])
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def test_interrupted_simulation_resumes(penguins_prep, tmp_path):
+    """SIGTERM after round 2 of 5: exit 143, the checkpoint stays and no Ray process is left; --resume runs
+    rounds 3-5 only and gives the uninterrupted run's history."""
+    args = [*FAST, "--set", "federated.clients=3", "--set", "federated.rounds=5", "--set", "federated.local_epochs=1"]
+    bm("federated", penguins_prep, "--out", tmp_path / "reference", *args)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "federated", str(penguins_prep), "--out", str(run),
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while _rounds_done(run) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint of round 2 in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, proc.stderr.read()
+    finally:
+        proc.kill()
+    done = _rounds_done(run)
+    assert 2 <= done < 5 and not (run / "model.keras").exists()
+    for _ in range(60):  # Ray's processes (raylet, GCS, workers) stop with the run
+        if not _ray_processes(run):
+            break
+        time.sleep(0.5)
+    assert _ray_processes(run) == []
+    r = bm("federated", penguins_prep, "--out", run, *args, "--set", "federated.local_epochs=2", "--resume", code=2)
+    assert "federated.local_epochs differ" in r.stderr and _rounds_done(run) == done
+    r = bm("federated", penguins_prep, "--out", run, *args, "--resume", "--json")
+    assert json.loads(r.stdout)["rounds"] == 5
+    m = read_json(run / "manifest.json")
+    assert m["resumed"] is True and m["epochs_run"] == 5 and not (run / "checkpoint").exists()
+    got, want = pd.read_csv(run / "history.csv"), pd.read_csv(tmp_path / "reference" / "history.csv")
+    pd.testing.assert_frame_equal(got, want, atol=1e-4, rtol=1e-3)
+    r = bm("federated", penguins_prep, "--out", run, *args, "--resume", code=2)
+    assert "no federated checkpoint to resume" in r.stderr
+
+
+def _ray_processes(run: Path) -> list[str]:
+    """Command lines of live Ray processes started by the interrupted run (those that name its folder or,
+    for Ray's own daemons, any: no other test runs Ray at the same time)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").replace("\0", " ")
+        except OSError:
+            continue
+        if any(name in args for name in ("raylet", "gcs_server", "ray::", "default_worker.py")):
+            found.append(args[:200])
+    return found
 
 
 def test_dirichlet_and_by_column_partitions(penguins_prep, tmp_path):
@@ -104,7 +186,7 @@ def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
 
 def test_status_file_records_are_read_whole(tmp_path):
     """Flower's app processes append records while serve/join read them: a half-written line waits."""
-    from bigmodel_cli.federated import note_status, read_status
+    from bigmodel_cli.federated.client import note_status, read_status
 
     status = tmp_path / "status.jsonl"
     status.write_text("")
@@ -120,7 +202,7 @@ def test_status_file_records_are_read_whole(tmp_path):
 def test_partitions_without_labels_fall_back_to_iid():
     """Regression tasks have no labels to skew: dirichlet partitions them like iid (no crash)."""
     from bigmodel_cli.config import validate
-    from bigmodel_cli.federated import partitions
+    from bigmodel_cli.federated.simulation import partitions
 
     cfg = validate({"federated": {"partition": "dirichlet", "clients": 3}})
     parts = partitions(10, 3, None, None, cfg)
@@ -134,7 +216,7 @@ def _free_port() -> int:
 
 
 def _tls_files(folder: Path) -> dict[str, Path]:
-    """A CA and a server certificate for localhost / 127.0.0.1 signed by it (PEM), valid for a day."""
+    """A CA and a server certificate for localhost / 127.0.0.1 / 127.0.0.2 signed by it (PEM), valid for a day."""
     import datetime
     import ipaddress
 
@@ -158,35 +240,87 @@ def _tls_files(folder: Path) -> dict[str, Path]:
     files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
     files["ca"].write_bytes(certificate("test CA", ca_key, "test CA", ca_key, x509.BasicConstraints(True, None)))
     files["cert"].write_bytes(certificate("localhost", key, "test CA", ca_key, x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])))
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+         x509.IPAddress(ipaddress.ip_address("127.0.0.2"))])))
     files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     return files
 
 
-def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
-    """`federated serve` (a Flower SuperLink) and two `federated join` (SuperNodes) as separate processes on
-    127.0.0.1 over TLS, each client with its own half of the train split; the server writes an ordinary run
-    folder. (The same without TLS: `make federated-table`'s deployment row, and the SIGTERM test below.)"""
+def _listening(pids: set[int]) -> set[str]:
+    """HOST:PORT of every TCP socket these processes listen on (IPv4, from /proc/net/tcp)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[9] in inodes:  # LISTEN
+            ip, port = f[1].split(":")
+            found.add(f"{socket.inet_ntoa(bytes.fromhex(ip)[::-1])}:{int(port, 16)}")
+    return found
+
+
+def _family(pid: int) -> set[int]:
+    from bigmodel_cli.federated.processes import descendants
+
+    return {pid, *descendants(pid)}
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_deployment_registered_clients_only_and_no_control_api_outside(penguins_prep, tmp_path):
+    """`federated serve --address 127.0.0.2:PORT --authorized-keys` and `federated join --key` as separate
+    processes over TLS: an unregistered client is refused (exit 2, one line) while the run goes on; two
+    registered clients, each with half of the train split, train; the control API answers 404 on 127.0.0.2,
+    and nothing of serve's but that one front listens beyond 127.0.0.1."""
+    import httpx
+
     tls = _tls_files(tmp_path)
+    for name in ("a", "b", "stranger"):
+        bm("federated", "keygen", "--out", tmp_path / name)
+    (tmp_path / "authorized").write_text((tmp_path / "a.pub").read_text() + "# client b\n" +
+                                         (tmp_path / "b.pub").read_text())
     train = pd.read_parquet(penguins_prep / "train.parquet")
     halves = [tmp_path / "client0.csv", tmp_path / "client1.csv"]
     train.iloc[::2].to_csv(halves[0], index=False)
     train.iloc[1::2].to_csv(halves[1], index=False)
-    address = f"127.0.0.1:{_free_port()}"
+    port = _free_port()
+    address = f"127.0.0.2:{port}"
     cmd = [sys.executable, "-m", "bigmodel_cli"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     server = subprocess.Popen([*cmd, "federated", "serve", str(penguins_prep), "--out", str(tmp_path / "run"),
                                "--address", address, "--tls-ca", str(tls["ca"]), "--tls-cert", str(tls["cert"]),
-                               "--tls-key", str(tls["key"]), *FAST, "--set", "federated.clients=2",
-                               "--set", "federated.rounds=3", "--set", "federated.local_epochs=3", "--json"],
+                               "--tls-key", str(tls["key"]), "--authorized-keys", str(tmp_path / "authorized"),
+                               *FAST, "--set", "federated.clients=2", "--set", "federated.rounds=3",
+                               "--set", "federated.local_epochs=3", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    logs = [tmp_path / f"client{k}.log" for k in range(2)]  # files, not pipes: Flower logs every message
-    clients = [subprocess.Popen([*cmd, "federated", "join", str(penguins_prep), "--data", str(h), "--server", address,
-                                 "--seed", str(k), "--wait", "120", "--tls-ca", str(tls["ca"])],
-                                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-               for k, (h, log) in enumerate(zip(halves, logs, strict=True))]
+
+    def join(k: int, key: str) -> list[str]:
+        return [*cmd, "federated", "join", str(penguins_prep), "--data", str(halves[k]), "--server", address,
+                "--seed", str(k), "--wait", "120", "--tls-ca", str(tls["ca"]), "--key", str(tmp_path / f"{key}.key")]
+
+    clients = []
     try:
+        stranger = subprocess.run(join(0, "stranger"), capture_output=True, text=True, env=env, timeout=180)
+        assert stranger.returncode == 2, stranger.stderr[-3000:]
+        assert stranger.stderr.count("\n") == 1 and "refused this client's key" in stranger.stderr
+        # the control API is not reachable on the network address; the fleet API is (and wants a node's key)
+        with httpx.Client(verify=str(tls["ca"]), base_url=f"https://{address}") as web:
+            for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/control/start-run",
+                         "/v1/runtime/pull-messages", "/docs"):
+                assert web.post(path, headers={"Content-Type": "application/protobuf"}).status_code == 404, path
+            assert web.get("/v1/fleet/pull-messages").status_code == 404
+            assert web.post("/v1/fleet/pull-messages", headers={"Content-Type": "application/protobuf"}
+                            ).status_code == 401
+        listening = _listening(_family(server.pid))
+        assert address in listening and all(a == address or a.startswith("127.0.0.1:") for a in listening), listening
+        logs = [tmp_path / f"client{k}.log" for k in range(2)]  # files, not pipes: Flower logs every message
+        clients = [subprocess.Popen(join(k, key), stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+                   for k, (key, log) in enumerate(zip(("a", "b"), logs, strict=True))]
         out, err = server.communicate(timeout=300)
         assert server.returncode == 0, err[-3000:]
         for k, c in enumerate(clients):
@@ -205,22 +339,67 @@ def test_deployment_one_server_two_clients(penguins_prep, tmp_path):
     bm("evaluate", tmp_path / "run", "--no-plots")
 
 
-def _flower_processes(port: int) -> dict[int, str]:
-    """pid: command line of the live Flower programs started for the SuperLink at this port."""
+def test_keys_and_their_errors(penguins_prep, tmp_path):
+    """keygen's files as Flower reads them; bad key files and auth without TLS are one-line errors."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_ssh_private_key,
+        load_ssh_public_key,
+    )
+
+    doc = json.loads(bm("federated", "keygen", "--out", tmp_path / "a", "--json").stdout)
+    private, public = Path(doc["private"]), Path(doc["public"])
+    assert (private.name, public.name) == ("a.key", "a.pub") and private.stat().st_mode & 0o077 == 0
+    key = load_ssh_private_key(private.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    assert load_ssh_public_key(public.read_bytes()).public_numbers() == key.public_key().public_numbers()
+    r = bm("federated", "keygen", "--out", tmp_path / "a", code=2)
+    assert "exists" in r.stderr and load_ssh_private_key(private.read_bytes(), None).private_numbers() == \
+        key.private_numbers()  # never overwritten
+    tls = _tls_files(tmp_path)
+    serve = ["federated", "serve", penguins_prep, "--out", tmp_path / "run", "--tls-ca", tls["ca"], "--tls-cert",
+             tls["cert"], "--tls-key", tls["key"], "--authorized-keys"]
+    bad = tmp_path / "bad_keys"
+    ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+    for text, message in ((public.read_text() + "not a key\n", "line 2 is not an OpenSSH public key"),
+                          (ed.decode() + "\n", "line 1 is not an elliptic-curve key"),
+                          ("# nobody\n", "no public key in it"),
+                          (public.read_text() * 2, "listed twice")):
+        bad.write_text(text)
+        r = bm(*serve, bad, code=2)
+        assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--authorized-keys", public, code=2)
+    assert "--authorized-keys needs TLS" in r.stderr
+    data = tmp_path / "mine.csv"
+    pd.read_parquet(penguins_prep / "train.parquet").head(20).to_csv(data, index=False)
+    join = ["federated", "join", penguins_prep, "--data", data, "--server", "127.0.0.1:1"]
+    r = bm(*join, "--key", private, code=2)
+    assert "--key needs --tls-ca" in r.stderr
+    r = bm(*join, "--key", public, "--tls-ca", tls["ca"], code=2)
+    assert "--key" in r.stderr and "not an unencrypted OpenSSH private key" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _flower_processes(run: Path) -> dict[int, str]:
+    """pid: command line of the live Flower programs started for this run folder (serve gives them a
+    FLWR_HOME in it)."""
     found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().decode(errors="replace").split("\0")
+            environ = (cmdline.parent / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if any("flwr" in a or "flower-" in a for a in args[:2]) and any(str(port) in a for a in args):
+        if any("flwr" in a or "flower-" in a for a in args[:2]) and f"FLWR_HOME={run}" in environ:
             found[int(cmdline.parent.name)] = " ".join(args)
     return found
 
 
-def _waiting_server_app(port: int) -> bool:
+def _waiting_server_app(run: Path) -> bool:
     """Whether the ServerApp process runs and has loaded TensorFlow (it then waits for clients)."""
-    for pid, cmd in _flower_processes(port).items():
+    for pid, cmd in _flower_processes(run).items():
         try:
             if "flwr-serverapp" in cmd and "tensorflow" in Path(f"/proc/{pid}/maps").read_text():
                 return True
@@ -233,25 +412,26 @@ def _waiting_server_app(port: int) -> bool:
 def test_serve_stopped_by_sigterm_leaves_no_flower_process(penguins_prep, tmp_path):
     """SIGTERM while the server waits for clients: exit 143, and the SuperLink, its SuperExec and the ServerApp
     process (which Flower starts in a session of its own) are all gone, with our temporary files."""
-    port = _free_port()
+    port, run = _free_port(), tmp_path / "run"
     server = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "federated", "serve", str(penguins_prep), "--out",
-                               str(tmp_path / "run"), "--address", f"127.0.0.1:{port}", "--set", "federated.clients=2"],
+                               str(run), "--address", f"127.0.0.1:{port}", "--set", "federated.clients=2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(240):
-            if _waiting_server_app(port):
+            if _waiting_server_app(run):
                 break
             time.sleep(0.25)
         else:
-            pytest.fail(f"no ServerApp with TensorFlow loaded after 60 s: {_flower_processes(port)}")
+            pytest.fail(f"no ServerApp with TensorFlow loaded after 60 s: {_flower_processes(run)}")
+        assert len(_flower_processes(run)) >= 3  # SuperLink, SuperExec, ServerApp
         time.sleep(8)  # now waiting for clients
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 143, server.stderr.read()
         for _ in range(40):
-            if not _flower_processes(port):
+            if not _flower_processes(run):
                 break
             time.sleep(0.25)
-        assert _flower_processes(port) == {}
+        assert _flower_processes(run) == {}
         assert list((tmp_path / "run").iterdir()) == []
     finally:
         server.kill()

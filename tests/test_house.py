@@ -182,7 +182,7 @@ def _readme_commands() -> dict[str, dict[str, bool]]:
             words = span.split()
             name = words[0]
             if name == "federated":  # `federated PREP_DIR ...` is `federated run`
-                name = f"federated {words[1] if words[1] in ('run', 'serve', 'join') else 'run'}"
+                name = f"federated {words[1] if words[1] in ('run', 'serve', 'join', 'keygen') else 'run'}"
             options, depth = {}, 0
             for m in re.finditer(r"\[|\]|--[a-z][a-z-]*", span):
                 token = m.group()

@@ -1,47 +1,41 @@
 """`bigmodel federated serve` / `join`: the deployment engine, on Flower's SuperLink / SuperNode runtime.
 
-`serve` starts a SuperLink and submits the Flower App of flower_app.py to it (as `flwr run` does); each
-`join` encodes its client's own file with the prep folder's preprocessing and starts a SuperNode that
-connects to the SuperLink. Flower runs the app's two components in processes of its own (flwr-serverapp;
-flwr-clientapp, one per message), which talk to our commands through files: a job file (JSON) each reads,
-and a status file they append JSON records to (rounds, then the result or the error; the rounds a client
-trained in, then "done"). The server side is federated.Federation, the client federated.KerasClient, the
-same as in simulation, so SecAgg+ and client-level DP work here too.
+`serve` starts a SuperLink on 127.0.0.1, registers the --authorized-keys with it, opens the front at --address
+(auth.py: only the fleet API passes) and submits the Flower App of app.py to it (as `flwr run` does); each
+`join` encodes its client's own file with the prep folder's preprocessing and starts a SuperNode (with its
+key, if given) that connects to the front. Flower runs the app's two components in processes of its own
+(flwr-serverapp; flwr-clientapp, one per message), which talk to our commands through files: a job file (JSON) each
+reads, and a status file they append JSON records to (rounds, then the result or the error; the rounds a
+client trained in, then "done"). The server side is server.Federation, the client client.KerasClient, the same
+as in simulation, so SecAgg+ and client-level DP work here too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__, artifacts
-from .config import Config
-from .errors import ConfigError, DataError
-from .federated import (
-    FederatedResult,
-    Federation,
-    KerasClient,
-    need_flwr,
-    note_status,
-    planned_rounds,
-    read_status,
-)
-from .folders import open_prep
-from .schema import Schema
+from .. import __version__, artifacts
+from ..config import Config
+from ..errors import ConfigError, DataError
+from ..folders import open_prep
+from ..schema import Schema
+from . import auth
+from .budget import budget
+from .client import KerasClient, note_status, read_status
+from .processes import follow, last_line, process, workdir
+from .server import FederatedResult, Federation, need_flwr
 
 
 @dataclass(frozen=True)
@@ -98,48 +92,71 @@ def server_tls(ca: Path | None, cert: Path | None, key: Path | None) -> Tls | No
     return Tls(ca, cert, key)
 
 
-def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None,
-          tls: Tls | None = None, verbose: bool = False) -> FederatedResult:
-    """`bigmodel federated serve`: a SuperLink at `address` and our Flower App run on it, which waits for
+def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None, tls: Tls | None = None,
+          verbose: bool = False, keys_file: Path | None = None, resume: bool = False) -> FederatedResult:
+    """`bigmodel federated serve`: a SuperLink on 127.0.0.1 behind the front at `address` (auth.py), with
+    the public keys of `keys_file` registered if given, and our Flower App run on it, which waits for
     `federated.clients` SuperNodes (`bigmodel federated join`), runs the rounds and writes the run folder."""
     need_flwr()
     host, port = _host_port(address, "--address")
     _check_free(host, port, address)
     if tls is not None:
         tls.check()
-    planned_rounds(cfg)  # a budget that fits no round fails here, before anything starts
-    artifacts.Folder(Path(prep), "prep").manifest()
+    keys = auth.authorized_keys(keys_file) if keys_file is not None else []
+    if keys and tls is None:
+        raise ConfigError("--authorized-keys needs TLS (--tls-ca, --tls-cert, --tls-key): Flower authenticates "
+                          "SuperNodes only over TLS")
+    budget(cfg, open_prep(Path(prep)).split_rows("train"))  # a budget that fits no round fails here, first
     folder = artifacts.Folder(Path(out), "run")
     folder.prepare()
-    with _workdir(folder.path, ".federated.") as work:
+    with workdir(folder.path, ".federated.") as work:
         status = work / "status.jsonl"
         status.touch()
         (work / "job.json").write_text(json.dumps({
             "prep": str(Path(prep).resolve()), "out": str(folder.path.resolve()), "config": cfg.to_yaml(),
-            "status": str(status), "verbose": verbose}))
+            "status": str(status), "verbose": verbose, "resume": resume}))
         app = work / "app"
         app.mkdir()
         job = json.dumps(str(work / "job.json"))
         (app / "pyproject.toml").write_text(_APP_TOML.format(version=__version__, job=job))
-        reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        inner = _free_port()  # the SuperLink's, on loopback only: its control API must not be reachable from outside
         security = (f"root-certificates = {json.dumps(str(tls.ca.resolve()))}\n" if tls else "insecure = true\n")
         env = _flower_env(work, f'[superlink]\ndefault = "bigmodel"\n[superlink.bigmodel]\n'
-                                f'address = "{reach}:{port}"\n{security}')
-        with _process(["flower-superlink", *(tls.superlink_args() if tls else ["--insecure"]), "--host", host,
-                       "--port", str(port), "--disable-runtime-dependency-installation"],
+                                f'address = "127.0.0.1:{inner}"\n{security}')
+        with process(["flower-superlink", *(tls.superlink_args() if tls else ["--insecure"]), "--host", "127.0.0.1",
+                       "--port", str(inner), "--disable-runtime-dependency-installation",
+                       *(["--enable-supernode-auth"] if keys else [])],
                       work / "superlink.log", env, verbose) as link:
-            _wait_for(f"{reach}:{port}", 60, link, work / "superlink.log")
-            with _process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env, verbose) as run:
-                record = _follow(status, run, work / "run.log", on_round)
+            _wait_for(f"127.0.0.1:{inner}", 60, link, work / "superlink.log")
+            for k, key in enumerate(keys):
+                _register(work, k, key, env, keys_file)
+            upstream = f"{'https' if tls else 'http'}://127.0.0.1:{inner}"
+            with (auth.front(host, port, upstream, *((tls.ca, tls.cert, tls.key) if tls else ())),
+                  process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env, verbose) as run):
+                record = follow(status, run, work / "run.log", on_round)
                 run.wait(timeout=60)
     return FederatedResult.from_dict(record["result"])
+
+
+def _register(work: Path, k: int, key: str, env: dict[str, str], keys_file: Path | None) -> None:
+    """Register one SuperNode public key with our SuperLink, as `flwr supernode register` does (over its
+    control API on loopback)."""
+    pub = work / f"node{k}.pub"
+    pub.write_text(key + "\n")
+    exe = Path(sys.executable).parent / "flwr"
+    done = subprocess.run([str(exe) if exe.exists() else "flwr", "supernode", "register", str(pub), "bigmodel"],
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or "registered" not in done.stdout + done.stderr:
+        log = work / "register.log"
+        log.write_text(done.stdout + done.stderr)
+        raise DataError(f"--authorized-keys {keys_file}: Flower did not register key {k + 1}: {last_line(log)}")
 
 
 def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
     """The ServerApp's main (in Flower's flwr-serverapp process): the rounds with `federated.clients` nodes,
     the run folder, and the outcome as the status file's last record; "done" to every node at the end."""
-    from .config import validate
-    from .errors import BigModelError
+    from ..config import validate
+    from ..errors import BigModelError
 
     status = Path(job["status"])
     if job["verbose"]:
@@ -150,7 +167,7 @@ def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
         cfg = validate(yaml.safe_load(job["config"]), "the server's config")
         fed = Federation.open(Path(job["prep"]), Path(job["out"]), cfg,
                               lambda r, n, m: note_status(status, {"round": r, "rounds": n, "metrics": m}),
-                              bool(job["verbose"]))
+                              bool(job["verbose"]), bool(job.get("resume")))
         n, f = cfg.federated.clients, cfg.federated
         max_weight = 1.0  # SecAgg+ scales each update by rows / max_weight: ask the nodes for their rows
         if f.secure_aggregation and f.privacy is None:
@@ -165,18 +182,23 @@ def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
 
 
 def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
-         tls_ca: Path | None = None, verbose: bool = False) -> JoinResult:
+         tls_ca: Path | None = None, verbose: bool = False, key: Path | None = None) -> JoinResult:
     """`bigmodel federated join`: a SuperNode connected to the SuperLink at `address`, whose client trains on
-    its own CSV or Parquet file encoded with the prep folder's fitted preprocessing. Returns its row count
-    and the rounds it trained in when the server says it is done."""
+    its own CSV or Parquet file encoded with the prep folder's fitted preprocessing; with `key`, it
+    authenticates with that private key (the server must have its public key). Returns its row count and the
+    rounds it trained in when the server says it is done."""
     need_flwr()
     _host_port(address, "--server")
     if tls_ca is not None:
         Tls(tls_ca).check()
-    from . import features
-    from .config import load_config
-    from .data import read_table
-    from .keras_env import import_keras
+    if key is not None:
+        auth.private_key(key)
+        if tls_ca is None:
+            raise ConfigError("--key needs --tls-ca: Flower authenticates SuperNodes only over TLS")
+    from .. import features
+    from ..config import load_config
+    from ..data import read_table
+    from ..keras_env import import_keras
 
     prepared = open_prep(Path(prep))
     schema = prepared.schema
@@ -187,7 +209,7 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
     import_keras(seed)
     x = features.apply(features.preprocessing_model(schema), features.to_inputs(df, schema, source))
     y = schema.labels(df, source)
-    with _workdir(Path(tempfile.gettempdir()), "bigmodel-join-") as work:
+    with workdir(Path(tempfile.gettempdir()), "bigmodel-join-") as work:
         np.savez(work / "data.npz", x=x, y=y)
         status = work / "status.jsonl"
         status.touch()
@@ -197,11 +219,12 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
         _wait_for(address, wait)
         security = ["--root-certificates", str(tls_ca)] if tls_ca else ["--insecure"]
         # --max-wait-time: a SuperNode that cannot talk to the server (say, TLS on one side only) stops
-        with _process(["flower-supernode", *security, "--superlink", address, "--port", str(_free_port()),
+        with process(["flower-supernode", *security, "--superlink", address, "--port", str(_free_port()),
                        "--max-wait-time", str(CONNECT_SECONDS),
+                       *(["--auth-supernode-private-key", str(key)] if key is not None else []),
                        "--node-config", f"bigmodel={json.dumps(str(node))}"],
                       work / "supernode.log", _flower_env(work), verbose) as supernode:
-            rounds = _until_done(status, supernode, work / "supernode.log", address)
+            rounds = _until_done(status, supernode, work / "supernode.log", address, key)
     return JoinResult(address, len(y), rounds)
 
 
@@ -224,8 +247,8 @@ dependencies = []
 publisher = "bigmodel"
 
 [tool.flwr.app.components]
-serverapp = "bigmodel_cli.flower_app:server_app"
-clientapp = "bigmodel_cli.flower_app:client_app"
+serverapp = "bigmodel_cli.federated.app:server_app"
+clientapp = "bigmodel_cli.federated.app:client_app"
 
 [tool.flwr.app.config]
 job = {job}
@@ -247,32 +270,10 @@ def _ask(grid: Any, config: dict[str, Any], wait_for: int = 0, timeout: float = 
             for r in replies if not r.has_error()}
 
 
-def _follow(status: Path, run: Any, log: Path, on_round: Any) -> dict[str, Any]:
-    """Pass the ServerApp's round records to on_round until its last record (result or error) arrives."""
-    from .errors import BigModelError
-
-    seen = 0
-    while True:
-        finished = run.poll() is not None
-        records = read_status(status)
-        for record in records[seen:]:
-            if "round" in record:
-                if on_round is not None:
-                    on_round(record["round"], record["rounds"], record["metrics"])
-            elif "error" in record:
-                raise BigModelError(record["error"])
-            else:
-                return record
-        seen = len(records)
-        if finished:  # the ServerApp crashed: a bug (exit 3), not a user error
-            raise RuntimeError(f"federated serve: the Flower run ended without a result: {_last_line(log)} "
-                               "(run with --verbose to see Flower's logs)")
-        time.sleep(0.5)
-
-
-def _until_done(status: Path, supernode: Any, log: Path, address: str, patience: float = 60.0) -> int:
-    """Wait for the server's "done"; count the rounds this node trained in. Fails if the SuperNode stops or
-    the server is unreachable for `patience` seconds."""
+def _until_done(status: Path, supernode: Any, log: Path, address: str, key: Path | None,
+                patience: float = 60.0) -> int:
+    """Wait for the server's "done"; count the rounds this node trained in. Fails if the SuperNode stops
+    (its key refused, say) or the server is unreachable for `patience` seconds."""
     host, port = _host_port(address, "--server")
     lost_since = None
     while True:
@@ -281,11 +282,12 @@ def _until_done(status: Path, supernode: Any, log: Path, address: str, patience:
         if any(r.get("done") for r in records):
             return rounds
         if supernode.poll() is not None:
+            _refused(log, address, key)
             if not records:
                 raise DataError(f"federated join: no connection to the server at {address} in {CONNECT_SECONDS} s "
-                                f"({_last_line(log)}); if the server uses TLS, pass the CA that signed its "
+                                f"({last_line(log)}); if the server uses TLS, pass the CA that signed its "
                                 "certificate with --tls-ca, and only then")
-            raise DataError(f"federated join: Flower's SuperNode stopped: {_last_line(log)}")
+            raise DataError(f"federated join: Flower's SuperNode stopped: {last_line(log)}")
         if _reachable(host, port) is None:
             lost_since = None
         else:
@@ -295,75 +297,17 @@ def _until_done(status: Path, supernode: Any, log: Path, address: str, patience:
         time.sleep(1)
 
 
-@contextlib.contextmanager
-def _process(cmd: list[str], log: Path, env: dict[str, str],
-             verbose: bool) -> Iterator[subprocess.Popen[bytes]]:
-    """One of Flower's programs as a child process, its output in `log` (on stderr with --verbose), stopped
-    with everything it started when the block ends, whatever ends it."""
-    exe = Path(sys.executable).parent / cmd[0]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([str(exe) if exe.exists() else cmd[0], *cmd[1:]], env=env, stdin=subprocess.DEVNULL,
-                                stdout=2 if verbose else f, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s, to `proc` and all its descendants. Flower's SuperLink and SuperNode
-    start their app processes in sessions of their own, which outlive them (a ServerApp left waiting for
-    clients polls a SuperLink that is gone, forever), so a process group is not enough: the family is
-    read from /proc (Linux; elsewhere only `proc` itself is signalled)."""
-    import signal
-
-    family = [proc.pid, *_descendants(proc.pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in family:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if proc.poll() is not None and not any(_alive(p) for p in family[1:]):
-                return
-            time.sleep(0.2)
-    proc.wait()
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists (a zombie not yet reaped counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    family, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        family += kids
-        todo += kids
-    return family
-
-
-@contextlib.contextmanager
-def _workdir(parent: Path, prefix: str) -> Iterator[Path]:
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def _refused(log: Path, address: str, key: Path | None) -> None:
+    """The one-line error for a SuperNode that Flower refused to admit (its activation answered 412)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if "[code: 2001]" in text:  # no key, and the server admits only registered SuperNodes
+        raise DataError(f"federated join: the server at {address} admits only registered clients; pass --key "
+                        f"with a private key whose .pub its operator listed in --authorized-keys")
+    if "[code: 2004]" in text or "Failed to activate SuperNode" in text:
+        raise DataError(f"federated join: the server at {address} refused this client's key {key}: its public "
+                        f"key is not in the server's --authorized-keys")
+    if "[code: 23]" in text:
+        raise DataError(f"federated join: the server at {address} has a client with key {key} already connected")
 
 
 def _flower_env(work: Path, superlinks: str = "") -> dict[str, str]:
@@ -375,16 +319,6 @@ def _flower_env(work: Path, superlinks: str = "") -> dict[str, str]:
         (home / "config.toml").write_text(superlinks)
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "FLWR_HOME": str(home), "PATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def _last_line(log: Path) -> str:
-    """The log's last exception line (`ValueError: ...`), else its last line."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace")) if log.exists() else ""  # colours
-    lines = [re.sub(r"\s+", " ", ln).strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
-    return (errors or lines or ["no output"])[-1]
 
 
 def _host_port(address: str, option: str) -> tuple[str, int]:
@@ -433,7 +367,7 @@ def _wait_for(address: str, seconds: float, proc: Any = None, log: Path | None =
     deadline = time.monotonic() + seconds
     while (why := _reachable(host, port)) is not None:
         if proc is not None and proc.poll() is not None:
-            raise DataError(f"federated serve: Flower's SuperLink stopped: {_last_line(log)}")
+            raise DataError(f"federated serve: Flower's SuperLink stopped: {last_line(log)}")
         if time.monotonic() > deadline:
             raise DataError(f"federated: no server at {address} after {seconds:g} s ({why})")
         time.sleep(0.5)

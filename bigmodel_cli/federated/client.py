@@ -1,0 +1,104 @@
+"""The client side of `bigmodel federated`: a Keras client and the Flower mods every client runs.
+
+The same client serves the simulation (one per partition, in Ray's actors) and the deployment (one per
+message, in a SuperNode's flwr-clientapp process); the server sends it the config with every round. The
+status file is the channel from Flower's app processes back to our commands (rounds, results, "done").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..schema import Schema
+
+
+class KerasClient:
+    """One Flower client: trains the model the server's config describes on its own (encoded) rows.
+
+    The server sends the config with every round, so a client needs only the prep folder's schema and
+    its data; it answers with its weights and example count (1 under DP: every client weighs alike)."""
+
+    def __init__(self, schema: Schema, x: np.ndarray, y: np.ndarray, seed: int, status: Path | None = None) -> None:
+        self.schema, self.x, self.y, self.seed, self.status = schema, x, y, seed, status
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        import yaml
+
+        from .. import model
+        from ..config import validate
+        from ..keras_env import import_keras
+
+        cfg = validate(yaml.safe_load(str(config["config"])), "the server's config")
+        import_keras(self.seed + 1000 * int(config["round"]))
+        net = model.build(cfg, self.schema, self.x.shape[1])
+        net.set_weights(parameters)
+        h = net.fit(self.x, self.y, epochs=cfg.federated.local_epochs, batch_size=cfg.train.batch_size,
+                    verbose=0, shuffle=True)
+        weight = 1 if cfg.federated.privacy is not None else len(self.y)
+        note_status(self.status, {"round": int(config["round"])})
+        return net.get_weights(), weight, {"train_loss": float(h.history["loss"][-1]), "rows": len(self.y)}
+
+    def properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The server's questions outside the rounds: the row count, and "done" at the end."""
+        if config.get("done"):
+            note_status(self.status, {"done": True})
+        return {"rows": len(self.y)}
+
+    def to_client(self) -> Any:
+        from flwr.client import NumPyClient
+
+        outer = self
+
+        class _Client(NumPyClient):  # type: ignore[misc]
+            def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
+                return outer.fit(parameters, config)
+
+            def get_properties(self, config: dict[str, Any]) -> Any:
+                return outer.properties(config)
+
+        return _Client().to_client()
+
+
+def client_mod(msg: Any, context: Any, call_next: Any) -> Any:
+    """The clients' Flower mod: SecAgg+ when the server's message runs that protocol, then client-side
+    clipping when the server's DP wrapper asks for it (it does only under SecAgg+: the server never sees
+    one client's update). One mod for every config, since a client learns the config from the server."""
+    from flwr.client import mod
+    from flwr.common import MessageType
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return mod.secaggplus_mod(msg, context, lambda m, c: _clipping_mod(m, c, call_next))
+    return _clipping_mod(msg, context, call_next)
+
+
+def _clipping_mod(msg: Any, context: Any, call_next: Any) -> Any:
+    import yaml
+    from flwr.client import mod
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    config = compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    if KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    fixed = yaml.safe_load(str(config["config"]))["federated"]["privacy"]["clipping"] == "fixed"
+    return (mod.fixedclipping_mod if fixed else mod.adaptiveclipping_mod)(msg, context, call_next)
+
+
+def note_status(status: Path | None, record: dict[str, Any]) -> None:
+    """Append one JSON record to a status file (the channel from Flower's app processes to ours)."""
+    if status is not None:
+        with open(status, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_status(status: Path) -> list[dict[str, Any]]:
+    """The status file's complete records (a line still being written is left for the next read)."""
+    text = status.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]

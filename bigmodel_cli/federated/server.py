@@ -1,0 +1,393 @@
+"""The server side of `bigmodel federated`: the rounds, the global model, early stopping, the run folder.
+
+Each client trains the model for `local_epochs` on its own rows and returns its weights with its example
+count; Flower's FedAvg strategy averages them weighted by count (θ = Σ n_k θ_k / Σ n_k). The global model is
+evaluated on the validation split after every round and, as in `train`, early stopping on its validation loss
+ends the rounds and keeps the best round's model (budget.py). After every round the server's state goes to
+RUN_DIR/checkpoint/, so an interrupted run continues with --resume. The run folder is the one `train` writes,
+so evaluate, export, predict and compare accept it.
+
+Options, all Flower's own: `secure_aggregation` runs the SecAgg+ workflow (clients mask their updates, the
+server only ever sees the masked sum); `privacy` wraps the strategy in Flower's client-level DP wrappers
+(each update clipped to an L2 norm, fixed or adaptive, and Gaussian noise added to the average), with ε after
+each round from dp-accounting's RDP accountant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import artifacts
+from ..config import Config
+from ..errors import ConfigError, DataError
+from ..folders import Prep, open_prep, write_run
+from ..gates import lower_is_better
+from .budget import Budget, budget, epsilon
+
+STATE, WEIGHTS = "federated.json", "weights.npz"  # in RUN_DIR/checkpoint/
+# what --resume may change: how long the federation trains, never the model, data, optimiser or clients
+RESUMABLE = ("federated.rounds", "train.epochs", "train.early_stopping.patience", "train.checkpoint_seconds",
+             "train.tensorboard")
+
+
+@dataclass(frozen=True)
+class FederatedResult:
+    """A federated run: the run folder, the rounds run, the round whose global model was kept, its metrics.
+    `budget_stop` says why fewer rounds than asked were run when the privacy budget stopped them (exit 1)."""
+
+    out: Path
+    rounds: int
+    kept_round: int
+    final: dict[str, float]
+    seconds: float
+    budget_stop: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "rounds": self.rounds, "kept_round": self.kept_round, "final": self.final,
+                "seconds": round(self.seconds, 3), "budget_stop": self.budget_stop}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> FederatedResult:
+        return cls(Path(doc["out"]), doc["rounds"], doc["kept_round"], doc["final"], doc["seconds"],
+                   doc.get("budget_stop"))
+
+
+def need_flwr() -> None:
+    """Fail with the install hint when Flower (the `federated` extra) is missing; imports nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        raise ConfigError("bigmodel federated needs Flower: pip install 'bigmodel[federated]'")
+
+
+def flwr() -> Any:
+    """Flower, imported after Keras (with TensorFlow's start-up logs silenced, before Flower and Ray may import it)."""
+    from ..keras_env import import_keras
+
+    need_flwr()
+    import_keras()
+    import flwr as module
+
+    return module
+
+
+@dataclass
+class Stopper:
+    """Early stopping across rounds on the global model's validation metric, as Keras' EarlyStopping does
+    across epochs (same monitor, min_delta and mode); its state goes into the checkpoint."""
+
+    monitor: str
+    patience: int | None  # None: off, the last round is kept
+    min_delta: float
+    best: float | None = None
+    best_round: int = 0
+    wait: int = 0
+
+    def update(self, server_round: int, value: float) -> bool:
+        """Record a round's value; True if it is the best so far."""
+        sign = 1.0 if lower_is_better(self.monitor) else -1.0
+        if self.best is None or sign * (value - self.best) < -self.min_delta:
+            self.best, self.best_round, self.wait = value, server_round, 0
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def stopped(self) -> bool:
+        return self.patience is not None and self.wait >= self.patience
+
+
+@dataclass
+class Federation:
+    """The server side: the prep folder's validation split, the global model, the strategy, the history.
+    Made by `Federation.open`, which reads the prep folder (and, resuming, the checkpoint) and builds the model."""
+
+    prep: Prep
+    folder: artifacts.Folder
+    cfg: Config
+    encoder: Any
+    model: Any
+    x_val: np.ndarray
+    y_val: np.ndarray
+    budget: Budget
+    stopper: Stopper
+    started: str
+    t0: float
+    on_round: Any = None  # (round, rounds, metrics) after each round, for progress
+    history: list[dict[str, float]] = field(default_factory=list)
+    weights: list[np.ndarray] | None = None  # the last round's global model
+    best_weights: list[np.ndarray] | None = None
+    resumed: bool = False
+    clipping_norm: float | None = None  # adaptive client DP: the norm the resumed run continues from
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: the rounds stop (an interrupt)
+    _strategy: Any = None
+    _round: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def schema(self) -> Any:
+        return self.prep.schema
+
+    @property
+    def first_round(self) -> int:
+        return len(self.history) + 1
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopper.stopped
+
+    @classmethod
+    def open(cls, prep: Path, out: Path, cfg: Config, on_round: Any = None, verbose: bool = False,
+             resume: bool = False) -> Federation:
+        from .. import features, model
+        from ..keras_env import import_keras
+
+        flwr()
+        if not verbose:  # Flower logs every message at INFO (and deprecations at WARNING); one line per round instead
+            logging.getLogger("flwr").setLevel(logging.ERROR)
+        prepared = open_prep(Path(prep))
+        folder = artifacts.Folder(Path(out), "run")
+        folder.prepare()
+        import_keras(cfg.seed)
+        started, t0 = artifacts.now(), time.perf_counter()
+        encoder = features.preprocessing_model(prepared.schema)
+        x_val, y_val = encode(encoder, prepared.schema, prepared.split("val"), "the val split")
+        if len(y_val) == 0 and (cfg.train.early_stopping.enabled or cfg.evaluate.threshold == "auto"):
+            raise ConfigError("federated: the server needs a validation split (data.split.val > 0) for early "
+                              "stopping and evaluate.threshold auto; or set train.early_stopping.enabled=false")
+        net = model.build(cfg, prepared.schema, x_val.shape[1])
+        es = cfg.train.early_stopping
+        plan = budget(cfg, prepared.split_rows("train"))
+        fed = cls(prepared, folder, cfg, encoder, net, x_val, y_val, plan, Stopper(es.monitor, plan.patience,
+                  es.min_delta), started, t0, on_round)
+        if resume:
+            fed._load_checkpoint()
+        return fed
+
+    def encode(self, df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
+        return encode(self.encoder, self.schema, df, source)
+
+    def strategy(self, n_clients: int) -> Any:
+        """Flower's FedAvg, wrapped in its DP wrapper when `federated.privacy` is set."""
+        from flwr.common import ndarrays_to_parameters
+        from flwr.server import strategy as fs
+
+        f = self.cfg.federated
+        sampled = max(1, min(n_clients, int(f.fraction_fit * n_clients)), min(f.min_clients, n_clients))
+        config_yaml = self.cfg.to_yaml()
+        start = self.weights if self.weights is not None else self.model.get_weights()
+        base = fs.FedAvg(
+            fraction_fit=f.fraction_fit, fraction_evaluate=0.0, min_fit_clients=sampled,
+            min_evaluate_clients=0, min_available_clients=max(sampled, min(f.min_clients, n_clients)),
+            evaluate_fn=self._evaluate, on_fit_config_fn=lambda r: {"config": config_yaml, "round": r},
+            fit_metrics_aggregation_fn=self._fit_metrics, initial_parameters=ndarrays_to_parameters(start))
+        p = f.privacy
+        if p is None:
+            return base
+        client_side = f.secure_aggregation  # the server sees only the masked sum: clients must clip
+        if p.clipping == "fixed":
+            cls = (fs.DifferentialPrivacyClientSideFixedClipping if client_side
+                   else fs.DifferentialPrivacyServerSideFixedClipping)
+            return cls(base, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
+                       num_sampled_clients=sampled)
+        cls = (fs.DifferentialPrivacyClientSideAdaptiveClipping if client_side
+               else fs.DifferentialPrivacyServerSideAdaptiveClipping)
+        return cls(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
+                   initial_clipping_norm=self.clipping_norm or p.clipping_norm,
+                   target_clipped_quantile=p.target_quantile)
+
+    def run_rounds(self, grid: Any, context: Any, n_clients: int, max_weight: float) -> None:
+        """The server's main on Flower's Grid: the rounds (through the SecAgg+ workflow when asked) until the
+        budget is spent or early stopping ends them. Flower's DefaultWorkflow runs a fixed number of rounds;
+        this is its loop with a stop, starting after the checkpoint's last round when resuming."""
+        from flwr.app import ConfigRecord
+        from flwr.server import LegacyContext, ServerConfig
+        from flwr.server.compat.app_utils import start_update_client_manager_thread
+        from flwr.server.workflow import SecAggPlusWorkflow
+        from flwr.server.workflow import default_workflows as flow
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+
+        if self.cfg.federated.secure_aggregation and n_clients < 3:
+            raise ConfigError(f"federated.secure_aggregation needs 3 or more clients, got {n_clients}")
+        grid = CancellableGrid(grid, self.cancel)
+        fit = (SecAggPlusWorkflow(num_shares=n_clients, reconstruction_threshold=max(2, n_clients - 1),
+                                  max_weight=max_weight)
+               if self.cfg.federated.secure_aggregation else flow.default_fit_workflow)
+        self._strategy = self.strategy(n_clients)
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=self.budget.rounds),
+                               strategy=self._strategy)
+        thread, stop_thread, clients_ready = start_update_client_manager_thread(grid, legacy.client_manager)
+        try:
+            clients_ready.wait()
+            flow.default_init_params_workflow(grid, legacy)
+            state = ConfigRecord()
+            state[Key.START_TIME] = time.perf_counter()
+            legacy.state.config_records[MAIN_CONFIGS_RECORD] = state
+            for server_round in range(self.first_round, self.budget.rounds + 1):
+                if self.stopped:
+                    break
+                state[Key.CURRENT_ROUND] = server_round
+                fit(grid, legacy)
+                flow.default_centralized_evaluation_workflow(grid, legacy)
+        finally:
+            stop_thread.set()
+            thread.join()
+
+    def _fit_metrics(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        rows = sum(int(m.get("rows", 0)) for _, m in results)
+        self._round = {"clients": len(results), "train_loss": float(
+            sum(float(m["train_loss"]) * int(m.get("rows", 1)) for _, m in results) / max(rows, 1))}
+        return {}
+
+    def _evaluate(self, server_round: int, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
+        self.model.set_weights(parameters)
+        values = self.model.evaluate(self.x_val, self.y_val, verbose=0, return_dict=True)
+        if server_round > 0:
+            row = {"loss": self._round.get("train_loss", float("nan")),
+                   **{f"val_{k}": float(v) for k, v in values.items()},
+                   "clients": self._round.get("clients", 0)}
+            if self.cfg.federated.privacy is not None:
+                row["epsilon"] = epsilon(server_round, self.cfg.federated.privacy)
+            self.history.append(row)
+            self.weights = parameters
+            if self.stopper.patience is not None:
+                if self.stopper.monitor not in row:
+                    raise ConfigError(f"train.early_stopping.monitor: '{self.stopper.monitor}' is not logged; "
+                                      f"choose one of {', '.join(k for k in row if k != 'clients')}")
+                if self.stopper.update(server_round, row[self.stopper.monitor]):
+                    self.best_weights = parameters
+            self._save_checkpoint()
+            if self.on_round is not None:
+                self.on_round(server_round, self.budget.rounds, {k: v for k, v in row.items() if k != "clients"})
+            self._round = {}
+        return float(values["loss"]), {}
+
+    @property
+    def _checkpoint(self) -> Path:
+        return self.folder / artifacts.CHECKPOINT
+
+    def _config_sha256(self) -> str:
+        return hashlib.sha256(self.cfg.to_yaml().encode()).hexdigest()
+
+    def _save_checkpoint(self) -> None:
+        """The server's state after a round, written whole (temp folder, then swapped in): the global and best
+        weights, the history, early stopping's counters, adaptive DP's clipping norm."""
+        assert self.weights is not None
+        norm = getattr(self._strategy, "clipping_norm", None) if self.cfg.federated.privacy else None
+        with artifacts.atomic_dir(self._checkpoint) as tmp:
+            arrays = {f"global_{i}": w for i, w in enumerate(self.weights)}
+            arrays |= {f"best_{i}": w for i, w in enumerate(self.best_weights or [])}
+            np.savez(tmp / WEIGHTS, **arrays)
+            s = self.stopper
+            artifacts.write_json(tmp / STATE, {
+                "federated": True, "history": self.history, "columns": list(self.history[0]), "best": s.best,
+                "best_round": s.best_round, "wait": s.wait, "clipping_norm": norm,
+                "config": self.cfg.model_dump(mode="json"), "config_sha256": self._config_sha256(),
+                "splits": self.prep.manifest["splits"]})
+
+    def _load_checkpoint(self) -> None:
+        from ..train import resume_changes
+
+        path = self._checkpoint / STATE
+        if not path.exists():
+            raise DataError(f"{self._checkpoint}: no federated checkpoint to resume (an interrupted `bigmodel "
+                            f"federated` run leaves one); run without --resume")
+        state = artifacts.read_json(path)
+        if state["splits"] != self.prep.manifest["splits"]:
+            raise DataError(f"{self._checkpoint}: the interrupted run used another prep folder; resume with the same "
+                            f"one, or run without --resume")
+
+        saved = SimpleNamespace(config=state["config"], config_sha256=state["config_sha256"])
+        changed = resume_changes(saved, self.cfg, self._config_sha256(), RESUMABLE)
+        if changed:
+            raise DataError(f"{self._checkpoint}: the interrupted run used another config ({', '.join(changed)} "
+                            f"differ); only {', '.join(RESUMABLE)} may change on --resume")
+        with np.load(self._checkpoint / WEIGHTS) as saved:
+            n = len(self.model.get_weights())
+            self.weights = [saved[f"global_{i}"] for i in range(n)]
+            self.best_weights = [saved[f"best_{i}"] for i in range(n)] if "best_0" in saved else None
+        self.history = [{c: row[c] for c in state["columns"]} for row in state["history"]]  # in the run's order
+        s = self.stopper
+        s.best, s.best_round, s.wait = state["best"], state["best_round"], state["wait"]
+        self.clipping_norm, self.resumed = state["clipping_norm"], True
+
+    def finish(self, extra: dict[str, Any]) -> FederatedResult:
+        """Write the run folder with the best round's global model (the last round's without early stopping),
+        its decision threshold picked on the validation split as `train` does; remove the checkpoint."""
+        from ..train import decision_threshold
+
+        if self.weights is None:
+            raise DataError("federated: no round finished, so there is no global model (see the log above)")
+        early = self.stopper.patience is not None and self.best_weights is not None
+        kept = self.stopper.best_round if early else len(self.history)
+        self.model.set_weights(self.best_weights if early else self.weights)
+        hist = pd.DataFrame(self.history)
+        hist.insert(0, "epoch", np.arange(1, len(hist) + 1))  # epoch = round
+        seconds = time.perf_counter() - self.t0
+        f, p = self.cfg.federated, self.cfg.federated.privacy
+        privacy = None if p is None else {  # every round's average was released, so ε is that of all rounds run
+            "level": "client", "epsilon": float(hist["epsilon"].iloc[-1]), "delta": p.delta,
+            "noise_multiplier": p.noise_multiplier, "clipping": p.clipping, "clipping_norm": p.clipping_norm,
+            "max_epsilon": p.max_epsilon, "accountant": "dp-accounting RDP, no sampling amplification"}
+        threshold = decision_threshold(self.cfg, self.schema, self.model, self.x_val, self.y_val)
+        final = write_run(self.folder, self.prep, self.cfg, self.model, hist, kept, {
+            "started": self.started, "seconds": round(seconds, 3), "epochs_run": len(hist), "best_epoch": kept,
+            "threshold": threshold, "privacy": privacy, "resumed": self.resumed,
+            "federated": {"engine": f.engine, "rounds": len(hist), "rounds_asked": self.budget.asked,
+                          "kept_round": kept, "stopped_early": self.stopped, "patience": self.budget.patience,
+                          "secure_aggregation": f.secure_aggregation, **extra}})
+        shutil.rmtree(self._checkpoint, ignore_errors=True)
+        stop = None
+        if len(hist) < self.budget.asked and not self.stopped and p is not None and p.max_epsilon is not None:
+            stop = (f"federated.privacy.max_epsilon {p.max_epsilon}: stopped after {len(hist)} of {self.budget.asked} "
+                    f"rounds (ε={final['epsilon']:.3g}); round {len(hist) + 1} would spend "
+                    f"ε={epsilon(len(hist) + 1, p):.3g}")
+        return FederatedResult(self.folder.path, len(hist), kept, final, seconds, stop)
+
+
+class Cancelled(RuntimeError):
+    """The rounds were stopped from outside (Ctrl-C in the process that runs them)."""
+
+
+class CancellableGrid:
+    """Flower's Grid whose send_and_receive gives up when `cancel` is set: Flower's own waits for the replies
+    with no way to stop, so a simulation interrupted while clients train would hang at exit, waiting for the
+    ServerApp thread. Everything else is the wrapped grid's."""
+
+    def __init__(self, grid: Any, cancel: threading.Event) -> None:
+        self._grid, self._cancel = grid, cancel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        waiting = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Any] = []
+        while waiting and (end is None or time.monotonic() < end):
+            if self._cancel.is_set():
+                raise Cancelled("federated: the rounds were interrupted")
+            got = list(self._grid.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if waiting:
+                time.sleep(0.1)
+        return replies
+
+
+def encode(encoder: Any, schema: Any, df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's rows through the fitted preprocessing, and their labels."""
+    from .. import features
+
+    return features.apply(encoder, features.to_inputs(df, schema, source)), schema.labels(df, source)
+
