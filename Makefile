@@ -20,7 +20,7 @@ help:
 	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script and scikit-learn on 16 real tables"
 	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column)"
 	@echo "make bench-serve - bigmodel serve (tf / onnx runtime) vs a hand-written Starlette service, under load"
-	@echo "make federated-table - centralized vs federated variants on penguins (the README table)"
+	@echo "make federated-table - centralized vs federated training with the defaults on the samples (the README table)"
 	@echo "make clean  - remove $(OUT)/"
 
 $(BIN)/python:

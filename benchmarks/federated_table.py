@@ -138,15 +138,16 @@ def main() -> None:
         privacy = manifest.get("privacy") or {}
         fed = manifest.get("federated") or {}
         rows.append({"data": data, "setup": name, "command": " ".join(["bigmodel", *cmd, "PREP", *COMMON, *extra]),
-                     "accuracy": round(metrics["accuracy"], 3), "f1_macro": round(metrics["macro_f1"], 3),
+                     "accuracy": round(metrics["accuracy"], 3),
+                     "f1": round(metrics.get("macro_f1", metrics.get("f1")), 3),
                      "rounds": fed.get("rounds"), "kept_round": fed.get("kept_round"),
                      "epochs": manifest["epochs_run"], "epsilon": None if not privacy else round(privacy["epsilon"], 2),
                      "seconds": round(seconds, 1)})
         print(f"{data}, {name}: accuracy {metrics['accuracy']:.3f}, {seconds:.1f} s", flush=True)
     front = front_cost(preps["penguins"], work)
-    show(f"test split, defaults, {CLIENTS} clients", ["data", "setup", "accuracy", "F1 macro", "rounds (kept)",
+    show(f"test split, defaults, {CLIENTS} clients", ["data", "setup", "accuracy", "F1 (macro)", "rounds (kept)",
                                                       "ε (δ=1e-5)", "wall s"],
-         [[r["data"], r["setup"], r["accuracy"], r["f1_macro"],
+         [[r["data"], r["setup"], r["accuracy"], r["f1"],
            f"{r['rounds']} ({r['kept_round']})" if r["rounds"] else f"{r['epochs']} epochs", r["epsilon"] or "-",
            r["seconds"]] for r in rows])
     print(f"one fleet request: {front['front']} ms through the front, {front['superlink']} ms to the SuperLink")
