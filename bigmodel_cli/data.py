@@ -146,6 +146,24 @@ def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataF
         raise DataError(f"{path}: no data rows (only a header)")
 
 
+def dictionary_columns(schema: Any) -> list[str]:
+    """The columns of a pyarrow schema worth dictionary-encoding in Parquet: all but the floating-point ones,
+    whose values seldom repeat (trying a dictionary for them first costs half of a split's write: 0.24 s ->
+    0.11 s for 200k rows x 31 columns). The values written are the same either way."""
+    import pyarrow as pa
+
+    return [f.name for f in schema if not pa.types.is_floating(f.type)]
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """A DataFrame as Parquet (no index), dictionary-encoding only the columns that repeat."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    pq.write_table(table, path, use_dictionary=dictionary_columns(table.schema))
+
+
 def write_table(df: pd.DataFrame, path: Path) -> None:
     """Write CSV or Parquet by suffix (caller makes it atomic)."""
     if is_parquet(path):

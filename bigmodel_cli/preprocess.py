@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import artifacts, columns
 from .config import Config
-from .data import read_table, streams
+from .data import read_table, streams, write_parquet
 from .errors import DataError
 from .folders import write_prep
 from .schema import Schema, as_str, numeric_column
@@ -99,5 +99,5 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
 
     for name, part in splits.items():
         with artifacts.atomic_path(folder / artifacts.SPLIT_FILES[name]) as tmp:
-            part.reset_index(drop=True).to_parquet(tmp, index=False)
+            write_parquet(part, tmp)
     return columns.Fitted(schema, report, rows_in)

@@ -62,3 +62,22 @@ def test_streaming_errors_name_the_row_in_the_file(tmp_path):
     r = bm("preprocess", bad, "--target", "species", "--out", tmp_path / "p", *STREAM, code=2)
     assert "column 'bill_length_mm' is numeric but data row 120 holds 'oops'" in r.stderr
     assert not (tmp_path / "p" / "train.parquet").exists()
+
+
+def test_category_counts_are_those_of_the_strings_written():
+    """The fast count (distinct raw values first) gives the counts of converting every row with as_str: stripped,
+    missing and blank not counted, whole floats as ints only when all are; object columns, whose equal values
+    may print apart (3 and 3.0, True and 1), are counted row by row."""
+    import numpy as np
+
+    from bigmodel_cli.columns import category_counts
+    from bigmodel_cli.schema import as_str
+
+    cases = [pd.Series(["a", " b", "b ", None, "", "  ", "a", np.nan], dtype="str"), pd.Series([1.0, 2.0, np.nan, 1.0]),
+             pd.Series([1.5, 2.0, np.nan]), pd.Series([True, False, True]), pd.Series([1, 2, 2, 3]),
+             pd.Series([1e308, 1.0, 2.0]), pd.Series(pd.array([1, None, 1], dtype="Int64")),
+             pd.Series(["3", 3, 3.0], dtype=object), pd.Series([True, 1], dtype=object)]
+    for s in cases:
+        rows = as_str(s)
+        want = rows[rows != ""].value_counts()
+        assert dict(category_counts(s).items()) == dict(want.items()), s.tolist()
