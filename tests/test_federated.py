@@ -184,6 +184,45 @@ def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
     assert "one round already spends" in r.stderr and not (tmp_path / "none" / "model.keras").exists()
 
 
+def test_front_passes_only_fleet_posts(monkeypatch):
+    """The front in front of the SuperLink: POST /v1/fleet/<name> is forwarded (here to a SuperLink that is not
+    there: 503, which a SuperNode retries); every other path, method or a query is a 404; a body over the
+    limit is a 413."""
+    from starlette.testclient import TestClient
+
+    from bigmodel_cli.federated import auth
+
+    with TestClient(auth.front_app(f"http://127.0.0.1:{_free_port()}", None)) as web:
+        assert web.post("/v1/fleet/pull-messages", content=b"x").status_code == 503
+        for method, path in (("POST", "/v1/control/list-runs"), ("POST", "/v1/control/start-run"),
+                             ("POST", "/v1/runtime/pull-messages"), ("GET", "/v1/fleet/pull-messages"),
+                             ("PUT", "/v1/fleet/pull-messages"), ("PROPFIND", "/v1/fleet/pull-messages"),
+                             ("TRACE", "/v1/fleet/x"), ("POST", "/v1/fleet/pull-messages?a=1"),
+                             ("POST", "/v1/fleet/../control/list-runs"), ("POST", "/v1/fleet/a%2F..%2Fb"),
+                             ("POST", "/docs"), ("GET", "/")):
+            assert web.request(method, path).status_code == 404, (method, path)
+        monkeypatch.setattr(auth, "MAX_BODY", 10)
+        assert web.post("/v1/fleet/push-messages", content=b"x" * 11).status_code == 413
+
+
+def test_dp_noise_is_not_derived_from_the_seed(penguins_prep, tmp_path):
+    """Flower's DP wrappers draw their noise from NumPy's global generator; with privacy the server reseeds it
+    from the OS, so the config's seed (sent to every client) does not give the noise away. Without privacy the
+    run stays seeded."""
+    from bigmodel_cli.config import validate
+    from bigmodel_cli.federated.server import Federation
+
+    draws = {}
+    for privacy in (None, {"noise_multiplier": 1.0}):
+        cfg = validate({"federated": {"privacy": privacy}})
+        runs = []
+        for k in range(2):
+            Federation.open(penguins_prep, tmp_path / f"run{k}", cfg)
+            runs.append(np.random.normal(size=4))
+        draws[privacy is None] = runs
+    assert np.array_equal(*draws[True]) and not np.array_equal(*draws[False])
+
+
 def test_status_file_records_are_read_whole(tmp_path):
     """Flower's app processes append records while serve/join read them: a half-written line waits."""
     from bigmodel_cli.federated.client import note_status, read_status
@@ -215,8 +254,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tls_files(folder: Path) -> dict[str, Path]:
-    """A CA and a server certificate for localhost / 127.0.0.1 / 127.0.0.2 signed by it (PEM), valid for a day."""
+def _tls_files(folder: Path, loopback: bool = True) -> dict[str, Path]:
+    """A CA and a server certificate for localhost / 127.0.0.1 / 127.0.0.2 signed by it (PEM), valid for a day
+    (loopback=False: for localhost only)."""
     import datetime
     import ipaddress
 
@@ -240,8 +280,8 @@ def _tls_files(folder: Path) -> dict[str, Path]:
     files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
     files["ca"].write_bytes(certificate("test CA", ca_key, "test CA", ca_key, x509.BasicConstraints(True, None)))
     files["cert"].write_bytes(certificate("localhost", key, "test CA", ca_key, x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-         x509.IPAddress(ipaddress.ip_address("127.0.0.2"))])))
+        [x509.DNSName("localhost"), *([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                       x509.IPAddress(ipaddress.ip_address("127.0.0.2"))] if loopback else [])])))
     files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     return files
@@ -372,6 +412,14 @@ def test_keys_and_their_errors(penguins_prep, tmp_path):
         assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
     r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--authorized-keys", public, code=2)
     assert "--authorized-keys needs TLS" in r.stderr
+    other = tmp_path / "localhost_only"
+    other.mkdir()
+    tls_other = _tls_files(other, loopback=False)
+    r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "run", "--tls-ca", tls_other["ca"], "--tls-cert",
+           tls_other["cert"], "--tls-key", tls_other["key"], code=2)
+    assert "must also name 127.0.0.1" in r.stderr
+    r = bm("federated", "keygen", "--out", ".", code=2)
+    assert "give a name" in r.stderr
     data = tmp_path / "mine.csv"
     pd.read_parquet(penguins_prep / "train.parquet").head(20).to_csv(data, index=False)
     join = ["federated", "join", penguins_prep, "--data", data, "--server", "127.0.0.1:1"]
@@ -474,3 +522,8 @@ def test_join_without_a_server_is_a_clear_error(penguins_prep, tmp_path):
     assert "species" in r.stderr  # its data is checked before it connects
     r = bm("federated", penguins_prep, "--out", tmp_path / "dep", "--set", "federated.engine=deployment", code=2)
     assert "federated serve" in r.stderr and not (tmp_path / "dep").exists()
+    bm("preprocess", PENGUINS, "--target", "species", "--set", "data.split.val=0", "--set", "data.split.train=0.9",
+       "--out", tmp_path / "noval")
+    r = bm("federated", tmp_path / "noval", "--out", tmp_path / "nv", *FAST, "--set", "federated.rounds=1",
+           "--set", "federated.clients=2", code=2)
+    assert "has none; preprocess with data.split.val > 0" in r.stderr and r.stderr.count("\n") == 1

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 FLEET = re.compile(r"^/v1/fleet/[a-z-]+$")
 # hop-by-hop headers (RFC 9110 §7.6.1) and those the proxy recomputes; Flower's own (flwr-public-key,
 # flwr-timestamp, flwr-signature: the node's signature covers the timestamp only) pass unchanged
+MAX_BODY = 1 << 30  # a fleet message carries model weights; beyond 1 GiB it is not one of ours: 413
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
        "proxy-authenticate", "host", "content-length"}
 
@@ -50,6 +51,8 @@ def keygen(out: Path) -> KeyPair:
     from .. import artifacts
 
     out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise ConfigError(f"--out {out}: give a name for the key files, e.g. --out client_a")
     pair = KeyPair(out.with_name(out.name + ".key"), out.with_name(out.name + ".pub"))
     for path in (pair.private, pair.public):
         if path.exists():
@@ -113,9 +116,10 @@ def private_key(path: Path) -> Path:
 
 
 def front_app(upstream: str, ca: Path | None) -> Any:
-    """The Starlette app of the front: POST /v1/fleet/<name> goes to the SuperLink at `upstream`
-    (https verified with `ca`, or http), anything else is a 404; an unreachable SuperLink is a 503, which a
-    SuperNode retries."""
+    """The ASGI app of the front: POST /v1/fleet/<name> (no query) goes to the SuperLink at `upstream` (https
+    verified with `ca`, or http), anything else — any other path or method — is a 404; a body over MAX_BODY is
+    a 413; an unreachable SuperLink is a 503, which a SuperNode retries. Proxy variables are ignored: the
+    SuperLink is on this host."""
     import httpx
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -123,15 +127,21 @@ def front_app(upstream: str, ca: Path | None) -> Any:
     from starlette.routing import Route
 
     verify: Any = ssl.create_default_context(cafile=str(ca)) if ca else False
-    client = httpx.AsyncClient(base_url=upstream, verify=verify, timeout=httpx.Timeout(300.0, connect=10.0))
+    client = httpx.AsyncClient(base_url=upstream, verify=verify, trust_env=False,
+                               timeout=httpx.Timeout(300.0, connect=10.0))
+    not_found = Response(b"not found\n", status_code=404, media_type="text/plain")
 
     async def forward(request: Request) -> Response:
-        path = request.url.path
-        if request.method != "POST" or not FLEET.match(path) or request.url.query:
-            return Response(b"not found\n", status_code=404, media_type="text/plain")
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return Response(b"too large\n", status_code=413, media_type="text/plain")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return Response(b"too large\n", status_code=413, media_type="text/plain")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         try:
-            up = await client.post(path, content=await request.body(), headers=headers)
+            up = await client.post(request.url.path, content=bytes(body), headers=headers)
         except httpx.TransportError:
             return Response(b"the SuperLink is not reachable\n", status_code=503, media_type="text/plain")
         return Response(up.content, status_code=up.status_code,
@@ -142,8 +152,16 @@ def front_app(upstream: str, ca: Path | None) -> Any:
         yield
         await client.aclose()
 
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]  # HEAD: Starlette answers it as GET
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+    fleet = Starlette(routes=[Route("/{path:path}", forward, methods=["POST"])], lifespan=lifespan)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not (scope["method"] == "POST" and FLEET.match(scope["path"])
+                                            and not scope.get("query_string")):
+            await not_found(scope, receive, send)  # before any routing: every other method and path alike
+            return
+        await fleet(scope, receive, send)
+
+    return app
 
 
 @contextlib.contextmanager

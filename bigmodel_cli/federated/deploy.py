@@ -12,6 +12,7 @@ as in simulation, so SecAgg+ and client-level DP work here too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -78,6 +79,23 @@ class Tls:
             except ssl.SSLError as e:
                 raise ConfigError(f"--tls-cert {self.cert} / --tls-key {self.key}: not a matching PEM certificate "
                                   f"and key ({e})") from None
+            if not _names_loopback(self.cert):
+                raise ConfigError(f"--tls-cert {self.cert}: the certificate must also name 127.0.0.1 (an IP subject "
+                                  f"alternative name): the front and Flower's own processes reach the SuperLink there")
+
+
+def _names_loopback(cert: Path) -> bool:
+    """Whether the (first) certificate in a PEM file lists 127.0.0.1 among its subject alternative names."""
+    import ipaddress
+
+    from cryptography import x509
+
+    try:
+        names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress)
 
 
 CONNECT_SECONDS = 30  # a SuperNode gives up after failing to reach the SuperLink this long
@@ -109,7 +127,7 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
     budget(cfg, open_prep(Path(prep)).split_rows("train"))  # a budget that fits no round fails here, first
     folder = artifacts.Folder(Path(out), "run")
     folder.prepare()
-    with workdir(folder.path, ".federated.") as work:
+    with folder.lock(), workdir(folder.path, ".federated.") as work:
         status = work / "status.jsonl"
         status.touch()
         (work / "job.json").write_text(json.dumps({
@@ -134,7 +152,8 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
             with (auth.front(host, port, upstream, *((tls.ca, tls.cert, tls.key) if tls else ())),
                   process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env, verbose) as run):
                 record = follow(status, run, work / "run.log", on_round)
-                run.wait(timeout=60)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # the run folder is written: done
+                    run.wait(timeout=60)
     return FederatedResult.from_dict(record["result"])
 
 

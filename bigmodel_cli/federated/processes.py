@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,27 @@ def _stop(proc: subprocess.Popen[bytes], gentle: int | None = None) -> None:
     start their app processes in sessions of their own, which outlive them (a ServerApp left waiting for
     clients polls a SuperLink that is gone, forever), so a process group is not enough: the family is
     read from /proc (Linux; elsewhere only `proc` itself is signalled)."""
+    import signal
+
+    # a second Ctrl-C / SIGTERM must not cut the clean-up short (it would leave the processes running): noted
+    # while the family is stopped, then raised by the handler it would have met (main thread only: elsewhere
+    # Python runs no signal handler)
+    if threading.current_thread() is not threading.main_thread():
+        _stop_family(proc, gentle)
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _stop_family(proc, gentle)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if pending:
+        signal.raise_signal(pending[0])
+
+
+def _stop_family(proc: subprocess.Popen[bytes], gentle: int | None) -> None:
     import signal
 
     family = [proc.pid, *descendants(proc.pid)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import shutil
 import threading
 import time
@@ -162,10 +163,15 @@ class Federation:
         started, t0 = artifacts.now(), time.perf_counter()
         encoder = features.preprocessing_model(prepared.schema)
         x_val, y_val = encode(encoder, prepared.schema, prepared.split("val"), "the val split")
-        if len(y_val) == 0 and (cfg.train.early_stopping.enabled or cfg.evaluate.threshold == "auto"):
-            raise ConfigError("federated: the server needs a validation split (data.split.val > 0) for early "
-                              "stopping and evaluate.threshold auto; or set train.early_stopping.enabled=false")
+        if len(y_val) == 0:
+            raise ConfigError("federated: the server evaluates the global model on the validation split, and the "
+                              "prep folder has none; preprocess with data.split.val > 0")
         net = model.build(cfg, prepared.schema, x_val.shape[1])
+        if cfg.federated.privacy is not None:
+            # Flower's DP wrappers draw the noise from NumPy's global generator, which import_keras seeded with
+            # cfg.seed, a number every client is sent: noise that anyone could regenerate and subtract protects
+            # nothing. So it is drawn from the OS's entropy (a DP run is not reproducible bit for bit)
+            np.random.seed(secrets.randbits(32))
         es = cfg.train.early_stopping
         plan = budget(cfg, prepared.split_rows("train"))
         fed = cls(prepared, folder, cfg, encoder, net, x_val, y_val, plan, Stopper(es.monitor, plan.patience,
@@ -298,11 +304,22 @@ class Federation:
     def _load_checkpoint(self) -> None:
         from ..train import resume_changes
 
-        path = self._checkpoint / STATE
-        if not path.exists():
+        folder = self._checkpoint
+        if not (folder / STATE).exists():
+            old = artifacts.previous_dir(folder)  # killed while swapping two checkpoints: the old one is whole
+            folder = old if (old / STATE).exists() else folder
+        if not (folder / STATE).exists():
             raise DataError(f"{self._checkpoint}: no federated checkpoint to resume (an interrupted `bigmodel "
                             f"federated` run leaves one); run without --resume")
-        state = artifacts.read_json(path)
+        try:
+            state = artifacts.read_json(folder / STATE)
+            with np.load(folder / WEIGHTS, allow_pickle=False) as saved:
+                n = len(self.model.get_weights())
+                weights = [saved[f"global_{i}"] for i in range(n)]
+                best = [saved[f"best_{i}"] for i in range(n)] if "best_0" in saved else None
+            history = [{c: row[c] for c in state["columns"]} for row in state["history"]]  # in the run's order
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise DataError(f"{folder}: the checkpoint is damaged ({e}); run without --resume") from None
         if state["splits"] != self.prep.manifest["splits"]:
             raise DataError(f"{self._checkpoint}: the interrupted run used another prep folder; resume with the same "
                             f"one, or run without --resume")
@@ -312,11 +329,7 @@ class Federation:
         if changed:
             raise DataError(f"{self._checkpoint}: the interrupted run used another config ({', '.join(changed)} "
                             f"differ); only {', '.join(RESUMABLE)} may change on --resume")
-        with np.load(self._checkpoint / WEIGHTS) as saved:
-            n = len(self.model.get_weights())
-            self.weights = [saved[f"global_{i}"] for i in range(n)]
-            self.best_weights = [saved[f"best_{i}"] for i in range(n)] if "best_0" in saved else None
-        self.history = [{c: row[c] for c in state["columns"]} for row in state["history"]]  # in the run's order
+        self.weights, self.best_weights, self.history = weights, best, history
         s = self.stopper
         s.best, s.best_round, s.wait = state["best"], state["best_round"], state["wait"]
         self.clipping_norm, self.resumed = state["clipping_norm"], True
@@ -347,6 +360,7 @@ class Federation:
                           "kept_round": kept, "stopped_early": self.stopped, "patience": self.budget.patience,
                           "secure_aggregation": f.secure_aggregation, **extra}})
         shutil.rmtree(self._checkpoint, ignore_errors=True)
+        shutil.rmtree(artifacts.previous_dir(self._checkpoint), ignore_errors=True)
         stop = None
         if len(hist) < self.budget.asked and not self.stopped and p is not None and p.max_epsilon is not None:
             stop = (f"federated.privacy.max_epsilon {p.max_epsilon}: stopped after {len(hist)} of {self.budget.asked} "

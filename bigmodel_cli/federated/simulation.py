@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +62,13 @@ def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None, verbose: 
     budget(cfg, open_prep(Path(prep)).split_rows("train"))  # a budget that fits no round fails here, first
     folder = artifacts.Folder(Path(out), "run")
     folder.prepare()
-    with workdir(folder.path, ".federated.") as work:
+    with folder.lock(), workdir(folder.path, ".federated.") as work:
         status = work / "status.jsonl"
         status.touch()
         job = work / "job.json"
         job.write_text(json.dumps({"prep": str(Path(prep).resolve()), "out": str(folder.path.resolve()),
                                    "config": cfg.to_yaml(), "status": str(status), "verbose": verbose,
-                                   "resume": resume}))
+                                   "resume": resume, "work": str(work)}))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
         with process([sys.executable, "-m", __name__, str(job)], work / "simulation.log", env, verbose,
                      gentle=signal.SIGINT) as child:
@@ -91,7 +89,7 @@ def main(job_file: str) -> None:
         cfg = validate(yaml.safe_load(job["config"]), "the simulation's config")
         result = _simulate(Path(job["prep"]), Path(job["out"]), cfg,
                            lambda r, n, m: note_status(status, {"round": r, "rounds": n, "metrics": m}),
-                           bool(job["verbose"]), bool(job["resume"]))
+                           bool(job["verbose"]), bool(job["resume"]), Path(job["work"]))
         record: dict[str, Any] = {"result": result.to_dict()}
     except BigModelError as e:
         record = {"error": str(e)}
@@ -100,8 +98,10 @@ def main(job_file: str) -> None:
     note_status(status, record)
 
 
-def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, resume: bool) -> FederatedResult:
-    """The simulation itself, in the child process: the server and K clients on Ray."""
+def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, resume: bool,
+              work: Path) -> FederatedResult:
+    """The simulation itself, in the child process: the server and K clients on Ray (the encoded train split
+    in `work`, the parent's temporary folder)."""
     flwr()
     from flwr.client import ClientApp
     from flwr.common import Context
@@ -124,7 +124,6 @@ def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, 
         raise DataError("federated: a client got no rows; use fewer clients or a larger alpha")
     balance = [{c: int((y[p] == i).sum()) for i, c in enumerate(schema.classes)} if schema.classes
                else {"rows": len(p)} for p in parts]
-    work = Path(tempfile.mkdtemp(prefix=".federated.", dir=fed.folder.path))
     data_file = str(work / "train.npz")
     np.savez(data_file, x=x, y=y, **{f"part{k}": p for k, p in enumerate(parts)})
     seed = cfg.seed
@@ -155,7 +154,7 @@ def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, 
         fed.cancel.set()
         raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        Path(data_file).unlink(missing_ok=True)
     return fed.finish({"clients": len(parts), "partition": f.partition, "class_balance": balance})
 
 
