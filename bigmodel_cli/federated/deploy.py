@@ -35,7 +35,7 @@ from ..schema import Schema
 from . import auth
 from .budget import budget
 from .client import KerasClient, note_status, read_status
-from .processes import follow, last_line, process, workdir
+from .processes import follow, job_folder, last_line, process, workdir
 from .server import FederatedResult, Federation, need_flwr
 
 
@@ -125,18 +125,11 @@ def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None
         raise ConfigError("--authorized-keys needs TLS (--tls-ca, --tls-cert, --tls-key): Flower authenticates "
                           "SuperNodes only over TLS")
     budget(cfg, open_prep(Path(prep)).split_rows("train"))  # a budget that fits no round fails here, first
-    folder = artifacts.Folder(Path(out), "run")
-    folder.prepare()
-    with folder.lock(), workdir(folder.path, ".federated.") as work:
-        status = work / "status.jsonl"
-        status.touch()
-        (work / "job.json").write_text(json.dumps({
-            "prep": str(Path(prep).resolve()), "out": str(folder.path.resolve()), "config": cfg.to_yaml(),
-            "status": str(status), "verbose": verbose, "resume": resume}))
+    with job_folder(prep, out, cfg.to_yaml(), verbose, resume) as j:
+        work, status = j.work, j.status
         app = work / "app"
         app.mkdir()
-        job = json.dumps(str(work / "job.json"))
-        (app / "pyproject.toml").write_text(_APP_TOML.format(version=__version__, job=job))
+        (app / "pyproject.toml").write_text(_APP_TOML.format(version=__version__, job=json.dumps(str(j.file))))
         inner = _free_port()  # the SuperLink's, on loopback only: its control API must not be reachable from outside
         security = (f"root-certificates = {json.dumps(str(tls.ca.resolve()))}\n" if tls else "insecure = true\n")
         env = _flower_env(work, f'[superlink]\ndefault = "bigmodel"\n[superlink.bigmodel]\n'

@@ -9,6 +9,7 @@ the SIGTERM handler; its worker threads can block the interpreter's exit).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,33 @@ def descendants(pid: int) -> list[int]:
         family += kids
         todo += kids
     return family
+
+
+@dataclass(frozen=True)
+class Job:
+    """A federated run handed to another process: its temporary folder in RUN_DIR, the job file it reads and
+    the status file it reports to."""
+
+    work: Path
+    file: Path
+    status: Path
+
+
+@contextlib.contextmanager
+def job_folder(prep: Path, out: Path, config_yaml: str, verbose: bool, resume: bool) -> Iterator[Job]:
+    """RUN_DIR made and locked for the block, with a temporary folder in it holding the job file (prep, out,
+    config, status, verbose, resume, work) and an empty status file; both gone when the block ends."""
+    from .. import artifacts
+
+    folder = artifacts.Folder(Path(out), "run")
+    folder.prepare()
+    with folder.lock(), workdir(folder.path, ".federated.") as work:
+        status, file = work / "status.jsonl", work / "job.json"
+        status.touch()
+        file.write_text(json.dumps({"prep": str(Path(prep).resolve()), "out": str(folder.path.resolve()),
+                                    "config": config_yaml, "status": str(status), "verbose": verbose,
+                                    "resume": resume, "work": str(work)}))
+        yield Job(work, file, status)
 
 
 @contextlib.contextmanager

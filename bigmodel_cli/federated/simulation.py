@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts
 from ..config import Config
 from ..errors import ConfigError, DataError
 from ..folders import open_prep
 from .budget import budget
 from .client import KerasClient, client_mod, note_status
-from .processes import follow, process, workdir
+from .processes import follow, job_folder, process
 from .server import FederatedResult, Federation, flwr, need_flwr
 
 
@@ -60,19 +59,11 @@ def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None, verbose: 
                           "`bigmodel federated join` per client instead")
     need_flwr()
     budget(cfg, open_prep(Path(prep)).split_rows("train"))  # a budget that fits no round fails here, first
-    folder = artifacts.Folder(Path(out), "run")
-    folder.prepare()
-    with folder.lock(), workdir(folder.path, ".federated.") as work:
-        status = work / "status.jsonl"
-        status.touch()
-        job = work / "job.json"
-        job.write_text(json.dumps({"prep": str(Path(prep).resolve()), "out": str(folder.path.resolve()),
-                                   "config": cfg.to_yaml(), "status": str(status), "verbose": verbose,
-                                   "resume": resume, "work": str(work)}))
+    with job_folder(prep, out, cfg.to_yaml(), verbose, resume) as j:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
-        with process([sys.executable, "-m", __name__, str(job)], work / "simulation.log", env, verbose,
+        with process([sys.executable, "-m", __name__, str(j.file)], j.work / "simulation.log", env, verbose,
                      gentle=signal.SIGINT) as child:
-            record = follow(status, child, work / "simulation.log", on_round, "the simulation")
+            record = follow(j.status, child, j.work / "simulation.log", on_round, "the simulation")
     return FederatedResult.from_dict(record["result"])
 
 
