@@ -7,16 +7,29 @@ Gaussian noise with standard deviation `noise_multiplier * l2_norm_clip` is adde
 by the number of microbatches. ε is computed at the configured δ by the RDP accountant for the subsampled
 Gaussian mechanism, with sampling rate batch/rows and one step per batch (the usual approximation of
 shuffled fixed-size batches by Poisson sampling, as in TensorFlow Privacy's tutorials).
+
+The noise comes from a generator seeded by the OS's entropy, never from the run's `seed` (which the run folder
+records: noise regenerated from it could be subtracted) and never saved with the model: a DP run is not
+reproducible bit for bit, while its initialisation and data order still follow the seed.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from .errors import ConfigError
 from .keras_env import import_keras, tensorflow
 
 keras, tf = import_keras(), tensorflow()  # at import: DPSequential subclasses keras.Sequential
+
+
+class _Untracked:
+    """Holds the noise generator out of Keras' and TensorFlow's tracking, so that its state (from which every
+    noise draw could be recomputed) is neither saved in model.keras nor exported."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
 
 
 def epsilon(rows: int, batch_size: int, epochs: int, noise_multiplier: float, delta: float) -> float | None:
@@ -56,6 +69,8 @@ class DPSequential(keras.Sequential):
         self.l2_norm_clip = float(l2_norm_clip)
         self.noise_multiplier = float(noise_multiplier)
         self.microbatches = microbatches
+        # from_non_deterministic_state is refused under op determinism; an explicit seed from the OS is the same
+        self._noise = _Untracked(tf.random.Generator.from_seed(secrets.randbits(63)))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "l2_norm_clip": self.l2_norm_clip,
@@ -89,7 +104,7 @@ class DPSequential(keras.Sequential):
         grads = []
         for j, v in zip(jacobians, variables, strict=True):
             clipped = tf.tensordot(scale, tf.reshape(j, [groups, -1]), axes=1)
-            noise = tf.random.normal(tf.shape(clipped), stddev=self.noise_multiplier * self.l2_norm_clip)
+            noise = self._noise.generator.normal(tf.shape(clipped), stddev=self.noise_multiplier * self.l2_norm_clip)
             grads.append(tf.reshape((clipped + noise) / n, tf.shape(v)))
         self.optimizer.apply(grads, variables)
         loss = tf.reduce_mean(per_example)

@@ -55,7 +55,12 @@ def test_microbatches_and_config_checks(cancer_prep, tmp_path):
                  "train.epochs=2")
     assert doc["privacy"]["epsilon"] > 0
     dp_run(cancer_prep, tmp_path / "per_example", 1.0, "--set", "train.epochs=2")
+    dp_run(cancer_prep, tmp_path / "again", 1.0, "--set", "train.epochs=2")
     from bigmodel_cli.folders import load_network
+
+    # the noise does not follow the (recorded) seed: the same command draws other noise, other weights
+    first, again = (load_network(tmp_path / r / "model.keras").get_weights() for r in ("per_example", "again"))
+    assert max(float(abs(a - b).max()) for a, b in zip(first, again, strict=True)) > 1e-4
 
     assert load_network(tmp_path / "micro" / "model.keras").microbatches == 8  # saved, and loaded back
     import pandas as pd
