@@ -160,6 +160,11 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
     if not tc.metric.startswith("val_"):
         raise ConfigError(f"tune.metric: '{tc.metric}' is not a validation metric (val_loss, val_accuracy, ...): "
                           f"trials are compared on the validation split only")
+    from .folders import open_prep
+
+    logged = ["val_loss", "val_accuracy" if open_prep(prep).schema.is_classification else "val_mae"]
+    if tc.metric not in logged:  # what train's history holds: known before any trial runs
+        raise ConfigError(f"tune.metric: '{tc.metric}' is not logged for this task; choose one of {', '.join(logged)}")
     out = Path(out)
     folder = artifacts.Folder(out, "tune")
     folder.prepare()

@@ -129,3 +129,9 @@ def test_a_killed_worker_loses_only_its_trial(penguins_prep, tmp_path):
     states = trials["state"].tolist()
     assert states.count("FAIL") == 1 and states[1] == "FAIL", states
     assert sum(st in ("COMPLETE", "PRUNED") for st in states) == 3  # exactly the trials asked for
+
+
+def test_a_metric_that_is_not_logged_is_refused_before_any_trial(penguins_prep, tmp_path):
+    r = bm("tune", penguins_prep, "--out", tmp_path / "t", "--set", "tune.metric=val_mae", code=2)
+    assert "tune.metric: 'val_mae' is not logged" in r.stderr and "val_loss, val_accuracy" in r.stderr, r.stderr
+    assert not (tmp_path / "t" / "study.db").exists()
