@@ -36,6 +36,7 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped: bool = False  # early stopping ended the run
     early_stopping: dict[str, Any] | None = None  # wait, best, best_epoch
+    reduce_lr: dict[str, Any] | None = None  # wait, best, cooldown_counter (the learning rate is optimizer state)
     config_sha256: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # the run's resolved config, to name what a resume changed
     splits: dict[str, str] = field(default_factory=dict)
@@ -60,6 +61,25 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
 
 
+class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras' ReduceLROnPlateau whose counters survive a resume (the reduced rate itself is saved with the
+    optimizer): a resumed run reduces at the same epochs as an uninterrupted one."""
+
+    def __init__(self, *args: Any, resume: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume = resume
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        super().on_train_begin(logs)
+        if self._resume is not None:
+            r = self._resume
+            self.wait, self.best, self.cooldown_counter = r["wait"], r["best"], r["cooldown_counter"]
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best is None else float(self.best)
+        return {"wait": int(self.wait), "best": best, "cooldown_counter": int(self.cooldown_counter)}
+
+
 class Checkpoint(keras.callbacks.Callback):
     """Write RUN_DIR/checkpoint/ after an epoch (after early stopping has had its say): after the first, then at
     most every `every` seconds, and after the last. Saving costs ~30 ms, as much as a whole epoch of a small
@@ -67,9 +87,10 @@ class Checkpoint(keras.callbacks.Callback):
     last one (the data order of an epoch depends only on (seed, epoch): the same history either way)."""
 
     def __init__(self, path: Path, progress: Progress, early_stopping: EarlyStopping | None,
-                 every: float = 1.0) -> None:
+                 every: float = 1.0, reduce_lr: ReduceLROnPlateau | None = None) -> None:
         super().__init__()
         self.path, self.progress, self.early_stopping, self.every = Path(path), progress, early_stopping, every
+        self.reduce_lr = reduce_lr
         self._saved_at: float | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -79,6 +100,7 @@ class Checkpoint(keras.callbacks.Callback):
         s.stopped = bool(self.model.stop_training)
         es = self.early_stopping
         s.early_stopping = es.state() if es is not None else None
+        s.reduce_lr = self.reduce_lr.state() if self.reduce_lr is not None else None  # it ran before this callback
         last = s.stopped or s.epoch == self.params.get("epochs")
         if self._saved_at is None or last or time.monotonic() - self._saved_at >= self.every:
             self._save()  # at epoch end, before early stopping restores the best weights at train end

@@ -373,13 +373,14 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
         stopper = checkpoint.EarlyStopping(monitor=monitor, patience=patience, min_delta=es.min_delta,
                                            mode="min" if lower_is_better(monitor) else "max",
                                            restore_best_weights=True, verbose=0, resume=saved)
-    callbacks: list[Any] = [c for c in (stopper, checkpoint.Checkpoint(ctx.checkpoint_dir, progress, stopper,
-                                                                             cfg.train.checkpoint_seconds))
-                            if c is not None]
+    reducer = None
     if (r := cfg.train.reduce_lr) is not None:
-        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
+        reducer = checkpoint.ReduceLROnPlateau(
             monitor=monitor, factor=r.factor, patience=r.patience, min_lr=r.min_lr,
-            mode="min" if lower_is_better(monitor) else "max", verbose=0))
+            mode="min" if lower_is_better(monitor) else "max", verbose=0,
+            resume=progress.reduce_lr if ctx.resume else None)
+    saver = checkpoint.Checkpoint(ctx.checkpoint_dir, progress, stopper, cfg.train.checkpoint_seconds, reducer)
+    callbacks: list[Any] = [c for c in (reducer, stopper, saver) if c is not None]
     callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged run stops at once (and is refused in _finish)
     if cfg.train.tensorboard:
         # into a temporary folder: RUN_DIR/logs is replaced only when the run is complete

@@ -210,3 +210,24 @@ def artifacts_partial() -> str:
     from bigmodel_cli import artifacts
 
     return artifacts.LOGS_PARTIAL
+
+
+SCHEDULE = ["--set", "train.reduce_lr={patience: 2, factor: 0.5, min_lr: 0.0}",
+            "--set", "train.optimizer.learning_rate=0.05"]
+
+
+def test_resume_keeps_the_learning_rate_schedule(penguins_prep, tmp_path):
+    """ReduceLROnPlateau's counters are in the checkpoint: a twice-killed run, resumed, reduces the learning rate
+    at the same epochs and ends with the uninterrupted run's history."""
+    reference = tmp_path / "reference"
+    bm("train", penguins_prep, "--out", reference, *LONG, *SCHEDULE)
+    want = pd.read_csv(reference / "history.csv")
+    assert want["learning_rate"].nunique() >= 3, want["learning_rate"]  # the schedule reduced, more than once
+    run = tmp_path / "run"
+    for kill_at in (5, 12):
+        proc = start_train(penguins_prep, run, *SCHEDULE, *(["--resume"] if epochs_done(run) else []))
+        wait_for_epoch(proc, run, kill_at)
+        proc.kill()
+        proc.wait()
+    bm("train", penguins_prep, "--out", run, *LONG, *SCHEDULE, "--resume")
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv"), want, atol=1e-5, rtol=1e-4)
