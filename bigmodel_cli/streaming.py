@@ -30,7 +30,7 @@ import pandas as pd
 
 from . import artifacts, columns
 from .config import Config
-from .data import dictionary_columns, read_chunks
+from .data import parquet_options, read_chunks
 from .errors import DataError
 from .schema import Schema, as_str, numeric_column
 
@@ -127,7 +127,7 @@ def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
     arrow, target, source = plan.arrow_schema(), plan.target, str(plan.data)
     hashes, labels = [], []
     start = 0
-    with pq.ParquetWriter(staged, arrow, use_dictionary=dictionary_columns(arrow)) as writer:
+    with pq.ParquetWriter(staged, arrow, **parquet_options(arrow)) as writer:
         for chunk in chunks:
             if list(chunk.columns) != plan.names:
                 raise DataError(f"{plan.data}: the columns change at data row {start + 1}")
@@ -168,7 +168,7 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
     arrow = plan.arrow_schema()
     with contextlib.ExitStack() as stack:  # on an error: writers closed, then the temp files removed
         paths = {n: stack.enter_context(artifacts.atomic_path(folder / artifacts.SPLIT_FILES[n])) for n in names}
-        writers = {n: stack.enter_context(pq.ParquetWriter(paths[n], arrow, use_dictionary=dictionary_columns(arrow)))
+        writers = {n: stack.enter_context(pq.ParquetWriter(paths[n], arrow, **parquet_options(arrow)))
                    for n in names}
         numeric_out = {c: stack.enter_context(open(stats.numeric_files[c], "wb")) for c in num_cols}
         row, kept_at = 0, 0
