@@ -18,7 +18,8 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
 	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script and scikit-learn on 16 real tables"
-	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column)"
+	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column;"
+	@echo "                     REPEATS=N seeded runs of each model, default 5)"
 	@echo "make bench-serve - bigmodel serve (tf / onnx runtime) vs a hand-written Starlette service, under load"
 	@echo "make federated-table - centralized vs federated training with the defaults on the samples (the README table)"
 	@echo "make clean  - remove $(OUT)/"
@@ -67,10 +68,11 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q -e ".[dev,federated,bench]"
 	@touch $@
 
-# The README's model-quality table (~25 minutes on 2 cores; ~40 with BEFORE): benchmarks/quality.py.
+# The README's model-quality table (~45 minutes on 2 cores: 5 seeded repeats of each model; ~80 with BEFORE;
+# REPEATS=1 for one run of each, ~10 minutes): benchmarks/quality.py.
 bench-quality: $(VENV)/.installed-bench
 	$(if $(BEFORE),rm -rf $(OUT)/before && mkdir -p $(OUT)/before && git archive $(BEFORE) | tar -x -C $(OUT)/before)
-	$(BIN)/python benchmarks/quality.py --cost $(if $(BEFORE),--before $(OUT)/before)
+	$(BIN)/python benchmarks/quality.py --cost $(if $(BEFORE),--before $(OUT)/before) $(if $(REPEATS),--repeats $(REPEATS))
 
 # The README's serving table: bigmodel serve (tf, onnx) vs a hand-written Starlette + Keras service (~2 minutes).
 bench-serve: $(VENV)/.installed-dev
