@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import palmerpenguins
-import pandas as pd
 from sklearn.datasets import load_breast_cancer
 
 HERE = Path(__file__).parent
