@@ -165,7 +165,8 @@ def mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The repeats of one model: the mean of every metric and time, each repeat's values, and the spread."""
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"]
     out = {k: float(np.mean([r[k] for r in runs])) for k in keys}
-    out.update({k: v for k, v in runs[0].items() if k not in keys and k != "seed"})  # e.g. the column kinds
+    # what is not a number (the column kinds) is the same in every repeat; per-stage times are in the repeats
+    out.update({k: v for k, v in runs[0].items() if k not in keys and k not in ("seed", "stages")})
     if len(runs) > 1:
         out["repeats"] = runs
         out["sd"] = {k: float(np.std([r[k] for r in runs])) for k in keys}
@@ -227,6 +228,11 @@ def cost(epochs: int = 60, repeat: int = 3) -> dict[str, Any]:
 MAIN = {"binary": "accuracy", "multiclass": "accuracy", "regression": "rmse"}
 
 
+def as_good(ours: float, theirs: float, metric: str) -> bool:
+    """The issue's noise allowance: accuracy -0.01, RMSE +2 %."""
+    return ours >= theirs - 0.01 if metric == "accuracy" else ours <= theirs * 1.02
+
+
 def verdicts(rows: dict[str, Any]) -> dict[str, Any]:
     """Per table: bigmodel against each peer on the main metric, with the issue's noise allowance (accuracy
     -0.01, RMSE +2 %); and the median gap to gradient boosting (accuracy points, or RMSE ratio - 1)."""
@@ -241,9 +247,9 @@ def verdicts(rows: dict[str, Any]) -> dict[str, Any]:
         for peer in ("keras", "mlp", "hgb", "linear"):
             if peer in r:
                 theirs = r[peer][metric]
-                v[peer] = ours >= theirs - 0.01 if metric == "accuracy" else ours <= theirs * 1.02
+                v[peer] = as_good(ours, theirs, metric)
                 a, b = (r[m].get("repeats", [r[m]])[0][metric] for m in ("bigmodel", peer))  # one run each
-                first[peer] = a >= b - 0.01 if metric == "accuracy" else a <= b * 1.02
+                first[peer] = as_good(a, b, metric)
         if "hgb" in r:
             hgb = r["hgb"][metric]
             if metric == "accuracy":
@@ -267,7 +273,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--set", action="append", default=[], dest="sets", metavar="K=V",
                     help="a config override for bigmodel (ablations)")
-    ap.add_argument("--repeats", type=int, default=5, help="runs of each seeded model on the same split, with "
+    ap.add_argument("--repeats", type=int, default=5, choices=range(1, 6),
+                    help="runs of each seeded model on the same split, with "
                     "seeds SEEDS[:N]; metrics and verdicts are their means (default 5, the most)")
     ap.add_argument("--label", default="quality", help="results file name (benchmarks/results/LABEL.json)")
     ap.add_argument("--merge", action="store_true", help="update the tables of an existing results file")
