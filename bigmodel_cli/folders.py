@@ -73,15 +73,17 @@ def resolve_config(prep: Path, config: Path | None, overrides: list[str]) -> Con
 
 
 def write_prep(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema, report: dict[str, Any],
-               rows_in: int, extra: dict[str, Any]) -> None:
-    """The schema, report and config of a prep folder whose splits are written, then its manifest (last)."""
+               rows_in: int, extra: dict[str, Any], hashes: dict[str, str] | None = None) -> None:
+    """The schema, report and config of a prep folder whose splits are written, then its manifest (last).
+    `hashes`: the SHA-256 of the input ('data') and of each split where the caller has them already."""
+    hashes = hashes or {}
     schema.save(folder.path)
     artifacts.write_json(folder / artifacts.REPORT, report)
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
     folder.finish({
-        "data": {"path": str(data), "sha256": artifacts.sha256(Path(data)), "rows": rows_in},
+        "data": {"path": str(data), "sha256": hashes.get("data") or artifacts.sha256(Path(data)), "rows": rows_in},
         "seed": cfg.seed, "created": artifacts.now(),
-        "splits": {n: artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()}, **extra,
+        "splits": {n: hashes.get(n) or artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()}, **extra,
     })
 
 

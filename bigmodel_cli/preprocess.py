@@ -6,6 +6,9 @@ and write the prep folder with folders.write_prep.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import pandas as pd
 
 from . import artifacts, columns
 from .config import Config
-from .data import read_table, streams, write_parquet
+from .data import read_table, streams, write_rows
 from .errors import DataError
 from .folders import write_prep
 from .schema import Schema, as_str, numeric_column
@@ -40,12 +43,69 @@ def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
         fitted = streaming.preprocess(data, folder, cfg)
     else:
         fitted = _in_memory(data, folder, cfg)
-    write_prep(folder, data, cfg, fitted.schema, fitted.report, fitted.rows_in, fitted.extra)
+    write_prep(folder, data, cfg, fitted.schema, fitted.report, fitted.rows_in, fitted.extra, fitted.hashes)
     return PreprocessResult(folder.path, fitted.schema, fitted.report)
 
 
 def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fitted:
-    """Read the whole file, drop duplicates and rows without a target, split, fit, write the splits."""
+    """Read the whole file, drop duplicates and rows without a target, split, fit, write the splits.
+
+    Three threads: the input file is hashed while it is parsed; once the split is drawn, two threads
+    gather the splits from one Arrow table of the cleaned rows and write (and hash) them (train in one,
+    val then test in the other) while this one infers the column kinds and fits the statistics. The split
+    files are renamed into place only if everything succeeds."""
+    stop = threading.Event()  # set on an error or Ctrl-C: the writer gives up at its next row group
+    with ThreadPoolExecutor(2, thread_name_prefix="preprocess") as pool:
+        data_sha = pool.submit(artifacts.sha256, Path(data))
+        try:
+            rows = _clean(data, folder, cfg)
+            with contextlib.ExitStack() as stack:
+                tmps = {n: stack.enter_context(artifacts.atomic_path(folder / artifacts.SPLIT_FILES[n]))
+                        for n in rows.positions}
+                table = pa_table(rows.df)  # one schema for the three split files
+                written = {n: pool.submit(_write_split, table, pos, tmps[n], stop) for n, pos in rows.positions.items()}
+                del table
+                try:
+                    schema, report = _fit(rows, cfg, data)
+                    hashes = {n: w.result() for n, w in written.items()}
+                except BaseException:
+                    stop.set()
+                    wait(written.values())  # before the temp files go
+                    raise
+        except BaseException:
+            stop.set()
+            raise
+    return columns.Fitted(schema, report, report["rows_in"], hashes={"data": data_sha.result(), **hashes})
+
+
+def pa_table(df: pd.DataFrame) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def _write_split(table: Any, rows: np.ndarray, path: Path, stop: threading.Event) -> str:
+    """A split's rows to its (temporary) file; the file's SHA-256."""
+    write_rows(table, rows, path, stop)
+    return artifacts.sha256(path)
+
+
+@dataclass
+class _Rows:
+    """The cleaned rows, the label and the split: what the writer needs before any column is looked at."""
+
+    df: pd.DataFrame
+    target: str
+    task: str
+    y: pd.Series  # the target (classification: as strings)
+    classes: list[str]
+    positions: dict[str, np.ndarray]
+    counts: columns.Rows
+    notes: list[str]  # of the cleaning and the split, in that order
+
+
+def _clean(data: Path, folder: artifacts.Folder, cfg: Config) -> _Rows:
+    """Read the file, drop duplicates and rows without a target, check the target, draw the split."""
     df = read_table(data, cfg.data)
     target = columns.check_target(cfg.data.target, list(df.columns), cfg, data)
     folder.prepare()
@@ -63,8 +123,6 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
         raise DataError(f"{data}: target column '{target}' has no values")
     columns.check_rows(len(df), cfg, data)
 
-    inf = columns.infer_kinds(df, target, cfg, str(data))
-    inf.notes[:0] = columns.dropped_notes(target, missing_target, duplicates)
     task = columns.infer_task(df[target], cfg)
     y = df[target]
     classes: list[str] = []
@@ -73,31 +131,38 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     else:
         y = as_str(y)
         classes = columns.check_classes(y, task, target, data)
-
-    positions = columns.split_positions(len(df), y if task != "regression" else None, cfg, inf.notes)
-    splits = {name: df.iloc[pos] for name, pos in positions.items()}
-    if len(splits["train"]) < 2:
+    notes = columns.dropped_notes(target, missing_target, duplicates)
+    positions = columns.split_positions(len(df), y if task != "regression" else None, cfg, notes)
+    if len(positions["train"]) < 2:
         raise DataError(f"{data}: too few rows ({len(df)}) to split into train / validation / test")
-    train = splits["train"]
+    counts = columns.Rows(rows_in, duplicates, missing_target, {n: len(p) for n, p in positions.items()})
+    return _Rows(df, target, task, y, classes, positions, counts, notes)
+
+
+def _fit(rows: _Rows, cfg: Config, data: Path) -> tuple[Schema, dict[str, Any]]:
+    """Infer the column kinds, fit the features on the train split, make the data report."""
+    df, target, train = rows.df, rows.target, rows.positions["train"]
+    inf = columns.infer_kinds(df, target, cfg, str(data))
+    inf.notes[:0] = rows.notes
+
+    def column(c: str) -> pd.Series:  # a train column, taken one at a time
+        return columns.take(df[c], train)
+
     features = columns.fit_features(
-        inf.kinds, cfg, numeric=lambda c: numeric_column(train[c], c, "train split"),
-        counts=lambda c: columns.category_counts(train[c]), text=lambda c: as_str(train[c]).to_numpy(dtype=str))
-    y_train = numeric_column(train[target], target, "train split") if task == "regression" else None
-    schema = columns.make_schema(target, task, features, classes, inf, cfg, y_train)
+        inf.kinds, cfg, numeric=lambda c: numeric_column(column(c), c, "train split"),
+        counts=lambda c: columns.category_counts(column(c)), text=lambda c: as_str(column(c)).to_numpy(dtype=str))
+    y_train = numeric_column(column(target), target, "train split") if rows.task == "regression" else None
+    schema = columns.make_schema(target, rows.task, features, rows.classes, inf, cfg, y_train)
 
     # distinct values of the non-numeric columns (counting them for 1M floats costs more than it tells)
-    missing = {c: int(np.isnan(numeric_column(df[c], c, "data")).sum()) if k == "numeric" else int(df[c].isna().sum())
+    missing = {c: columns.missing_numbers(df[c], c) if k == "numeric" else int(df[c].isna().sum())
                for c, k in inf.kinds.items()}
-    unique = {c: int(df[c].nunique()) for c, k in inf.kinds.items() if k != "numeric"}
+    unique = {c: inf.distinct[c] if c in inf.distinct else int(df[c].nunique())
+              for c, k in inf.kinds.items() if k != "numeric"}
     balance = {}
     if schema.is_classification:
-        for name, part in splits.items():
-            counts = as_str(part[target]).value_counts()
-            balance[name] = {c: int(counts.get(c, 0)) for c in classes}
-    rows = columns.Rows(rows_in, duplicates, missing_target, {n: len(p) for n, p in splits.items()})
-    report = columns.report(rows, inf, schema, missing, unique, balance)
-
-    for name, part in splits.items():
-        with artifacts.atomic_path(folder / artifacts.SPLIT_FILES[name]) as tmp:
-            write_parquet(part, tmp)
-    return columns.Fitted(schema, report, rows_in)
+        codes = pd.Categorical(rows.y, categories=rows.classes).codes
+        for name, pos in rows.positions.items():
+            counts = np.bincount(codes[pos], minlength=len(rows.classes))
+            balance[name] = {c: int(n) for c, n in zip(rows.classes, counts, strict=True)}
+    return schema, columns.report(rows.counts, inf, schema, missing, unique, balance)

@@ -89,6 +89,10 @@ FAILS: dict[str, Case] = {
     "single class": (frame(good_frame().assign(y="pos")), [], 2, ["single class"]),
     "all targets missing": (frame(good_frame().assign(y=None)), [], 2, ["'y' has no values"]),
     "non-numeric string in numeric column": (frame(numeric_with_word()), [], 2, ["column 'x'", "data row 7", "abc"]),
+    # found while fitting, when the split files are already being written: none may be left behind
+    "non-numeric string in a column declared numeric": (frame(numeric_with_word()),
+                                                        ["--set", "data.columns={x: numeric}"], 2,
+                                                        ["column 'x' is numeric", "'abc'"]),
     "duplicate column names": (text("x,x,y\n1,2,a\n3,4,b\n"), [], 2, ["duplicate column names: x"]),
     "one data row": (text("x,c,y\n1,a,pos\n"), [], 2, ["1 data row(s) with a target", "needs at least 10"]),
     "too few rows for the split": (frame(good_frame().head(8)), [], 2, ["8 data row(s)", "needs at least 10"]),

@@ -3,6 +3,7 @@ in-memory one (small chunks force many of them on a small file)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
@@ -51,6 +52,48 @@ def test_streaming_equals_in_memory(penguins_prep, tmp_path):
     tuned = json.loads(bm("tune", prep, "--out", tmp_path / "tune", "--trials", "2", *TRAIN, "--json").stdout)
     assert sum(tuned["trials"].values()) == 2 and (tmp_path / "tune" / "best" / "manifest.json").exists()
     assert not [p.name for p in (tmp_path / "stream").iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_splits_written_in_many_row_groups_are_the_same(penguins_prep, tmp_path, monkeypatch):
+    """The in-memory path gathers and writes each split data.ROWS_PER_GROUP rows at a time (2^18; here 16, so
+    the 344 rows take many groups): the same rows in the same order, and only the group count differs."""
+    import pyarrow.parquet as pq
+
+    from bigmodel_cli import data
+
+    monkeypatch.setattr(data, "ROWS_PER_GROUP", 16)
+    prep = tmp_path / "prep"
+    bm("preprocess", PENGUINS, "--target", "species", "--out", prep)
+    for split in ("train", "val", "test"):
+        rows = len(pd.read_parquet(penguins_prep / f"{split}.parquet"))
+        assert pq.ParquetFile(prep / f"{split}.parquet").num_row_groups == -(-rows // 16)
+        pd.testing.assert_frame_equal(pd.read_parquet(prep / f"{split}.parquet"),
+                                      pd.read_parquet(penguins_prep / f"{split}.parquet"))
+    assert read_json(prep / "schema.json") == read_json(penguins_prep / "schema.json")
+    assert read_json(prep / "report.json") == read_json(penguins_prep / "report.json")
+    manifest = read_json(prep / "manifest.json")  # the hashes taken while writing are those of the files
+    assert manifest["splits"] == {n: hashlib.sha256((prep / f"{n}.parquet").read_bytes()).hexdigest()
+                                  for n in ("train", "val", "test")}
+    assert manifest["data"]["sha256"] == hashlib.sha256(PENGUINS.read_bytes()).hexdigest()
+
+
+def test_fast_column_helpers_match_the_general_ones():
+    """columns.take and columns.missing_numbers (the in-memory path's NumPy shortcuts) give what pandas' take and
+    counting numeric_column's missing values give, for every dtype a table can bring."""
+    import numpy as np
+
+    from bigmodel_cli.columns import missing_numbers, take
+    from bigmodel_cli.schema import numeric_column
+
+    rows = np.array([0, 2, 3])
+    cases = [pd.Series([1.5, np.nan, np.inf, -np.inf, 1e300, 2.0]), pd.Series([1, 2, 3, 4]),
+             pd.Series([True, False, True, True]), pd.Series(pd.array([1, None, 3, 4], dtype="Int64")),
+             pd.Series(["1", None, "2.5", "x"], dtype="str"), pd.Series([1, None, 2.5, "3"], dtype=object)]
+    for s in cases:
+        pd.testing.assert_series_equal(take(s, rows), s.take(rows).reset_index(drop=True))
+        if s.dtype.kind != "O" and str(s.dtype) != "str":
+            assert missing_numbers(s, "c") == int(np.isnan(numeric_column(s, "c", "data")).sum()), s
+    assert missing_numbers(cases[0], "c") == 4
 
 
 def test_streaming_errors_name_the_row_in_the_file(tmp_path):
