@@ -134,10 +134,13 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: cannot read: {e}") from None
 
 
-def sha256(path: Path) -> str:
+def sha256(path: Path, stop: Any = None) -> str:
+    """A file's SHA-256 (hex); `stop` (a threading.Event, for a hash taken beside other work): give up ('')."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(block)
     return h.hexdigest()
 

@@ -56,7 +56,7 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     files are renamed into place only if everything succeeds."""
     stop = threading.Event()  # set on an error or Ctrl-C: the writer gives up at its next row group
     with ThreadPoolExecutor(2, thread_name_prefix="preprocess") as pool:
-        data_sha = pool.submit(artifacts.sha256, Path(data))
+        data_sha = pool.submit(artifacts.sha256, Path(data), stop)
         try:
             rows = _clean(data, folder, cfg)
             with contextlib.ExitStack() as stack:
@@ -111,14 +111,15 @@ def _clean(data: Path, folder: artifacts.Folder, cfg: Config) -> _Rows:
     folder.prepare()
     rows_in = len(df)
     raw_target = df[target]  # before any row is dropped: errors name the row of the file
+    keep = df[target].notna().to_numpy()
     duplicates = 0
     if cfg.preprocess.drop_duplicates:  # rows compared by a 64-bit hash of all their values: one vectorised pass
         dup = pd.util.hash_pandas_object(df, index=False).duplicated().to_numpy()
         duplicates = int(dup.sum())
-        if duplicates:
-            df = df[~dup]
-    missing_target = int(df[target].isna().sum())
-    df = df[df[target].notna()].reset_index(drop=True)
+        keep = keep & ~dup
+    missing_target = len(df) - duplicates - int(keep.sum())
+    if not keep.all():  # (a copy of every column: only when a row goes)
+        df = df[keep].reset_index(drop=True)
     if len(df) == 0:
         raise DataError(f"{data}: target column '{target}' has no values")
     columns.check_rows(len(df), cfg, data)
@@ -129,7 +130,7 @@ def _clean(data: Path, folder: artifacts.Folder, cfg: Config) -> _Rows:
     if task == "regression":
         numeric_column(raw_target, target, str(data), target=True)
     else:
-        y = as_str(y)
+        y = as_str(y, objects=False)
         classes = columns.check_classes(y, task, target, data)
     notes = columns.dropped_notes(target, missing_target, duplicates)
     positions = columns.split_positions(len(df), y if task != "regression" else None, cfg, notes)

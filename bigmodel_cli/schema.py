@@ -113,14 +113,16 @@ def model_key(name: str, taken: set[str]) -> str:
     return key
 
 
-def as_str(s: pd.Series) -> pd.Series:
+def as_str(s: pd.Series, objects: bool = True) -> pd.Series:
     """Values as strings, missing as ''; whole floats print as ints (3.0 -> '3') so CSV and Parquet agree
-    (only where every one is an exact integer: 1e308 is whole but no int64)."""
+    (only where every one is an exact integer: 1e308 is whole but no int64). `objects=False`: the same strings
+    kept in pandas' Arrow-backed string dtype, without a Python object per row."""
     if pd.api.types.is_float_dtype(s):
         v = s.dropna()
         if (v.mod(1).eq(0) & v.abs().lt(2.0**53)).all():
             s = s.astype("Int64")
-    return s.astype("string").fillna("").str.strip().astype(object)
+    text = s.astype("string").fillna("").str.strip()
+    return text.astype(object) if objects else text
 
 
 _PLAIN_NUMBER = (int, float, type(None))

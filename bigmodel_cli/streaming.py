@@ -3,9 +3,10 @@
 The file is read in chunks of `data.chunk_rows` rows, twice over small state, never whole:
 
 1. Each chunk is normalised to fixed column types (numeric columns float64, the others strings, as the
-   in-memory path reads them), hashed for duplicate detection, and appended to a temporary row-grouped
-   Parquet file; its labels are kept (one small column). Column kinds come from the first chunk (or from
-   `data.columns`).
+   in-memory path reads them), hashed for duplicate detection (preprocess.drop_duplicates), and appended to
+   a temporary row-grouped Parquet file; its labels are kept (one small column). Column kinds come from the
+   first chunk (or from `data.columns`). The next chunk is parsed by a second thread meanwhile, and the
+   input file hashed by a third.
 2. The split is drawn from the labels alone by the same `split_positions` as the in-memory path, so the
    splits hold the same rows in the same order. Each normalised chunk is then routed to the split files
    (row-grouped Parquet, written incrementally); the train rows' numeric columns go to an on-disk matrix
@@ -18,9 +19,13 @@ The file is read in chunks of `data.chunk_rows` rows, twice over small state, ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,18 @@ class _TrainStats:
 def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fitted:
     """The streaming preprocess: stage the file (pass 1), split by the labels, route the rows to the split files
     with the train statistics (pass 2), fit the features."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(2, thread_name_prefix="sha256") as pool:
+        data_sha = pool.submit(artifacts.sha256, Path(data), stop)  # beside pass 1, on the other core
+        try:
+            fitted = _preprocess(data, folder, cfg, pool)
+        except BaseException:
+            stop.set()  # do not hash the rest of a large file for nothing
+            raise
+        return dataclasses.replace(fitted, hashes={"data": data_sha.result(), **(fitted.hashes or {})})
+
+
+def _preprocess(data: Path, folder: artifacts.Folder, cfg: Config, pool: ThreadPoolExecutor) -> columns.Fitted:
     chunks = read_chunks(Path(data), cfg.data, cfg.data.chunk_rows)
     first = next(chunks)
     target = columns.check_target(cfg.data.target, list(first.columns), cfg, data)
@@ -92,7 +109,7 @@ def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     folder.prepare()
     work = Path(tempfile.mkdtemp(prefix=".streaming.", dir=folder.path))
     try:
-        staged = _stage(plan, _chain(first, chunks), work / "rows.parquet")
+        staged = _stage(plan, _chain(first, prefetched(chunks)), work / "rows.parquet")
         if len(staged.y) == 0:
             raise DataError(f"{data}: target column '{target}' has no values")
         columns.check_rows(len(staged.y), cfg, data)
@@ -104,6 +121,7 @@ def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
         if len(positions["train"]) < 2:
             raise DataError(f"{data}: too few rows ({len(staged.y)}) to split into train / validation / test")
         stats = _route(plan, staged, positions, classes, folder, work)
+        split_sha = {n: pool.submit(artifacts.sha256, folder / f) for n, f in artifacts.SPLIT_FILES.items()}
         features = columns.fit_features(
             inf.kinds, cfg, numeric=lambda c: np.fromfile(stats.numeric_files[c], dtype="float64"),
             counts=lambda c: stats.counts[c], text=lambda c: _text_batches(folder / artifacts.TRAIN, c))
@@ -116,30 +134,39 @@ def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     report = columns.report(rows, inf, schema, stats.missing, {c: len(v) for c, v in stats.unique.items()},
                             stats.balance)
     return columns.Fitted(schema, {**report, "streaming": True}, staged.rows_in,
-                          {"streaming": {"chunk_rows": cfg.data.chunk_rows}})
+                          {"streaming": {"chunk_rows": cfg.data.chunk_rows}},
+                          hashes={n: h.result() for n, h in split_sha.items()})
 
 
 def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
-    """Pass 1: normalise each chunk to the fixed column types, hash its rows, keep its labels, append it."""
+    """Pass 1: normalise each chunk to the fixed column types, hash its rows (drop_duplicates), keep its
+    labels, append it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     arrow, target, source = plan.arrow_schema(), plan.target, str(plan.data)
     hashes, labels = [], []
     start = 0
-    with pq.ParquetWriter(staged, arrow, **parquet_options(arrow)) as writer:
+    writing = None  # the previous chunk's write, by a second thread (one in flight)
+    with (pq.ParquetWriter(staged, arrow, **parquet_options(arrow)) as writer,
+          ThreadPoolExecutor(1, thread_name_prefix="write") as pool):
         for chunk in chunks:
             if list(chunk.columns) != plan.names:
                 raise DataError(f"{plan.data}: the columns change at data row {start + 1}")
             norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start, target=c == target) if c in plan.numeric
                                  else _strings(chunk[c]) for c in plan.names})
-            hashes.append(pd.util.hash_pandas_object(norm, index=False).to_numpy())
+            if plan.cfg.preprocess.drop_duplicates:
+                hashes.append(pd.util.hash_pandas_object(norm, index=False).to_numpy())
             # compact: a copy of the column (a view would keep the whole chunk's string block alive), categorical
             labels.append(norm[target].to_numpy(copy=True) if target in plan.numeric else pd.Categorical(norm[target]))
-            writer.write_table(pa.Table.from_pandas(norm, schema=arrow, preserve_index=False))
+            table = pa.Table.from_pandas(norm, schema=arrow, preserve_index=False)
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(writer.write_table, table)
             start += len(chunk)
-    hashed = np.concatenate(hashes)
-    dup = pd.Series(hashed).duplicated().to_numpy() if plan.cfg.preprocess.drop_duplicates else np.zeros(start, bool)
+        if writing is not None:
+            writing.result()
+    dup = pd.Series(np.concatenate(hashes)).duplicated().to_numpy() if hashes else np.zeros(start, bool)
     y_all = pd.Series(np.concatenate(labels) if target in plan.numeric else
                       pd.api.types.union_categoricals(labels, sort_categories=True))
     keep = ~dup & ~y_all.isna().to_numpy()
@@ -171,38 +198,63 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
         writers = {n: stack.enter_context(pq.ParquetWriter(paths[n], arrow, **parquet_options(arrow)))
                    for n in names}
         numeric_out = {c: stack.enter_context(open(stats.numeric_files[c], "wb")) for c in num_cols}
+        # a row group's splits are written by a second thread while this one counts the next (one group in
+        # flight); exits before the writers close
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="write"))
+        writing: list[Any] = []
         row, kept_at = 0, 0
         staged_file = pq.ParquetFile(staged.path)
-        for g in range(staged_file.num_row_groups):
-            part = staged_file.read_row_group(g).to_pandas()
-            part = part[staged.keep[row:row + len(part)]]
-            row += staged_file.metadata.row_group(g).num_rows
-            w = which[kept_at:kept_at + len(part)]
-            kept_at += len(part)
-            for c in kinds:
-                stats.missing[c] += int(part[c].isna().sum())
+        groups = prefetched(staged_file.read_row_group(g) for g in range(staged_file.num_row_groups))
+        for group in groups:  # Arrow tables, row-group by row-group, never pandas
+            part = group.filter(pa.array(staged.keep[row:row + group.num_rows]))
+            row += group.num_rows
+            w = which[kept_at:kept_at + part.num_rows]
+            kept_at += part.num_rows
+            for c in kinds:  # (the staged values are normalised: missing is null, NaN and ±inf included)
+                stats.missing[c] += part.column(c).null_count
             for c in cat_cols:
-                stats.unique[c].update(part[c].dropna().unique().tolist())
+                stats.unique[c].update(v for v in part.column(c).unique().to_pylist() if v is not None)
+            for done in writing:
+                done.result()
+            writing = []
             for i, name in enumerate(names):
-                rows = part[w == i]
-                if len(rows) == 0:
+                rows = part.take(np.flatnonzero(w == i))
+                if rows.num_rows == 0:
                     continue
-                writers[name].write_table(pa.Table.from_pandas(rows, schema=arrow, preserve_index=False))
+                writing.append(pool.submit(writers[name].write_table, rows))
                 if classes:
-                    for c, v in rows[plan.target].value_counts().items():
-                        stats.balance[name][c] += int(v)
+                    for vc in rows.column(plan.target).value_counts().to_pylist():
+                        stats.balance[name][vc["values"]] += int(vc["counts"])
                 if name == "train":
                     for c in num_cols:
-                        numeric_out[c].write(rows[c].to_numpy(dtype="float64", na_value=np.nan).tobytes())
+                        values = rows.column(c).to_numpy()  # nulls as NaN
+                        numeric_out[c].write(np.asarray(values, dtype="float64").tobytes())
                     for c in cat_cols:
-                        stats.counts[c] = stats.counts[c].add(columns.category_counts(rows[c]),
+                        stats.counts[c] = stats.counts[c].add(columns.category_counts(rows.column(c).to_pandas()),
                                                               fill_value=0).astype("int64")
+        for done in writing:
+            done.result()
     return stats
 
 
 def _strings(s: pd.Series) -> pd.Series:
-    text = as_str(s)
-    return text.mask(text == "")  # missing stays missing
+    """A column as the stripped strings `as_str` makes, missing (and blank) as missing; in pandas' Arrow-backed
+    string dtype (a Python object per value cost a third of pass 1)."""
+    text = as_str(s, objects=False)
+    return text.mask(text == "")
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[Any]) -> Iterator[Any]:
+    """The items of an iterator, each next one made by a second thread while the caller works on this one
+    (parsing a CSV chunk or reading a row group mostly releases the GIL): one more item in memory."""
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        ahead = pool.submit(next, items, _END)
+        while (item := ahead.result()) is not _END:
+            ahead = pool.submit(next, items, _END)
+            yield item
 
 
 def _chain(first: pd.DataFrame, rest: Any) -> Any:

@@ -54,6 +54,23 @@ def test_streaming_equals_in_memory(penguins_prep, tmp_path):
     assert not [p.name for p in (tmp_path / "stream").iterdir() if p.name.startswith(".")]  # no leftovers
 
 
+def test_streaming_drops_the_same_duplicates(tmp_path):
+    """preprocess.drop_duplicates on a streamed file (rows hashed chunk by chunk, only when asked): the same
+    rows dropped and the same splits as in memory."""
+    df = pd.read_csv(PENGUINS)
+    data = tmp_path / "dups.csv"
+    pd.concat([df, df.iloc[::7], df.iloc[5:9]]).to_csv(data, index=False)  # 50 + 4 repeated rows
+    dedupe = ["--set", "preprocess.drop_duplicates=true"]
+    bm("preprocess", data, "--target", "species", "--out", tmp_path / "memory", *dedupe)
+    bm("preprocess", data, "--target", "species", "--out", tmp_path / "stream", *dedupe, *STREAM)
+    reports = [read_json(tmp_path / p / "report.json") for p in ("memory", "stream")]
+    assert reports[0]["duplicates_dropped"] == reports[1]["duplicates_dropped"] == 54
+    assert reports[0]["splits"] == reports[1]["splits"]
+    for split in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "stream" / f"{split}.parquet"),
+                                      pd.read_parquet(tmp_path / "memory" / f"{split}.parquet"), check_dtype=False)
+
+
 def test_splits_written_in_many_row_groups_are_the_same(penguins_prep, tmp_path, monkeypatch):
     """The in-memory path gathers and writes each split data.ROWS_PER_GROUP rows at a time (2^18; here 16, so
     the 344 rows take many groups): the same rows in the same order, and only the group count differs."""
