@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, show  # noqa: E402
@@ -75,7 +73,7 @@ def main() -> None:
         import pandas as pd
 
         last = pd.read_csv(work / "run" / "history.csv").iloc[-1]
-        train_rows = int(np.round(args.rows * 0.7))
+        train_rows = json.loads((work / "prep" / "report.json").read_text())["splits"]["train"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     limit = 2048
