@@ -168,6 +168,8 @@ def write_rows(table: Any, rows: Any, path: Path, stop: Any = None) -> None:
     each row group is written as soon as it is gathered. `stop` (a threading.Event): give up between groups."""
     import pyarrow.parquet as pq
 
+    if stop is not None and stop.is_set():  # before creating the file: its temp path may be gone already
+        return
     with pq.ParquetWriter(path, table.schema, **parquet_options(table.schema)) as writer:
         for at in range(0, max(len(rows), 1), ROWS_PER_GROUP):
             if stop is not None and stop.is_set():

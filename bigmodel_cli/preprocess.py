@@ -56,26 +56,32 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     files are renamed into place only if everything succeeds."""
     stop = threading.Event()  # set on an error or Ctrl-C: the writer gives up at its next row group
     with ThreadPoolExecutor(2, thread_name_prefix="preprocess") as pool:
-        data_sha = pool.submit(artifacts.sha256, Path(data), stop)
+        # (a pipe cannot be read twice at once: hashed after the parse, by write_prep, as before)
+        data_sha = pool.submit(artifacts.sha256, Path(data), stop) if Path(data).is_file() else None
         try:
             rows = _clean(data, folder, cfg)
             with contextlib.ExitStack() as stack:
                 tmps = {n: stack.enter_context(artifacts.atomic_path(folder / artifacts.SPLIT_FILES[n]))
                         for n in rows.positions}
                 table = pa_table(rows.df)  # one schema for the three split files
-                written = {n: pool.submit(_write_split, table, pos, tmps[n], stop) for n, pos in rows.positions.items()}
+                written = {n: pool.submit(_write_split, table, pos, tmps[n], folder / artifacts.SPLIT_FILES[n], stop)
+                           for n, pos in rows.positions.items()}
                 del table
                 try:
                     schema, report = _fit(rows, cfg, data)
                     hashes = {n: w.result() for n, w in written.items()}
                 except BaseException:
                     stop.set()
+                    for w in written.values():
+                        w.cancel()  # those not started yet
                     wait(written.values())  # before the temp files go
                     raise
         except BaseException:
             stop.set()
             raise
-    return columns.Fitted(schema, report, report["rows_in"], hashes={"data": data_sha.result(), **hashes})
+    if data_sha is not None:
+        hashes["data"] = data_sha.result()
+    return columns.Fitted(schema, report, report["rows_in"], hashes=hashes)
 
 
 def pa_table(df: pd.DataFrame) -> Any:
@@ -84,10 +90,13 @@ def pa_table(df: pd.DataFrame) -> Any:
     return pa.Table.from_pandas(df, preserve_index=False)
 
 
-def _write_split(table: Any, rows: np.ndarray, path: Path, stop: threading.Event) -> str:
-    """A split's rows to its (temporary) file; the file's SHA-256."""
-    write_rows(table, rows, path, stop)
-    return artifacts.sha256(path)
+def _write_split(table: Any, rows: np.ndarray, path: Path, final: Path, stop: threading.Event) -> str:
+    """A split's rows to its temporary file `path`; the file's SHA-256. Errors name the split's file."""
+    try:
+        write_rows(table, rows, path, stop)
+        return artifacts.sha256(path)
+    except OSError as e:  # disk full: the split being written, not the last one opened
+        raise DataError(f"{final}: cannot write: {e.strerror or e}") from None
 
 
 @dataclass
@@ -101,7 +110,8 @@ class _Rows:
     classes: list[str]
     positions: dict[str, np.ndarray]
     counts: columns.Rows
-    notes: list[str]  # of the cleaning and the split, in that order
+    notes: list[str]  # of the cleaning: the report's first notes
+    split_notes: list[str]  # of the split: its last (after those of the kind inference, as they always were)
 
 
 def _clean(data: Path, folder: artifacts.Folder, cfg: Config) -> _Rows:
@@ -132,12 +142,13 @@ def _clean(data: Path, folder: artifacts.Folder, cfg: Config) -> _Rows:
     else:
         y = as_str(y, objects=False)
         classes = columns.check_classes(y, task, target, data)
-    notes = columns.dropped_notes(target, missing_target, duplicates)
-    positions = columns.split_positions(len(df), y if task != "regression" else None, cfg, notes)
+    split_notes: list[str] = []
+    positions = columns.split_positions(len(df), y if task != "regression" else None, cfg, split_notes)
     if len(positions["train"]) < 2:
         raise DataError(f"{data}: too few rows ({len(df)}) to split into train / validation / test")
     counts = columns.Rows(rows_in, duplicates, missing_target, {n: len(p) for n, p in positions.items()})
-    return _Rows(df, target, task, y, classes, positions, counts, notes)
+    return _Rows(df, target, task, y, classes, positions, counts, columns.dropped_notes(target, missing_target,
+                                                                                      duplicates), split_notes)
 
 
 def _fit(rows: _Rows, cfg: Config, data: Path) -> tuple[Schema, dict[str, Any]]:
@@ -145,6 +156,7 @@ def _fit(rows: _Rows, cfg: Config, data: Path) -> tuple[Schema, dict[str, Any]]:
     df, target, train = rows.df, rows.target, rows.positions["train"]
     inf = columns.infer_kinds(df, target, cfg, str(data))
     inf.notes[:0] = rows.notes
+    inf.notes.extend(rows.split_notes)
 
     def column(c: str) -> pd.Series:  # a train column, taken one at a time
         return columns.take(df[c], train)

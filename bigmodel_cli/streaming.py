@@ -5,12 +5,13 @@ The file is read in chunks of `data.chunk_rows` rows, twice over small state, ne
 1. Each chunk is normalised to fixed column types (numeric columns float64, the others strings, as the
    in-memory path reads them), hashed for duplicate detection (preprocess.drop_duplicates), and appended to
    a temporary row-grouped Parquet file; its labels are kept (one small column). Column kinds come from the
-   first chunk (or from `data.columns`). The next chunk is parsed by a second thread meanwhile, and the
-   input file hashed by a third.
+   first chunk (or from `data.columns`). Each chunk is written by a second thread while the next is parsed,
+   and the input file is hashed by a third.
 2. The split is drawn from the labels alone by the same `split_positions` as the in-memory path, so the
    splits hold the same rows in the same order. Each normalised chunk is then routed to the split files
    (row-grouped Parquet, written incrementally); the train rows' numeric columns go to an on-disk matrix
-   (exact medians, one column in memory at a time) and their categories to running counts.
+   (exact medians, one column in memory at a time) and their categories to running counts. The split files
+   are renamed into place only once the features are fitted.
 
 `train` then encodes the splits chunk by chunk into an on-disk feature matrix and feeds batches from it
 (bigmodel_cli/train.py), with the same batch order as in memory.
@@ -88,13 +89,15 @@ def preprocess(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     with the train statistics (pass 2), fit the features."""
     stop = threading.Event()
     with ThreadPoolExecutor(2, thread_name_prefix="sha256") as pool:
-        data_sha = pool.submit(artifacts.sha256, Path(data), stop)  # beside pass 1, on the other core
+        # beside pass 1, on the other core (a pipe cannot be read twice at once: hashed after, by write_prep)
+        data_sha = pool.submit(artifacts.sha256, Path(data), stop) if Path(data).is_file() else None
         try:
             fitted = _preprocess(data, folder, cfg, pool)
         except BaseException:
             stop.set()  # do not hash the rest of a large file for nothing
             raise
-        return dataclasses.replace(fitted, hashes={"data": data_sha.result(), **(fitted.hashes or {})})
+        hashes = {**(fitted.hashes or {}), **({"data": data_sha.result()} if data_sha is not None else {})}
+        return dataclasses.replace(fitted, hashes=hashes)
 
 
 def _preprocess(data: Path, folder: artifacts.Folder, cfg: Config, pool: ThreadPoolExecutor) -> columns.Fitted:
@@ -109,7 +112,9 @@ def _preprocess(data: Path, folder: artifacts.Folder, cfg: Config, pool: ThreadP
     folder.prepare()
     work = Path(tempfile.mkdtemp(prefix=".streaming.", dir=folder.path))
     try:
-        staged = _stage(plan, _chain(first, prefetched(chunks)), work / "rows.parquet")
+        # (not parsed ahead by a second thread: the parse's warnings filter is process-wide, and pandas code on
+        # this thread enters and leaves warnings.catch_warnings, which would drop it mid-parse)
+        staged = _stage(plan, _chain(first, chunks), work / "rows.parquet")
         if len(staged.y) == 0:
             raise DataError(f"{data}: target column '{target}' has no values")
         columns.check_rows(len(staged.y), cfg, data)
@@ -120,11 +125,15 @@ def _preprocess(data: Path, folder: artifacts.Folder, cfg: Config, pool: ThreadP
                                             inf.notes)
         if len(positions["train"]) < 2:
             raise DataError(f"{data}: too few rows ({len(staged.y)}) to split into train / validation / test")
-        stats = _route(plan, staged, positions, classes, folder, work)
-        split_sha = {n: pool.submit(artifacts.sha256, folder / f) for n, f in artifacts.SPLIT_FILES.items()}
-        features = columns.fit_features(
-            inf.kinds, cfg, numeric=lambda c: np.fromfile(stats.numeric_files[c], dtype="float64"),
-            counts=lambda c: stats.counts[c], text=lambda c: _text_batches(folder / artifacts.TRAIN, c))
+        with contextlib.ExitStack() as splits:  # the split files renamed into place only once fitted
+            paths = {n: splits.enter_context(artifacts.atomic_path(folder / artifacts.SPLIT_FILES[n]))
+                     for n in positions}
+            stats = _route(plan, staged, positions, classes, folder, paths, work)
+            split_sha = {n: pool.submit(artifacts.sha256, p) for n, p in paths.items()}  # beside the fitting
+            features = columns.fit_features(
+                inf.kinds, cfg, numeric=lambda c: np.fromfile(stats.numeric_files[c], dtype="float64"),
+                counts=lambda c: stats.counts[c], text=lambda c: _text_batches(paths["train"], c))
+            hashes = {n: h.result() for n, h in split_sha.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     y_train = staged.y.to_numpy(dtype="float64")[positions["train"]] if task == "regression" else None
@@ -135,7 +144,7 @@ def _preprocess(data: Path, folder: artifacts.Folder, cfg: Config, pool: ThreadP
                             stats.balance)
     return columns.Fitted(schema, {**report, "streaming": True}, staged.rows_in,
                           {"streaming": {"chunk_rows": cfg.data.chunk_rows}},
-                          hashes={n: h.result() for n, h in split_sha.items()})
+                          hashes=hashes)
 
 
 def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
@@ -174,10 +183,10 @@ def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
 
 
 def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], classes: list[str],
-           folder: artifacts.Folder, work: Path) -> _TrainStats:
+           folder: artifacts.Folder, paths: dict[str, Path], work: Path) -> _TrainStats:
     """Pass 2: each kept row to its split file; the counts of the report; the train rows' numeric columns to
     files of their own (exact medians, one column in memory at a time; written, not memory-mapped, so pages
-    stay out of RSS) and their categories to running counts."""
+    stay out of RSS) and their categories to running counts. `paths`: the split files' temporary paths."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -194,7 +203,6 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
                         numeric_files={c: work / f"numeric{j}.f64" for j, c in enumerate(num_cols)})
     arrow = plan.arrow_schema()
     with contextlib.ExitStack() as stack:  # on an error: writers closed, then the temp files removed
-        paths = {n: stack.enter_context(artifacts.atomic_path(folder / artifacts.SPLIT_FILES[n])) for n in names}
         writers = {n: stack.enter_context(pq.ParquetWriter(paths[n], arrow, **parquet_options(arrow)))
                    for n in names}
         numeric_out = {c: stack.enter_context(open(stats.numeric_files[c], "wb")) for c in num_cols}
@@ -221,7 +229,7 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
                 rows = part.take(np.flatnonzero(w == i))
                 if rows.num_rows == 0:
                     continue
-                writing.append(pool.submit(writers[name].write_table, rows))
+                writing.append(pool.submit(_write, writers[name], rows, folder / artifacts.SPLIT_FILES[name]))
                 if classes:
                     for vc in rows.column(plan.target).value_counts().to_pylist():
                         stats.balance[name][vc["values"]] += int(vc["counts"])
@@ -237,6 +245,13 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
     return stats
 
 
+def _write(writer: Any, rows: Any, final: Path) -> None:
+    try:
+        writer.write_table(rows)
+    except OSError as e:  # disk full: name the split being written
+        raise DataError(f"{final}: cannot write: {e.strerror or e}") from None
+
+
 def _strings(s: pd.Series) -> pd.Series:
     """A column as the stripped strings `as_str` makes, missing (and blank) as missing; in pandas' Arrow-backed
     string dtype (a Python object per value cost a third of pass 1)."""
@@ -249,7 +264,8 @@ _END = object()
 
 def prefetched(items: Iterator[Any]) -> Iterator[Any]:
     """The items of an iterator, each next one made by a second thread while the caller works on this one
-    (parsing a CSV chunk or reading a row group mostly releases the GIL): one more item in memory."""
+    (reading a Parquet row group releases the GIL): one more item in memory. Only for work that leaves
+    Python's warnings filters alone (they are process-wide; a CSV parse relies on one)."""
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
         ahead = pool.submit(next, items, _END)
         while (item := ahead.result()) is not _END:

@@ -93,6 +93,11 @@ FAILS: dict[str, Case] = {
     "non-numeric string in a column declared numeric": (frame(numeric_with_word()),
                                                         ["--set", "data.columns={x: numeric}"], 2,
                                                         ["column 'x' is numeric", "'abc'"]),
+    # found once the split files are written: the old ones stay (in memory and streamed)
+    "no usable feature": (frame(good_frame()), ["--set", "data.id_columns=[x, c]"], 2, ["no usable feature"]),
+    "no usable feature, streamed": (frame(good_frame()), ["--set", "data.id_columns=[x, c]", "--set",
+                                                          "data.streaming=true", "--set", "data.chunk_rows=10"], 2,
+                                    ["no usable feature"]),
     "duplicate column names": (text("x,x,y\n1,2,a\n3,4,b\n"), [], 2, ["duplicate column names: x"]),
     "one data row": (text("x,c,y\n1,a,pos\n"), [], 2, ["1 data row(s) with a target", "needs at least 10"]),
     "too few rows for the split": (frame(good_frame().head(8)), [], 2, ["8 data row(s)", "needs at least 10"]),
