@@ -69,13 +69,21 @@ def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, _FILE_MODE if mode is None else mode)  # mkstemp makes 0600; artifacts get the usual mode
-        os.replace(tmp_path, path)
-    except OSError as e:  # disk full, read-only, a folder in the way: the old file is untouched
-        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
+        with writing(path):  # disk full, read-only, a folder in the way: the old file is untouched
+            yield tmp_path
+            os.chmod(tmp_path, _FILE_MODE if mode is None else mode)  # mkstemp makes 0600; artifacts: the usual mode
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError in the block as the one-line DataError naming `path` (the file being written)."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

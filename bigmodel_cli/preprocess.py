@@ -54,6 +54,8 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     gather the splits from one Arrow table of the cleaned rows and write (and hash) them (train in one,
     val then test in the other) while this one infers the column kinds and fits the statistics. The split
     files are renamed into place only if everything succeeds."""
+    import pyarrow as pa
+
     stop = threading.Event()  # set on an error or Ctrl-C: the writer gives up at its next row group
     with ThreadPoolExecutor(2, thread_name_prefix="preprocess") as pool:
         # (a pipe cannot be read twice at once: hashed after the parse, by write_prep, as before)
@@ -63,7 +65,7 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
             with contextlib.ExitStack() as stack:
                 tmps = {n: stack.enter_context(artifacts.atomic_path(folder / artifacts.SPLIT_FILES[n]))
                         for n in rows.positions}
-                table = pa_table(rows.df)  # one schema for the three split files
+                table = pa.Table.from_pandas(rows.df, preserve_index=False)  # one schema for the three splits
                 written = {n: pool.submit(_write_split, table, pos, tmps[n], folder / artifacts.SPLIT_FILES[n], stop)
                            for n, pos in rows.positions.items()}
                 del table
@@ -84,19 +86,11 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
     return columns.Fitted(schema, report, report["rows_in"], hashes=hashes)
 
 
-def pa_table(df: pd.DataFrame) -> Any:
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(df, preserve_index=False)
-
-
 def _write_split(table: Any, rows: np.ndarray, path: Path, final: Path, stop: threading.Event) -> str:
     """A split's rows to its temporary file `path`; the file's SHA-256. Errors name the split's file."""
-    try:
+    with artifacts.writing(final):  # disk full: the split being written, not the last one opened
         write_rows(table, rows, path, stop)
         return artifacts.sha256(path)
-    except OSError as e:  # disk full: the split being written, not the last one opened
-        raise DataError(f"{final}: cannot write: {e.strerror or e}") from None
 
 
 @dataclass

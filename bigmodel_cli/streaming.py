@@ -246,10 +246,8 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
 
 
 def _write(writer: Any, rows: Any, final: Path) -> None:
-    try:
+    with artifacts.writing(final):  # disk full: name the split being written
         writer.write_table(rows)
-    except OSError as e:  # disk full: name the split being written
-        raise DataError(f"{final}: cannot write: {e.strerror or e}") from None
 
 
 def _strings(s: pd.Series) -> pd.Series:
