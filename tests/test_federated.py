@@ -49,6 +49,40 @@ def test_defaults_match_centralized_training(penguins_prep, tmp_path):
     assert r["rows"] == 344
 
 
+def test_a_client_process_reuses_its_network_and_gets_the_same_updates(penguins_prep):
+    """A client process builds (and traces) the network once and resets it every round: the updates of each
+    (client, round) are bit-identical whichever clients the process ran before, and to a fresh build's."""
+    from bigmodel_cli.config import load_config
+    from bigmodel_cli.federated import client
+    from bigmodel_cli.folders import open_prep
+
+    cfg = load_config(None, ["federated.local_epochs=2", "model.layers=[{type: Dense, units: 8, activation: relu}, "
+                             "{type: Dropout, rate: 0.5}]"])
+    prep = open_prep(penguins_prep)
+    rng = np.random.default_rng(0)
+    x = rng.random((90, 9)).astype("float32")
+    y = rng.integers(0, 3, 90)
+    clients = [client.KerasClient(prep.schema, x[k::3], y[k::3], 7 + k) for k in range(3)]
+    start = [rng.normal(0, 0.3, w.shape).astype("float32") for w in client._network(
+        cfg.to_yaml(), cfg, prep.schema, 9, 0).get_weights()]
+
+    def updates(order, fresh=False):
+        client._cached.clear()
+        out = {}
+        for k, r in order:
+            out[k, r] = clients[k].fit(start, {"config": cfg.to_yaml(), "round": r})[0]
+            if fresh:
+                client._cached.clear()
+        return out
+
+    order = [(0, 1), (1, 1), (2, 1), (0, 2)]
+    one, other, fresh = updates(order), updates(order[::-1]), updates(order, fresh=True)
+    for key in order:
+        for a, b, c in zip(one[key], other[key], fresh[key], strict=True):
+            assert np.array_equal(a, b) and np.array_equal(a, c), key
+    assert not np.array_equal(one[0, 1][0], one[0, 2][0])  # the round's seed matters
+
+
 def test_early_stopping_keeps_the_best_round_and_threshold_auto(cancer_prep, tmp_path):
     """A learning rate that overshoots: early stopping ends the rounds after `patience` rounds without a better
     validation loss and keeps the best round; evaluate.threshold auto is picked on the validation split."""

@@ -28,13 +28,12 @@ class KerasClient:
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         import yaml
 
-        from .. import model
         from ..config import validate
-        from ..keras_env import import_keras
 
-        cfg = validate(yaml.safe_load(str(config["config"])), "the server's config")
-        import_keras(self.seed + 1000 * int(config["round"]))
-        net = model.build(cfg, self.schema, self.x.shape[1])
+        text = str(config["config"])
+        cfg = validate(yaml.safe_load(text), "the server's config")
+        seed = self.seed + 1000 * int(config["round"])
+        net = _network(text, cfg, self.schema, self.x.shape[1], seed)
         net.set_weights(parameters)
         h = net.fit(self.x, self.y, epochs=cfg.federated.local_epochs, batch_size=cfg.train.batch_size,
                     verbose=0, shuffle=True)
@@ -61,6 +60,38 @@ class KerasClient:
                 return outer.properties(config)
 
         return _Client().to_client()
+
+
+_cached: list[Any] = []  # [key, network, its optimizer's initial values]: the last network this process built
+
+
+def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> Any:
+    """The compiled network for a round, as freshly built: built (and its train step traced, ~1 s) once per
+    process and config, then reset every round — the optimizer's variables to their initial values (Adam's
+    moments, the step count), the dropout layers' random states from `seed`, Keras' global seeds to `seed`.
+    The caller sets the weights. What a round computes then depends on its seed alone, not on which client
+    this process ran before (Ray's actors serve any client)."""
+    import json
+
+    from .. import model
+    from ..keras_env import import_keras
+
+    key = (text, n_inputs, json.dumps(schema.to_dict(), sort_keys=True))
+    if not _cached or _cached[0] != key:
+        import_keras(seed)
+        net = model.build(cfg, schema, n_inputs)
+        net.optimizer.build(net.trainable_variables)
+        _cached[:] = [key, net, [np.array(v) for v in net.optimizer.variables]]
+    net, start = _cached[1], _cached[2]
+    import_keras(seed)
+    for v, value in zip(net.optimizer.variables, start, strict=True):
+        v.assign(value)
+    weights = {id(v) for v in net.weights}
+    rng = np.random.default_rng(seed)
+    for v in net.variables:  # beyond the weights: the seed generators' states
+        if id(v) not in weights:
+            v.assign(np.array([rng.integers(1, 10**9), 0], dtype=v.dtype))
+    return net
 
 
 def client_mod(msg: Any, context: Any, call_next: Any) -> Any:
