@@ -261,9 +261,13 @@ def verdicts(rows: dict[str, Any]) -> dict[str, Any]:
                                 else None,
                                 "rmse_ratio_minus_1": float(np.median(gaps["regression"])) if gaps["regression"]
                                 else None}
+    # a table without both peers' results compares nothing: the verdict is then false, never vacuously true
+    out["tables_without_both_peers"] = [n for n, t in out["tables"].items()
+                                        if not {"keras", "mlp"} <= set(t["at_least_as_good_as"])]
     for key, of in (("beats_keras_and_mlp_everywhere", "at_least_as_good_as"),
                     ("first_repeat_beats_keras_and_mlp_everywhere", "first_repeat_at_least_as_good_as")):
-        out[key] = all(all(ok for p, ok in t[of].items() if p in ("keras", "mlp")) for t in out["tables"].values())
+        out[key] = bool(out["tables"]) and not out["tables_without_both_peers"] and all(
+            t[of]["keras"] and t[of]["mlp"] for t in out["tables"].values())
     return out
 
 
