@@ -104,15 +104,21 @@ def infer_task(y: pd.Series, cfg: Config) -> str:
     return "multiclass"
 
 
-def split_positions(n: int, y: pd.Series | None, cfg: Config, notes: list[str]) -> dict[str, np.ndarray]:
-    """Seeded train/val/test split of n rows, stratified on the label for classification: each class's rows
-    are shuffled and cut by the ratios (so every split keeps the class balance). Each split keeps the file's
-    row order (training shuffles every epoch), which is what lets the streaming path write the same splits
-    chunk by chunk. Plain NumPy on row positions: no frame copies, and no scikit-learn import (2 s)."""
+def class_codes(y: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Each row's class as a code, and the classes the codes stand for (sorted)."""
+    codes, classes = pd.factorize(y, sort=True)
+    return codes, [str(c) for c in classes]
+
+
+def split_positions(n: int, codes: np.ndarray | None, cfg: Config, notes: list[str]) -> dict[str, np.ndarray]:
+    """Seeded train/val/test split of n rows, stratified on the label for classification (`codes`, from
+    class_codes): each class's rows are shuffled and cut by the ratios (so every split keeps the class
+    balance). Each split keeps the file's row order (training shuffles every epoch), which is what lets the
+    streaming path write the same splits chunk by chunk. Plain NumPy on row positions: no frame copies, and
+    no scikit-learn import (2 s)."""
     rng = np.random.default_rng(cfg.seed)
     ratios = cfg.data.split
-    groups = [np.arange(n)] if y is None else [
-        np.flatnonzero(codes == c) for codes in [pd.factorize(y, sort=True)[0]] for c in range(codes.max() + 1)]
+    groups = [np.arange(n)] if codes is None else [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for rows in groups:
         rows = rng.permutation(rows)
@@ -121,7 +127,7 @@ def split_positions(n: int, y: pd.Series | None, cfg: Config, notes: list[str]) 
         parts["test"].append(rows[:n_test])
         parts["val"].append(rows[n_test:n_test + n_val])
         parts["train"].append(rows[n_test + n_val:])
-    if y is not None and any(len(g) < 3 for g in groups):
+    if codes is not None and any(len(g) < 3 for g in groups):
         notes.append("a class has fewer than 3 rows: some splits do not contain it")
     return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
 

@@ -100,8 +100,9 @@ class _Rows:
     df: pd.DataFrame
     target: str
     task: str
-    y: pd.Series  # the target (classification: as strings)
     classes: list[str]
+    codes: np.ndarray | None  # classification: each row's class, as a code of `coded`
+    coded: list[str]
     positions: dict[str, np.ndarray]
     counts: columns.Rows
     notes: list[str]  # of the cleaning: the report's first notes
@@ -137,12 +138,13 @@ def _clean(data: Path, folder: artifacts.Folder, cfg: Config) -> _Rows:
         y = as_str(y, objects=False)
         classes = columns.check_classes(y, task, target, data)
     split_notes: list[str] = []
-    positions = columns.split_positions(len(df), y if task != "regression" else None, cfg, split_notes)
+    codes, coded = columns.class_codes(y) if classes else (None, [])
+    positions = columns.split_positions(len(df), codes, cfg, split_notes)
     if len(positions["train"]) < 2:
         raise DataError(f"{data}: too few rows ({len(df)}) to split into train / validation / test")
     counts = columns.Rows(rows_in, duplicates, missing_target, {n: len(p) for n, p in positions.items()})
-    return _Rows(df, target, task, y, classes, positions, counts, columns.dropped_notes(target, missing_target,
-                                                                                      duplicates), split_notes)
+    return _Rows(df, target, task, classes, codes, coded, positions, counts,
+                 columns.dropped_notes(target, missing_target, duplicates), split_notes)
 
 
 def _fit(rows: _Rows, cfg: Config, data: Path) -> tuple[Schema, dict[str, Any]]:
@@ -168,8 +170,8 @@ def _fit(rows: _Rows, cfg: Config, data: Path) -> tuple[Schema, dict[str, Any]]:
               for c, k in inf.kinds.items() if k != "numeric"}
     balance = {}
     if schema.is_classification:
-        codes = pd.Categorical(rows.y, categories=rows.classes).codes
         for name, pos in rows.positions.items():
-            counts = np.bincount(codes[pos], minlength=len(rows.classes))
-            balance[name] = {c: int(n) for c, n in zip(rows.classes, counts, strict=True)}
+            counts = dict(zip(rows.coded, np.bincount(rows.codes[pos], minlength=len(rows.coded)).tolist(),
+                              strict=True))
+            balance[name] = {c: counts[c] for c in rows.classes}
     return schema, columns.report(rows.counts, inf, schema, missing, unique, balance)

@@ -121,8 +121,8 @@ def _preprocess(data: Path, folder: artifacts.Folder, cfg: Config, pool: ThreadP
         inf.notes[:0] = columns.dropped_notes(target, int((~staged.duplicate & ~staged.keep).sum()),
                                               int(staged.duplicate.sum()))
         classes = [] if task == "regression" else columns.check_classes(staged.y, task, target, data)
-        positions = columns.split_positions(len(staged.y), staged.y if task != "regression" else None, cfg,
-                                            inf.notes)
+        positions = columns.split_positions(len(staged.y), columns.class_codes(staged.y)[0] if classes else None,
+                                            cfg, inf.notes)
         if len(positions["train"]) < 2:
             raise DataError(f"{data}: too few rows ({len(staged.y)}) to split into train / validation / test")
         with contextlib.ExitStack() as splits:  # the split files renamed into place only once fitted
