@@ -82,6 +82,31 @@ def test_preprocess_table_output_and_notes(tmp_path):
     assert "patient_id" in r.stderr and "id" in r.stderr
 
 
+@pytest.mark.parametrize("late, column, value", [
+    ("9999,1.5, NA,True", "c", None),  # ' NA' after a delimiter is missing
+    ("9999,1.5, late,True", "c", "late"),  # the space after a delimiter is skipped
+    ('9999,1.5, "a,b",True', "c", "a,b"),  # a quoted field after a space is one field
+    ("9999,1.5,k1, False", "b", False),  # ' False' is a boolean
+    ("9999, 2.5,k1,True", "x", 2.5),
+    ("9999,1.5,k1,True", "c", "k1"),  # no space anywhere
+])
+def test_spaces_after_delimiters_read_alike_wherever_they_are(tmp_path, late, column, value):
+    """A space after a delimiter is skipped wherever it is in the file: also when the first 64 KiB (where
+    read_table looks for one before parsing without skipinitialspace) hold none."""
+    from bigmodel_cli.config import DataConfig
+    from bigmodel_cli.data import read_table
+
+    rows = "\n".join(f"{i},{i / 7:.5f},k{i % 7},{i % 2 == 1}" for i in range(6000))  # ~130 KB
+    path = tmp_path / "t.csv"
+    path.write_text(f"id,x,c,b\n{rows}\n{late}\n")
+    df = read_table(path, DataConfig())
+    want = pd.read_csv(path, skipinitialspace=True, index_col=False)
+    pd.testing.assert_frame_equal(df, want, check_exact=True)
+    got = df[column].iloc[-1]
+    assert (pd.isna(got) if value is None else got == value), got
+    assert df.shape == (6001, 4)
+
+
 def test_parquet_input_and_standard_scaling(tmp_path):
     path = tmp_path / "p.parquet"
     pd.read_csv(PENGUINS).to_parquet(path)
