@@ -88,8 +88,8 @@ def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> A
         v.assign(value)
     weights = {id(v) for v in net.weights}
     rng = np.random.default_rng(seed)
-    for v in net.variables:  # beyond the weights: the seed generators' states
-        if id(v) not in weights:
+    for v in net.variables:  # beyond the weights: the seed generators' states (dropout's)
+        if id(v) not in weights and v.name == "seed_generator_state":
             v.assign(np.array([rng.integers(1, 10**9), 0], dtype=v.dtype))
     return net
 
