@@ -124,6 +124,8 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if not path.is_file():  # a pipe or a device: read more than once (sniffed, parsed, hashed), it would hang
+        raise DataError(f"{path}: not a regular file (a pipe or device?); save the data to a file and pass that")
 
 
 def _header(path: Path, options: dict[str, Any]) -> list[str]:

@@ -58,7 +58,7 @@ def _in_memory(data: Path, folder: artifacts.Folder, cfg: Config) -> columns.Fit
 
     stop = threading.Event()  # set on an error or Ctrl-C: the writer gives up at its next row group
     with ThreadPoolExecutor(2, thread_name_prefix="preprocess") as pool:
-        # (a pipe cannot be read twice at once: hashed after the parse, by write_prep, as before)
+        # (only a regular file: read_table refuses a pipe, and hashing one here would block this pool's exit)
         data_sha = pool.submit(artifacts.sha256, Path(data), stop) if Path(data).is_file() else None
         try:
             rows = _clean(data, folder, cfg)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -211,6 +213,15 @@ def test_schema_drift_rejected(case, stage, run_copy, tmp_path):
         assert w in r.stderr, (w, r.stderr)
     assert snapshot(run_copy) == before
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_pipe_is_refused_not_waited_on(tmp_path):
+    """A named pipe (or /dev/stdin) cannot be read more than once: one line, exit 2, at once (it hung)."""
+    fifo = tmp_path / "data.csv"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "bigmodel_cli", "preprocess", str(fifo), "--target", "y", "--out",
+                        str(tmp_path / "prep")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a regular file" in r.stderr, r.stderr
 
 
 def test_prep_folder_of_other_features_refused(run_copy, tmp_path):
