@@ -74,23 +74,26 @@ def _reading(path: Path, options: DataConfig) -> Iterator[None]:
         raise DataError(f"{path}: cannot read: {e}") from None
 
 
-def _csv_options(path: Path, options: DataConfig) -> dict[str, Any]:
-    """How every CSV is read. `skipinitialspace`: a space after a delimiter or at a line's start is skipped
-    (so `1, NA` reads as missing and `a, "b,c"` as two fields)."""
+def _csv_options(path: Path, options: DataConfig) -> tuple[dict[str, Any], str]:
+    """How every CSV is read, and the file's first 64 KiB of text (read once, for the delimiter and _read_csv).
+    `skipinitialspace`: a space after a delimiter or at a line's start is skipped (so `1, NA` reads as missing
+    and `a, "b,c"` as two fields)."""
     encoding = "utf-8-sig" if options.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else options.encoding
     with _reading(path, options):
-        sep = options.delimiter or _sniff_delimiter(_sample(path, encoding))
-    return {"sep": sep, "encoding": encoding, "compression": "infer", "skipinitialspace": True, "index_col": False}
+        sample = _sample(path, encoding)
+    sep = options.delimiter or _sniff_delimiter(sample)
+    return {"sep": sep, "encoding": encoding, "compression": "infer", "skipinitialspace": True,
+            "index_col": False}, sample
 
 
-def _read_csv(path: Path, kwargs: dict[str, Any], options: DataConfig) -> pd.DataFrame:
+def _read_csv(path: Path, kwargs: dict[str, Any], sample: str, options: DataConfig) -> pd.DataFrame:
     """`pandas.read_csv(path, **kwargs)`, first without `skipinitialspace` when the file's first 64 KiB hold no
     space it would skip: skipping costs 8-32% of the parse here, and only a field preceded by a space differs
     without it — which then either fails to parse (a quoted field) or is text starting with a space (a number
     parses the same with or without it). So that result is kept only if no column name or text value starts
     with a space; otherwise (and on any error) the file is parsed as it always was."""
     sep = kwargs["sep"]
-    sample = _sample(path, kwargs["encoding"]).removeprefix("\ufeff")
+    sample = sample.removeprefix("\ufeff")
     if sep != " " and not (sample.startswith(" ") or f"{sep} " in sample or "\n " in sample or "\r " in sample):
         try:
             with _reading(path, options):
@@ -152,9 +155,9 @@ def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
     options = options or DataConfig()
     path = Path(path)
     _check_file(path)
-    kwargs = {} if is_parquet(path) else _csv_options(path, options)
+    kwargs, sample = ({}, "") if is_parquet(path) else _csv_options(path, options)
     with _reading(path, options):
-        df = pd.read_parquet(path) if is_parquet(path) else _read_csv(path, kwargs, options)
+        df = pd.read_parquet(path) if is_parquet(path) else _read_csv(path, kwargs, sample, options)
         header = None if is_parquet(path) else _header(path, kwargs)
     df = _check_columns(df, path, header)
     if len(df) == 0:
@@ -174,7 +177,7 @@ def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataF
             batches = pq.ParquetFile(path).iter_batches(batch_size=rows)
         chunks: Iterator[pd.DataFrame] = (b.to_pandas() for b in batches)
     else:
-        kwargs = _csv_options(path, options)
+        kwargs = _csv_options(path, options)[0]
         with _reading(path, options):
             chunks = iter(pd.read_csv(path, chunksize=rows, **kwargs))
             header = _header(path, kwargs)
