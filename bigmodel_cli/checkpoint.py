@@ -125,6 +125,8 @@ def load(path: Path) -> tuple[Any, Progress, list[Any] | None]:
         raise DataError(f"{path}: no checkpoint to resume from; run train without --resume")
     try:
         progress = Progress(**json.loads((path / STATE).read_text()))
+        from . import layers, privacy  # noqa: F401  (register bigmodel's layers, DPSequential for loading)
+
         network = keras.saving.load_model(path / NETWORK, safe_mode=True)
         best = None
         if (path / BEST).exists():

@@ -149,14 +149,18 @@ def _fit_text(values: Any, cfg: Config) -> tuple[list[str], list[float]]:
     return vocab, idf
 
 
-def numeric_feature(col: str, key: str, v: np.ndarray) -> Feature:
-    """Median imputation and min/max/mean/std from a train column (float64, NaN for missing)."""
+def numeric_feature(col: str, key: str, v: np.ndarray, bins: int = 0) -> Feature:
+    """Median imputation and min/max/mean/std/quartiles from a train column (float64, NaN for missing); with
+    `bins`, the distinct edges of that many quantile bins."""
     finite = v[~np.isnan(v)]
     if finite.size == 0:
         finite = np.zeros(1)
     low, high, mean, std = float(finite.min()), float(finite.max()), float(finite.mean()), float(finite.std())
-    median = float(np.median(finite, overwrite_input=True))  # last: it reorders `finite` (a copy) in place
-    return Feature(col, key, "numeric", fill=median, min=low, max=high, mean=mean, std=std)
+    edges = [float(e) for e in np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)))] if bins else []
+    # last: it reorders `finite` (a copy) in place
+    q25, median, q75 = (float(q) for q in np.quantile(finite, [0.25, 0.5, 0.75], overwrite_input=True))
+    return Feature(col, key, "numeric", fill=median, min=low, max=high, mean=mean, std=std, q25=q25, q75=q75,
+                   edges=edges if len(edges) > 1 else [])
 
 
 def take(s: pd.Series, rows: np.ndarray) -> pd.Series:
@@ -212,7 +216,7 @@ def fit_features(kinds: dict[str, str], cfg: Config, numeric: Callable[[str], np
             continue
         key = model_key(col, taken)
         if kind == "numeric":
-            features.append(numeric_feature(col, key, numeric(col)))
+            features.append(numeric_feature(col, key, numeric(col), cfg.preprocess.numeric_bins))
         elif kind in ("categorical", "boolean"):
             features.append(categorical_feature(col, key, kind, counts(col), cfg))
         elif kind == "text":

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import layers as _layers  # noqa: F401  (registers the network's own layers for loading)
 from .keras_env import import_keras, tensorflow
+from .layers import PiecewiseLinear, SmoothClip
 from .schema import FLOAT32_MAX, Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs: TF-free, in schema)
 
 keras, tf = import_keras(), tensorflow()  # at import: the layers below subclass Keras
@@ -86,10 +88,20 @@ def _encoder(f: Feature, schema: Schema, portable: bool = False) -> list[Any]:
     if f.is_numeric:
         if schema.scaling == "standard":
             mean, var = f.mean, (f.std or 0.0) ** 2
+        elif schema.scaling == "robust":  # by the IQR, else half the range (a column mostly one value)
+            mean, var = f.fill, (f.q75 - f.q25) ** 2 or ((f.max - f.min) / 2) ** 2
         else:  # min-max to [0, 1]
             mean, var = f.min, (f.max - f.min) ** 2
         var = var if var > 0 else 1.0  # a constant column: x - mean, 0 on the training data, no division by 0
-        return [Impute(f.fill, name=f"{f.key}_impute"), L.Normalization(mean=mean, variance=var, name=f"{f.key}_scale")]
+        clip = [SmoothClip(name=f"{f.key}_clip")] if schema.scaling == "robust" else []
+        bins = []
+        if f.edges:  # the quantile edges in the scaled units (the scaling is monotone): distinct, as fitted
+            edges = (np.array(f.edges) - mean) / np.sqrt(var)
+            edges = edges / np.sqrt(1 + (edges / 3) ** 2) if clip else edges
+            edges = np.unique(edges.astype("float32"))
+            bins = [PiecewiseLinear(edges.tolist(), name=f"{f.key}_bins")] if len(edges) > 1 else []
+        return [Impute(f.fill, name=f"{f.key}_impute"), L.Normalization(mean=mean, variance=var, name=f"{f.key}_scale"),
+                *clip, *bins]
     if f.kind == "text":
         idf = {"idf_weights": f.idf_weights} if schema.text_output == "tf_idf" else {}
         return [L.TextVectorization(max_tokens=schema.text_max_tokens, output_mode=schema.text_output,
@@ -138,6 +150,21 @@ def embedded_columns(schema: Schema) -> list[tuple[int, int]]:
             out.append((position, len(f.vocabulary) + 1))
         position += width
     return out
+
+
+def numeric_columns(schema: Schema) -> list[int]:
+    """The positions of the numeric columns in the network's input: the encoded vector, or (categoricals
+    embedded) the `Embeddings` layer's output, whose pass-through columns come first in their order."""
+    positions, position = [], 0
+    for f, width in zip(schema.features, widths(schema), strict=True):
+        if f.is_numeric:
+            positions.append(position)
+        position += width
+    embedded = {p for p, _ in embedded_columns(schema)}
+    if embedded:
+        rest = [i for i in range(position) if i not in embedded]
+        positions = [rest.index(p) for p in positions]
+    return positions
 
 
 @keras.saving.register_keras_serializable(package="bigmodel")

@@ -185,7 +185,7 @@ class LoadedRun:
 
 def load_network(path: Path, unsafe: bool = False) -> Any:
     """Load a .keras model with Keras safe_mode (no code from the file runs) unless `unsafe` is asked for."""
-    from . import privacy  # noqa: F401  (registers DPSequential for loading)
+    from . import layers, privacy  # noqa: F401  (register bigmodel's layers, DPSequential for loading)
     from .keras_env import import_keras
 
     keras = import_keras()

@@ -34,10 +34,53 @@ def target_units(schema: Schema) -> list[Any]:
                                    dtype="float32")]
 
 
+def _layers(cfg: Config, schema: Schema) -> list[Any]:
+    """The configured hidden layers; a `PeriodicEmbeddings` named without `columns` embeds the numeric columns
+    (and is left out when the table has none)."""
+    from .features import numeric_columns
+
+    out = []
+    for i, spec in enumerate(cfg.model.layers):
+        if spec["type"] == "PeriodicEmbeddings" and spec.get("columns") is None:
+            numeric = numeric_columns(schema)
+            if not numeric:
+                continue
+            spec = {**spec, "columns": numeric}
+        out.append(registry.layer(spec, f"model.layers[{i}]"))
+    return out
+
+
+def loss(cfg: Config, schema: Schema) -> Any:
+    """train.loss, or the task's (with train.label_smoothing for classification)."""
+    smoothing = cfg.train.label_smoothing if schema.is_classification else 0.0
+    if cfg.train.loss != "auto":
+        if smoothing:
+            raise ConfigError("train.label_smoothing applies to the default loss: set train.loss: auto, or "
+                              "train.label_smoothing: 0")
+        return registry.loss(cfg.train.loss, "train.loss")
+    if not smoothing:
+        return registry.loss(default_loss(schema.task), "train.loss")
+    keras = registry.import_keras()
+    if schema.task == "binary":
+        return keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
+    from .layers import SmoothedSparseCrossentropy
+
+    return SmoothedSparseCrossentropy(len(schema.classes), smoothing)
+
+
+def members(cfg: Config) -> int:
+    """model.ensemble: auto is 8 members, or one where a training step takes one loss per example (DP-SGD's
+    clipping, multi_worker's loop)."""
+    k = cfg.model.ensemble
+    if k != "auto":
+        return k
+    return 1 if cfg.train.privacy is not None or cfg.train.strategy == "multi_worker" else 8
+
+
 def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
     """Input -> the configured hidden layers -> an output layer chosen from the task; compiled."""
     keras = registry.import_keras()
-    layers = [registry.layer(spec, f"model.layers[{i}]") for i, spec in enumerate(cfg.model.layers)]
+    layers = _layers(cfg, schema)
     act = cfg.model.output_activation
     act = default_activation(schema.task) if act == "auto" else act
     registry.activation(act, "model.output_activation")
@@ -47,9 +90,24 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
 
     embedded = embedded_columns(schema)
     first = [Embeddings(embedded, n_inputs, name="embeddings")] if embedded else []
-    stack = [keras.Input(shape=(n_inputs,), name="features"), *first, *layers, out, *target_units(schema)]
+    k = members(cfg)
+    if k > 1:  # the adapter after the embeddings, k heads, their mean last (after the target's units)
+        from .layers import EnsembleAdapter, EnsembleDense, EnsembleMean
+
+        at = next((i for i, layer in enumerate(layers) if type(layer).__name__ != "PeriodicEmbeddings"), len(layers))
+        layers.insert(at, EnsembleAdapter(k, name="ensemble"))
+        out = EnsembleDense(output_units(schema), k, activation=act, name="output", dtype="float32")
+    last = [EnsembleMean(name="ensemble_mean", dtype="float32")] if k > 1 else []
+    stack = [keras.Input(shape=(n_inputs,), name="features"), *first, *layers, out, *target_units(schema), *last]
+    if k > 1 and cfg.train.privacy is not None:
+        raise ConfigError("model.ensemble cannot be combined with train.privacy (DP-SGD clips each example's "
+                          "gradient of one loss); set model.ensemble: 1")
     try:
-        if cfg.train.privacy is not None:
+        if k > 1:
+            from .layers import EnsembleSequential
+
+            net = EnsembleSequential(stack, name="network")
+        elif cfg.train.privacy is not None:
             from .privacy import DPSequential
 
             p = cfg.train.privacy
@@ -59,11 +117,13 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
             net = keras.Sequential(stack, name="network")
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.layers: the layers do not fit together: {e}") from None
-    loss_name = default_loss(schema.task) if cfg.train.loss == "auto" else cfg.train.loss
     opt = cfg.train.optimizer
     net.compile(
-        optimizer=registry.optimizer(opt.name, opt.learning_rate, "train.optimizer.name"),
-        loss=registry.loss(loss_name, "train.loss"),
+        optimizer=registry.optimizer(opt.name, opt.learning_rate, "train.optimizer.name",
+                                     defaults={"beta_2": 0.95} if opt.beta_2 == "auto" else None,
+                                     beta_2=None if opt.beta_2 == "auto" else opt.beta_2,
+                                     weight_decay=opt.weight_decay),
+        loss=loss(cfg, schema),
         metrics=["accuracy"] if schema.is_classification else ["mae"],
         steps_per_execution=cfg.train.steps_per_execution,
         jit_compile=cfg.train.jit_compile,

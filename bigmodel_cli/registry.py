@@ -22,9 +22,11 @@ def layer(spec: dict[str, Any], where: str) -> Any:
     name = kwargs.pop("type")
     if name == "Lambda":
         raise ConfigError(f"{where}: Lambda layers run arbitrary code and cannot be saved safely; use a built-in layer")
-    cls = getattr(keras.layers, name, None)
+    from .layers import LAYERS
+
+    cls = LAYERS.get(name) or getattr(keras.layers, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, keras.layers.Layer)) or name == "InputLayer":
-        names = [n for n in dir(keras.layers) if n[:1].isupper()]
+        names = [*LAYERS, *(n for n in dir(keras.layers) if n[:1].isupper())]
         raise ConfigError(f"{where}: unknown layer type '{name}'{_close(name, names)}")
     try:
         return cls(**kwargs)
@@ -49,12 +51,21 @@ def loss(name: str, where: str) -> Any:
     return _get(import_keras().losses, name, where, "loss")
 
 
-def optimizer(name: str, learning_rate: float, where: str) -> Any:
+def optimizer(name: str, learning_rate: float, where: str, defaults: dict[str, Any] | None = None,
+              **settings: Any) -> Any:
+    """`keras.optimizers.get(name)` made again with `learning_rate` and the `settings` that are set (None: the
+    optimizer's default); a setting the optimizer does not take is an error naming it. `defaults` apply where the
+    optimizer takes them and no setting says otherwise."""
     keras = import_keras()
     try:
         opt = keras.optimizers.get(name)
     except ValueError:
         names = [n.lower() for n in dir(keras.optimizers) if n[:1].isupper()]
         raise ConfigError(f"{where}: unknown optimizer '{name}'{_close(name.lower(), names)}") from None
-    opt.learning_rate = learning_rate
-    return opt
+    settings = {k: v for k, v in settings.items() if v is not None}
+    takes = inspect.signature(type(opt)).parameters
+    settings = {**{k: v for k, v in (defaults or {}).items() if k in takes}, **settings}
+    for key in settings:
+        if key not in takes:
+            raise ConfigError(f"{where.rsplit('.', 1)[0]}.{key}: optimizer '{name}' has no setting '{key}'")
+    return type(opt)(learning_rate=learning_rate, **settings)

@@ -32,6 +32,9 @@ class Feature:
     max: float | None = None
     mean: float | None = None
     std: float | None = None
+    q25: float | None = None  # the quartiles, for preprocess.scaling robust
+    q75: float | None = None
+    edges: list[float] = field(default_factory=list)  # quantile bin edges, for preprocess.numeric_bins
     vocabulary: list[str] = field(default_factory=list)
     idf_weights: list[float] = field(default_factory=list)
 

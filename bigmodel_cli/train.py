@@ -142,6 +142,22 @@ def decision_threshold(cfg: Config, schema: Schema, net: Any, x_val: np.ndarray,
     return float(candidates[int(np.argmax(values))])
 
 
+def schedule(cfg: Config, epochs: int) -> Any:
+    """train.optimizer.schedule as a Keras callback that sets each epoch's learning rate from the epoch's index
+    alone (so a resumed run and a refit follow the same curve), or None for a constant rate. cosine: from
+    learning_rate at the first epoch down to learning_rate / 2 * (1 + cos(pi (E-1) / E)) at the last of E."""
+    opt = cfg.train.optimizer
+    if opt.schedule == "constant":
+        return None
+    import math
+
+    from .keras_env import import_keras
+
+    base = opt.learning_rate
+    return import_keras().callbacks.LearningRateScheduler(
+        lambda epoch, lr: base * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)))
+
+
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
                   drop_remainder: bool = False) -> tuple[Any, Any]:
     """One epoch of batches whose order depends only on (seed, epoch): the epoch is a variable that the
@@ -299,6 +315,8 @@ def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
         net = model.build(cfg, ctx.prep.schema, x.shape[1])
     batches, set_epoch = train_dataset(x, y, cfg.train.batch_size, cfg.seed)
     callbacks: list[Any] = [set_epoch]
+    if (scheduler := schedule(cfg, cfg.train.budget(len(data.y["train"]))[0])) is not None:  # the first fit's curve
+        callbacks.append(scheduler)
     if cfg.train.reduce_lr is not None:  # the same schedule, by the epochs the first fit reduced at
         lrs = [float(row["learning_rate"]) for row in fit.history[:fit.best_epoch] if "learning_rate" in row]
         if lrs:
@@ -380,7 +398,7 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
             mode="min" if lower_is_better(monitor) else "max", verbose=0,
             resume=progress.reduce_lr if ctx.resume else None)
     saver = checkpoint.Checkpoint(ctx.checkpoint_dir, progress, stopper, cfg.train.checkpoint_seconds, reducer)
-    callbacks: list[Any] = [c for c in (reducer, stopper, saver) if c is not None]
+    callbacks: list[Any] = [c for c in (schedule(cfg, epochs), reducer, stopper, saver) if c is not None]
     callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged run stops at once (and is refused in _finish)
     if cfg.train.tensorboard:
         # into a temporary folder: RUN_DIR/logs is replaced only when the run is complete

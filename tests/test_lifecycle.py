@@ -110,7 +110,8 @@ def test_spaces_after_delimiters_read_alike_wherever_they_are(tmp_path, late, co
 def test_parquet_input_and_standard_scaling(tmp_path):
     path = tmp_path / "p.parquet"
     pd.read_csv(PENGUINS).to_parquet(path)
-    bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep", "--set", "preprocess.scaling=standard")
+    bm("preprocess", path, "--target", "species", "--out", tmp_path / "prep", "--set", "preprocess.scaling=standard",
+       "--set", "preprocess.numeric_bins=0")  # one column per number, to read the scaled values
     assert read_json(tmp_path / "prep" / "schema.json")["scaling"] == "standard"
     from bigmodel_cli import features
     from bigmodel_cli.folders import open_prep
@@ -158,7 +159,8 @@ def test_train_json_and_custom_layers(penguins_prep, tmp_path):
 
     model = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
     assert isinstance(model, keras.Sequential)
-    assert [type(layer).__name__ for layer in model.layers] == ["Dense", "Dropout", "Dense", "Dense"]
+    assert [type(layer).__name__ for layer in model.layers] == [  # the configured layers inside the ensemble
+        "EnsembleAdapter", "Dense", "Dropout", "Dense", "EnsembleDense", "EnsembleMean"]
     assert type(model.optimizer).__name__ == "SGD"
 
 

@@ -24,7 +24,7 @@ def test_accountant_matches_the_published_table(noise, epochs, published, pld):
 
 
 DP = ["--set", "train.epochs=20", "--set", "train.optimizer.name=sgd", "--set", "train.optimizer.learning_rate=0.2",
-      "--set", "train.early_stopping.enabled=false", "--set", "train.tensorboard=false"]
+      "--set", "train.early_stopping.enabled=false", "--set", "train.tensorboard=false", "--set", "train.batch_size=32"]
 
 
 def dp_run(prep, out, noise: float, *extra: str) -> dict:
@@ -68,7 +68,7 @@ def test_microbatches_and_config_checks(cancer_prep, tmp_path):
     micro, per_example = (pd.read_csv(tmp_path / r / "history.csv") for r in ("micro", "per_example"))
     assert not micro["loss"].equals(per_example["loss"])  # 8 microbatches clip other gradients than 32
     r = bm("train", cancer_prep, "--out", tmp_path / "bad", "--set", "train.privacy={microbatches: 5}", code=2)
-    assert "microbatches (5) must divide batch_size (32)" in r.stderr
+    assert "microbatches (5) must divide batch_size (128)" in r.stderr
     r = bm("train", cancer_prep, "--out", tmp_path / "bad", "--set", "train.privacy={}", "--set",
            "train.class_weight=balanced", code=2)
     assert "class_weight cannot be combined with privacy" in r.stderr

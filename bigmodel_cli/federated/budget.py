@@ -28,6 +28,9 @@ class Budget:
 def budget(cfg: Config, train_rows: int) -> Budget:
     """The federation's budget for a train split of `train_rows` rows (all clients' rows together)."""
     f, t = cfg.federated, cfg.train
+    if t.optimizer.schedule != "constant":  # clients train a few local epochs a round: no curve over the run
+        raise ConfigError("train.optimizer.schedule: a learning-rate schedule applies to `bigmodel train`, not to "
+                          "federated rounds; set train.optimizer.schedule: constant")
     epochs, patience = t.budget(train_rows)
     asked = f.rounds if f.rounds != "auto" else math.ceil(epochs / f.local_epochs)
     rounds = affordable_rounds(asked, f.privacy) if f.privacy else asked
