@@ -57,6 +57,7 @@ def _reading(path: Path, options: DataConfig) -> Iterator[None]:
         with warnings.catch_warnings():
             # index_col=False: never take surplus fields for an index; surplus fields then warn, which we refuse
             warnings.simplefilter("error", pd.errors.ParserWarning)
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)  # mixed chunks: `_unmixed` reads them whole
             yield
     except pd.errors.ParserWarning:
         raise DataError(f"{path}: some rows have more fields than the header; fix the rows or the delimiter "
@@ -102,9 +103,25 @@ def _read_csv(path: Path, kwargs: dict[str, Any], sample: str, options: DataConf
             pass
         else:
             if not _leading_space(df):
-                return df
+                return _unmixed(df, path, {**kwargs, "skipinitialspace": False})
             del df  # (before the second parse)
-    return pd.read_csv(path, **kwargs)
+    return _unmixed(pd.read_csv(path, **kwargs), path, kwargs)
+
+
+def _unmixed(df: pd.DataFrame, path: Path, kwargs: dict[str, Any]) -> pd.DataFrame:
+    """pandas parses a large CSV in chunks (low_memory) and infers each chunk's types apart: a column of numbers
+    with a word only in a later chunk comes back as Python numbers from the early chunks and strings from the
+    late ones (which Arrow cannot store: #29). Parsed whole, such a column is text, so those columns alone are
+    read again as text: the frame is the one a whole-file parse gives, at the cost of a second parse only when
+    a column is mixed."""
+    mixed = [i for i, (_, s) in enumerate(df.items())
+             if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("mixed", "mixed-integer")]
+    if not mixed:
+        return df
+    text = pd.read_csv(path, **{**kwargs, "usecols": mixed, "dtype": str})
+    for i, column in zip(mixed, text.columns, strict=True):
+        df.isetitem(i, text[column].to_numpy(dtype=object))
+    return df
 
 
 def _leading_space(df: pd.DataFrame) -> bool:

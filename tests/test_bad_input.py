@@ -337,3 +337,35 @@ def test_export_parity_counts_nan_as_a_difference_unless_both_are_nan():
     for got in ([[0.5, np.nan], [1.0, np.nan]], [[0.5, 0.0], [1.0, 2.0]]):
         with pytest.raises(_Mismatch, match="by inf"):
             _check("other", np.array(got), want, 1e-6, {})
+
+
+@pytest.fixture(scope="module")
+def late_words(tmp_path_factory):
+    """300k rows: pandas parses them in chunks (low_memory) and types each chunk apart. `age` holds numbers
+    but one word in a late chunk; `code` holds numbers early and words from row 200,000 on (a text column)."""
+    n = 300_000
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"age": rng.integers(18, 90, n).astype(object), "code": rng.integers(0, 9, n).astype(object),
+                       "x": rng.normal(size=n).round(3), "y": rng.integers(0, 2, n)})
+    df.loc[200_000:, "code"] = rng.choice(["a", "b", "c"], n - 200_000)
+    good = tmp_path_factory.mktemp("late") / "good.csv"
+    df.to_csv(good, index=False)
+    df.loc[250_000, "age"] = "unknown"
+    bad = good.with_name("bad.csv")
+    df.to_csv(bad, index=False)
+    return good, bad
+
+
+def test_a_type_change_past_the_parsers_chunk_reads_as_the_whole_file(late_words):
+    """#29: the chunks' Python numbers and strings crashed preprocess (ArrowTypeError, exit 3)."""
+    from bigmodel_cli.data import read_table
+
+    good, bad = late_words
+    for path in (good, bad):
+        got = read_table(path)
+        pd.testing.assert_frame_equal(got, pd.read_csv(path, low_memory=False))  # the whole-file parse
+    r = bm("preprocess", bad, "--target", "y", "--out", bad.parent / "bad_prep", code=2)
+    assert r.stderr.strip() == f"error: {bad}: column 'age' is numeric but data row 250001 holds 'unknown'"
+    r = bm("preprocess", good, "--target", "y", "--out", good.parent / "prep")
+    kinds = {c: k["kind"] for c, k in read_json(good.parent / "prep" / "report.json")["columns"].items()}
+    assert kinds["age"] == "numeric" and kinds["code"] == "categorical"
