@@ -94,6 +94,8 @@ def test_the_recipe_exports_to_onnx_and_tflite_with_parity(recipe_run):
      "setting 'beta_2'"),
     ("train.label_smoothing=0.1 --set train.loss=categorical_hinge", "train.label_smoothing applies to the default"),
     ("train.optimizer.schedule=cosine --set train.reduce_lr={factor: 0.5}", "choose one"),
+    ("model.ensemble=4 --set train.privacy={noise_multiplier: 1.0}", "model.ensemble cannot be combined with "
+     "train.privacy"),
 ])
 def test_recipe_settings_that_cannot_apply_are_one_line_errors(recipe_run, tmp_path, override, needle):
     sets = [a for part in override.split(" --set ") for a in ("--set", part)]
