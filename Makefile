@@ -68,8 +68,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q -e ".[dev,federated,bench]"
 	@touch $@
 
-# The README's model-quality table (~45 minutes on 2 cores: 5 seeded repeats of each model; ~80 with BEFORE;
-# REPEATS=1 for one run of each, ~10 minutes): benchmarks/quality.py.
+# The README's model-quality table (21 tables; ~70 minutes on 2 cores with REPEATS=3 and BEFORE, about twice that
+# with the default 5 repeats; REPEATS=1 for one run of each): benchmarks/quality.py.
 bench-quality: $(VENV)/.installed-bench
 	$(if $(BEFORE),rm -rf $(OUT)/before && mkdir -p $(OUT)/before && git archive $(BEFORE) | tar -x -C $(OUT)/before)
 	$(BIN)/python benchmarks/quality.py --cost $(if $(BEFORE),--before $(OUT)/before) $(if $(REPEATS),--repeats $(REPEATS))
