@@ -156,9 +156,10 @@ def numeric_feature(col: str, key: str, v: np.ndarray, bins: int = 0) -> Feature
     if finite.size == 0:
         finite = np.zeros(1)
     low, high, mean, std = float(finite.min()), float(finite.max()), float(finite.mean()), float(finite.std())
-    edges = [float(e) for e in np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)))] if bins else []
-    # last: it reorders `finite` (a copy) in place
-    q25, median, q75 = (float(q) for q in np.quantile(finite, [0.25, 0.5, 0.75], overwrite_input=True))
+    # one pass (it reorders `finite`, a copy, in place): the quartiles, then the bins' edges
+    q = np.quantile(finite, [0.25, 0.5, 0.75, *(np.linspace(0, 1, bins + 1) if bins else [])], overwrite_input=True)
+    q25, median, q75 = (float(v) for v in q[:3])
+    edges = [float(e) for e in np.unique(q[3:])]
     return Feature(col, key, "numeric", fill=median, min=low, max=high, mean=mean, std=std, q25=q25, q75=q75,
                    edges=edges if len(edges) > 1 else [])
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import layers as _layers  # noqa: F401  (registers the network's own layers for loading)
 from .keras_env import import_keras, tensorflow
-from .layers import PiecewiseLinear, SmoothClip
+from .layers import PiecewiseLinear, SmoothClip, smooth_clip
 from .schema import FLOAT32_MAX, Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs: TF-free, in schema)
 
 keras, tf = import_keras(), tensorflow()  # at import: the layers below subclass Keras
@@ -97,7 +97,7 @@ def _encoder(f: Feature, schema: Schema, portable: bool = False) -> list[Any]:
         bins = []
         if f.edges:  # the quantile edges in the scaled units (the scaling is monotone): distinct, as fitted
             edges = (np.array(f.edges) - mean) / np.sqrt(var)
-            edges = edges / np.sqrt(1 + (edges / 3) ** 2) if clip else edges
+            edges = keras.ops.convert_to_numpy(smooth_clip(edges)) if clip else edges
             edges = np.unique(edges.astype("float32"))
             bins = [PiecewiseLinear(edges.tolist(), name=f"{f.key}_bins")] if len(edges) > 1 else []
         return [Impute(f.fill, name=f"{f.key}_impute"), L.Normalization(mean=mean, variance=var, name=f"{f.key}_scale"),

@@ -16,6 +16,11 @@ keras = import_keras()  # at import: the classes below subclass Keras
 ops = keras.ops
 
 
+def smooth_clip(x: Any, bound: float = 3.0) -> Any:
+    """x / sqrt(1 + (x / bound)^2), for tensors and NumPy arrays alike."""
+    return x * ops.rsqrt(1.0 + ops.square(x / bound))
+
+
 @keras.saving.register_keras_serializable(package="bigmodel")
 class SmoothClip(keras.layers.Layer):
     """x / sqrt(1 + (x / bound)^2): close to x near 0, bounded by ±bound (RealMLP's smooth clipping after robust
@@ -26,7 +31,7 @@ class SmoothClip(keras.layers.Layer):
         self.bound = float(bound)
 
     def call(self, x: Any) -> Any:
-        return x * ops.rsqrt(1.0 + ops.square(x / self.bound))
+        return smooth_clip(x, self.bound)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
