@@ -5,6 +5,7 @@ data report. Pure functions of the data; nothing here reads or writes files, and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import pandas as pd
 
 from .config import Config
 from .errors import DataError
-from .schema import FLOAT32_MAX, Feature, Schema, as_str, model_key, numeric_column
+from .schema import FLOAT32_MAX, ISO_DATE, Feature, Schema, as_str, model_key, numeric_column
 
 BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
 MAX_CLASSES = 100
@@ -28,7 +29,7 @@ INFER_SAMPLE = 10_000
 
 @dataclass
 class Inference:
-    kinds: dict[str, str]  # column -> numeric | categorical | boolean | text | id | ignore
+    kinds: dict[str, str]  # column -> numeric | categorical | boolean | text | date | id | ignore
     notes: list[str] = field(default_factory=list)
     distinct: dict[str, int] = field(default_factory=dict)  # distinct values of the string columns looked at
 
@@ -45,7 +46,8 @@ def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data"
         if col == target:
             continue
         s = df[col]
-        given = cfg.data.columns.get(col) or ("id" if col in cfg.data.id_columns else None)
+        given = cfg.data.columns.get(col) or ("id" if col in cfg.data.id_columns else None) or \
+            ("date" if col in cfg.data.date_formats else None)
         if given:
             inf.kinds[col] = given
             continue
@@ -56,6 +58,8 @@ def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data"
             inf.notes.append(f"'{col}' is empty: dropped")
         elif pd.api.types.is_bool_dtype(s):
             inf.kinds[col] = "boolean"
+        elif pd.api.types.is_datetime64_any_dtype(s):
+            inf.kinds[col] = "date"
         elif pd.api.types.is_numeric_dtype(s):
             whole = _looks_like_id(col) and (v := s.dropna()).is_unique and bool(v.mod(1).eq(0).all())
             if whole:
@@ -73,6 +77,11 @@ def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data"
                 continue
             if pd.to_numeric(sample, errors="coerce").notna().mean() >= 0.9:
                 numeric_column(s, col, source)  # raises naming the first non-numeric row
+            if sample.str.fullmatch(ISO_DATE).mean() >= 0.9:  # a value that is no date: the error names it
+                inf.kinds[col] = "date"
+                inf.notes.append(f"'{col}' holds ISO 8601 dates: encoded as the time since 1970 and the day of "
+                                 f"the week and of the year")
+                continue
             words = sample.str.split().str.len().mean()
             near_unique = len(values) > MAX_CLASSES and len(distinct) >= NEAR_UNIQUE * len(values)
             if near_unique and words < TEXT_ID_WORDS:  # names, tickets, codes: nothing a network can generalise
@@ -164,6 +173,18 @@ def numeric_feature(col: str, key: str, v: np.ndarray, bins: int = 0) -> Feature
                    edges=edges if len(edges) > 1 else [])
 
 
+DATE_PERIODS = [7.0, 365.2425]  # the week and the (Gregorian) year, in days
+
+
+def date_feature(col: str, key: str, days: np.ndarray, fmt: str | None, bins: int = 0) -> Feature:
+    """A date column fitted as a number (its days since 1970: median imputation, scaling, quantile bins) with
+    cyclic encodings of the week and the year, and of the day when the train split has times of day."""
+    f = numeric_feature(col, key, days, bins)
+    finite = days[np.isfinite(days)]
+    timed = bool(finite.size and np.any(finite != np.floor(finite)))
+    return dataclasses.replace(f, kind="date", format=fmt, periods=[*([1.0] if timed else []), *DATE_PERIODS])
+
+
 def take(s: pd.Series, rows: np.ndarray) -> pd.Series:
     """The values of a column at positions `rows`, indexed from 0 (a NumPy gather for NumPy numbers: 5x
     pandas' take)."""
@@ -209,8 +230,8 @@ def text_feature(col: str, key: str, values: Any, cfg: Config) -> Feature:
 def fit_features(kinds: dict[str, str], cfg: Config, numeric: Callable[[str], np.ndarray],
                  counts: Callable[[str], pd.Series], text: Callable[[str], Any]) -> list[Feature]:
     """Fit imputation, scaling and vocabularies on the train split only. The split is read through the three
-    getters (a numeric column as float64, a categorical column's value counts, a text column's strings), so
-    that the in-memory and streaming paths fit the same way from what each holds."""
+    getters (a numeric column as float64 (a date's days since 1970), a categorical column's value counts, a text
+    column's strings), so that the in-memory and streaming paths fit the same way from what each holds."""
     features, taken = [], set()
     for col, kind in kinds.items():
         if kind in ("id", "ignore"):
@@ -218,6 +239,9 @@ def fit_features(kinds: dict[str, str], cfg: Config, numeric: Callable[[str], np
         key = model_key(col, taken)
         if kind == "numeric":
             features.append(numeric_feature(col, key, numeric(col), cfg.preprocess.numeric_bins))
+        elif kind == "date":
+            features.append(date_feature(col, key, numeric(col), cfg.data.date_formats.get(col),
+                                         cfg.preprocess.numeric_bins))
         elif kind in ("categorical", "boolean"):
             features.append(categorical_feature(col, key, kind, counts(col), cfg))
         elif kind == "text":
@@ -233,9 +257,10 @@ def check_target(target: str | None, columns_in: list[str], cfg: Config, data: P
         raise DataError(f"{data}: no target column given; pass --target COLUMN or set data.target")
     if target not in columns_in:
         raise DataError(f"{data}: target column '{target}' not found; columns are: {', '.join(columns_in)}")
-    unknown = [c for c in [*cfg.data.columns, *cfg.data.id_columns] if c not in columns_in]
+    unknown = [c for c in [*cfg.data.columns, *cfg.data.id_columns, *cfg.data.date_formats] if c not in columns_in]
     if unknown:
-        raise DataError(f"{data}: data.columns / data.id_columns name column(s) not in the file: {', '.join(unknown)}")
+        raise DataError(f"{data}: data.columns / data.id_columns / data.date_formats name column(s) not in the "
+                        f"file: {', '.join(unknown)}")
     return target
 
 
@@ -321,8 +346,10 @@ def report(rows: Rows, inf: Inference, schema: Schema, missing: dict[str, int], 
     columns = {}
     for col, kind in inf.kinds.items():
         f = fitted.get(col)
-        columns[col] = {"kind": kind, "missing": missing[col], "unique": unique.get(col),
-                        "imputed_with": f.fill if f is not None and missing[col] and kind != "text" else None}
+        fill = f.fill if f is not None and missing[col] and kind != "text" else None
+        if fill is not None and kind == "date":  # the median date, as a date
+            fill = pd.Timestamp(float(fill), unit="D").isoformat().removesuffix("T00:00:00")
+        columns[col] = {"kind": kind, "missing": missing[col], "unique": unique.get(col), "imputed_with": fill}
     return {
         "rows_in": rows.rows_in, "duplicates_dropped": rows.duplicates, "missing_target_dropped": rows.missing_target,
         "rows_out": sum(rows.splits.values()), "splits": rows.splits, "columns": columns,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-ColumnKind = Literal["numeric", "categorical", "boolean", "text", "id", "ignore"]
+ColumnKind = Literal["numeric", "categorical", "boolean", "text", "date", "id", "ignore"]
 Task = Literal["auto", "binary", "multiclass", "regression"]
 MAX_YAML_ALIASES = 100
 
@@ -45,6 +45,9 @@ class DataConfig(_Section):
     task: Task = "auto"
     columns: dict[str, ColumnKind] = Field(default_factory=dict)
     id_columns: list[str] = Field(default_factory=list)
+    # a date column's strftime format, e.g. {day: "%d/%m/%Y"} (the column is then a date); ISO 8601 dates
+    # (2024-03-01, 2024-03-01T12:30:00Z) are found without one
+    date_formats: dict[str, str] = Field(default_factory=dict)
     delimiter: str | None = None
     encoding: str = "utf-8"
     split: SplitConfig = Field(default_factory=SplitConfig)

@@ -115,9 +115,11 @@ def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) 
                 "threshold": loaded.threshold if loaded.schema.task == "binary" else None,
                 "parity": {"rows": rows, "split": checked, "hostile_rows": rows - len(test),
                            "one_by_one": min(ONE_BY_ONE, rows), "max_abs_diff": diffs, "tolerance": tol},
-                "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.is_numeric else "string"}
+                "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.takes_number else "string",
+                                   **({"unit": "days since 1970-01-01 UTC"} if f.kind == "date" else {})}
                            for f in loaded.schema.features},
-                "input_contract": "one (n, 1) tensor per input: float32 numbers with NaN for missing; strings "
+                "input_contract": "one (n, 1) tensor per input: float32 numbers with NaN for missing (a date: "
+                                  "its days since 1970-01-01 UTC, a time of day as the fraction); strings "
                                   "with leading/trailing whitespace stripped, '' for missing",
                 "output": _output_doc(loaded.schema), **extra,
                 "versions": artifacts.versions()})
@@ -149,7 +151,7 @@ def hostile(x: dict[str, np.ndarray], schema: Any) -> dict[str, np.ndarray]:
         return x
     parts = {k: [v.astype(object) if v.dtype.kind in "OUS" else v] for k, v in x.items()}
     for f in schema.features:
-        for value in [np.nan, np.inf, -np.inf] if f.is_numeric else ["", "unseen category \u00e9\u2603"]:
+        for value in [np.nan, np.inf, -np.inf] if f.takes_number else ["", "unseen category \u00e9\u2603"]:
             for k, v in x.items():
                 row = v[:1].astype(object) if v.dtype.kind in "OUS" else v[:1].copy()
                 if k == f.key:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import layers as _layers  # noqa: F401  (registers the network's own layers for loading)
 from .keras_env import import_keras, tensorflow
-from .layers import PiecewiseLinear, SmoothClip, smooth_clip
+from .layers import Cycles, PiecewiseLinear, SmoothClip, smooth_clip
 from .schema import FLOAT32_MAX, Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs: TF-free, in schema)
 
 keras, tf = import_keras(), tensorflow()  # at import: the layers below subclass Keras
@@ -85,7 +85,7 @@ def _encoder(f: Feature, schema: Schema, portable: bool = False) -> list[Any]:
     """The layers that turn one raw column into floats (`portable`: without whitespace stripping, see
     `Categories`)."""
     L = keras.layers
-    if f.is_numeric:
+    if f.takes_number:  # (a date: its days since 1970, scaled and binned as a number; `_parts` adds its cycles)
         if schema.scaling == "standard":
             mean, var = f.mean, (f.std or 0.0) ** 2
         elif schema.scaling == "robust":  # by the IQR, else half the range (a column mostly one value)
@@ -113,7 +113,7 @@ def _encoder(f: Feature, schema: Schema, portable: bool = False) -> list[Any]:
 
 
 def inputs(schema: Schema) -> dict[str, Any]:
-    return {f.key: keras.Input(shape=(1,), name=f.key, dtype="float32" if f.is_numeric else "string")
+    return {f.key: keras.Input(shape=(1,), name=f.key, dtype="float32" if f.takes_number else "string")
             for f in schema.features}
 
 
@@ -123,8 +123,16 @@ def _parts(schema: Schema, raw: dict[str, Any], portable: bool = False) -> list[
         x = raw[f.key]
         if f.kind == "text":  # TextVectorization wants one string per row: (n, 1) -> (n,)
             x = keras.ops.squeeze(x, axis=-1)
-        for layer in _encoder(f, schema, portable):
-            x = layer(x)
+        chain = _encoder(f, schema, portable)
+        if f.kind == "date":  # the imputed days -> [scaled (and binned) days, cycles]
+            days = chain.pop(0)(x)
+            x = days
+            for layer in chain:
+                x = layer(x)
+            x = keras.layers.Concatenate(name=f"{f.key}_date")([x, Cycles(f.periods, name=f"{f.key}_cycles")(days)])
+        else:
+            for layer in chain:
+                x = layer(x)
         parts.append(keras.ops.cast(x, "float32"))
     return parts
 

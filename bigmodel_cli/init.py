@@ -42,7 +42,7 @@ def render(cfg: Config, data: Path, task: str, kinds: dict[str, str], notes: lis
         _block({"seed": d["seed"]}),
         "",
         "# data: the target column, the task (auto | binary | multiclass | regression), each column's kind",
-        "# (numeric | categorical | boolean | text | id | ignore; ids are kept in predictions, not used as",
+        "# (numeric | categorical | boolean | text | date | id | ignore; ids are kept in predictions, not used as",
         "# features) and the train / val / test split ratios.",
         *(f"# note: {n}" for n in notes),
         _block({"data": d["data"]}),

@@ -2,7 +2,7 @@
 `model.layers` and a saved model loads with `safe_mode=True`.
 
 Every op here is one that tf2onnx (opset 17) and TFLite's builtins carry (mul, add, cos, rsqrt, batch matmul,
-transpose, reshape, concat): no einsum, SELU or softplus.
+transpose, reshape, concat, sin, floor): no einsum, SELU or softplus.
 """
 
 from __future__ import annotations
@@ -38,6 +38,31 @@ class SmoothClip(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "bound": self.bound}
+
+
+@keras.saving.register_keras_serializable(package="bigmodel")
+class Cycles(keras.layers.Layer):
+    """Where a number stands within each of `periods`, as a point on the unit circle: [sin 2πr/p, cos 2πr/p]
+    with r = x mod p, for each period p (a date's days since 1970: the time of day, the day of the week and of
+    the year, so that Sunday sits next to Monday and 31 December next to 1 January). The remainder comes first,
+    so float32 keeps the phase to minutes. Shapes: (n, 1) -> (n, 2 * len(periods))."""
+
+    def __init__(self, periods: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.periods = [float(p) for p in periods]
+
+    def call(self, x: Any) -> Any:
+        parts = []
+        for p in self.periods:
+            angle = (x - ops.floor(x / p) * p) * (2 * math.pi / p)
+            parts += [ops.sin(angle), ops.cos(angle)]
+        return ops.concatenate(parts, axis=1)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (input_shape[0], 2 * len(self.periods))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "periods": self.periods}
 
 
 @keras.saving.register_keras_serializable(package="bigmodel")

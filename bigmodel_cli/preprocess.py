@@ -21,7 +21,7 @@ from .config import Config
 from .data import read_table, streams, write_rows
 from .errors import DataError
 from .folders import write_prep
-from .schema import Schema, as_str, numeric_column
+from .schema import Schema, as_str, date_column, numeric_column
 
 
 @dataclass(frozen=True)
@@ -157,17 +157,24 @@ def _fit(rows: _Rows, cfg: Config, data: Path) -> tuple[Schema, dict[str, Any]]:
     def column(c: str) -> pd.Series:  # a train column, taken one at a time
         return columns.take(df[c], train)
 
+    # dates parsed whole (an error names the row in the file), as days since 1970
+    days = {c: date_column(df[c], c, str(data), cfg.data.date_formats.get(c))
+            for c, k in inf.kinds.items() if k == "date"}
+
+    def number(c: str) -> np.ndarray:
+        return days[c][train] if c in days else numeric_column(column(c), c, "train split")
+
     features = columns.fit_features(
-        inf.kinds, cfg, numeric=lambda c: numeric_column(column(c), c, "train split"),
+        inf.kinds, cfg, numeric=number,
         counts=lambda c: columns.category_counts(column(c)), text=lambda c: as_str(column(c)).to_numpy(dtype=str))
     y_train = numeric_column(column(target), target, "train split") if rows.task == "regression" else None
     schema = columns.make_schema(target, rows.task, features, rows.classes, inf, cfg, y_train)
 
     # distinct values of the non-numeric columns (counting them for 1M floats costs more than it tells)
-    missing = {c: columns.missing_numbers(df[c], c) if k == "numeric" else int(df[c].isna().sum())
-               for c, k in inf.kinds.items()}
+    missing = {c: columns.missing_numbers(df[c], c) if k == "numeric" else
+               int(np.isnan(days[c]).sum()) if k == "date" else int(df[c].isna().sum()) for c, k in inf.kinds.items()}
     unique = {c: inf.distinct[c] if c in inf.distinct else int(df[c].nunique())
-              for c, k in inf.kinds.items() if k != "numeric"}
+              for c, k in inf.kinds.items() if k not in ("numeric", "date")}
     balance = {}
     if schema.is_classification:
         for name, pos in rows.positions.items():

@@ -26,7 +26,7 @@ class Feature:
 
     name: str
     key: str  # the column's name inside the model / SavedModel signature
-    kind: str  # numeric | categorical | boolean | text
+    kind: str  # numeric | categorical | boolean | text | date
     fill: Any = None  # imputed for missing values
     min: float | None = None
     max: float | None = None
@@ -37,10 +37,20 @@ class Feature:
     edges: list[float] = field(default_factory=list)  # quantile bin edges, for preprocess.numeric_bins
     vocabulary: list[str] = field(default_factory=list)
     idf_weights: list[float] = field(default_factory=list)
+    # a date: its strftime format (None: ISO 8601), and the periods in days of its cyclic encodings (the week,
+    # the year; the day when the train split has times of day). The statistics above are of its days since
+    # 1970-01-01 (UTC), the number the model takes.
+    format: str | None = None
+    periods: list[float] = field(default_factory=list)
 
     @property
     def is_numeric(self) -> bool:
         return self.kind == "numeric"
+
+    @property
+    def takes_number(self) -> bool:
+        """The model's input for this column is a float32 number (a date's: days since 1970-01-01)."""
+        return self.kind in ("numeric", "date")
 
 
 @dataclass(frozen=True)
@@ -158,11 +168,43 @@ def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0, tar
     return values
 
 
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
+_EPOCH = np.datetime64("1970-01-01T00:00:00", "ns")
+
+
+def date_column(s: pd.Series, name: str, source: str, fmt: str | None = None, first_row: int = 0) -> np.ndarray:
+    """A date (and time) column as float64 days since 1970-01-01 UTC (a time of day as the fraction; values
+    with a UTC offset converted to UTC, those without taken as UTC), missing as NaN. A value that is not a date
+    in `fmt` (None: ISO 8601, e.g. 2024-03-01 or 2024-03-01T12:30:00+02:00) is an error naming its row."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        t = pd.Series(s)
+        if getattr(t.dt, "tz", None) is not None:
+            t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    else:
+        text = s.astype("string").str.strip()
+        text = text.mask(text == "")
+        t = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True)
+        bad = t.isna().to_numpy() & text.notna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{source}: column '{name}' holds dates ({fmt or 'ISO 8601, e.g. 2024-03-01'}) but "
+                            f"data row {first_row + row + 1} holds {s.iloc[row]!r}; set its format in "
+                            f"data.date_formats")
+        t = t.dt.tz_localize(None)
+    ns = t.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64("NaT"))
+    days = (ns - _EPOCH).astype("timedelta64[ns]").astype("float64") / 86_400e9
+    days[np.isnat(ns)] = np.nan
+    return days
+
+
 def to_inputs(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, np.ndarray]:
-    """A DataFrame's feature columns as the arrays the models take (shape (n, 1))."""
+    """A DataFrame's feature columns as the arrays the models take (shape (n, 1)): numbers (a date as its days
+    since 1970-01-01) as float32, the rest as stripped strings."""
     out = {}
     for f in schema.features:
-        if f.is_numeric:
+        if f.kind == "date":
+            v = date_column(df[f.name], f.name, source, f.format).astype("float32")
+        elif f.is_numeric:
             v = numeric_column(df[f.name], f.name, source).astype("float32")
         else:
             v = as_str(df[f.name]).to_numpy(dtype=str)

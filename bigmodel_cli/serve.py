@@ -102,7 +102,7 @@ def _tf_model(path: Path, kind: str, unsafe: bool) -> Model:
         from .folders import load_network
 
         schema, serving = Schema.load(path), load_network(path / artifacts.MODEL, unsafe)
-    spec = {f.key: tf.TensorSpec((None, 1), tf.float32 if f.is_numeric else tf.string, name=f.key)
+    spec = {f.key: tf.TensorSpec((None, 1), tf.float32 if f.takes_number else tf.string, name=f.key)
             for f in schema.features}
     call = tf.function(lambda x: serving(x, training=False), input_signature=[spec])
 
@@ -197,7 +197,7 @@ class State:
     def load(self) -> None:
         try:
             model = self.loader()
-            warm = {f.key: np.array([[np.nan]], dtype="float32") if f.is_numeric else np.array([[""]], dtype=object)
+            warm = {f.key: np.array([[np.nan]], dtype="float32") if f.takes_number else np.array([[""]], dtype=object)
                     for f in model.schema.features}
             model.predict(warm)  # traces the graph / allocates the runtime before the first request
             self.model = model

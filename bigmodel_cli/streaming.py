@@ -38,7 +38,7 @@ from . import artifacts, columns
 from .config import Config
 from .data import parquet_options, read_chunks
 from .errors import DataError
-from .schema import Schema, as_str, numeric_column
+from .schema import Schema, as_str, date_column, numeric_column
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,9 @@ def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
         for chunk in chunks:
             if list(chunk.columns) != plan.names:
                 raise DataError(f"{plan.data}: the columns change at data row {start + 1}")
+            for c, k in plan.inf.kinds.items():  # dates stay as written; one that is no date: the error names it
+                if k == "date":
+                    date_column(chunk[c], c, source, plan.cfg.data.date_formats.get(c), start)
             norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start, target=c == target) if c in plan.numeric
                                  else _strings(chunk[c]) for c in plan.names})
             if plan.cfg.preprocess.drop_duplicates:
@@ -195,7 +198,7 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
     for i, name in enumerate(names):
         which[positions[name]] = i
     kinds = plan.inf.kinds
-    num_cols = [c for c, k in kinds.items() if k == "numeric"]
+    num_cols = [c for c, k in kinds.items() if k in ("numeric", "date")]  # (a date: its days since 1970)
     cat_cols = [c for c, k in kinds.items() if k in ("categorical", "boolean")]
     stats = _TrainStats(missing=dict.fromkeys(kinds, 0), unique={c: set() for c in cat_cols},
                         counts={c: pd.Series(dtype="int64") for c in cat_cols},
@@ -235,7 +238,11 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
                         stats.balance[name][vc["values"]] += int(vc["counts"])
                 if name == "train":
                     for c in num_cols:
-                        values = rows.column(c).to_numpy()  # nulls as NaN
+                        if kinds[c] == "date":
+                            values = date_column(rows.column(c).to_pandas(), c, "train split",
+                                                 plan.cfg.data.date_formats.get(c))
+                        else:
+                            values = rows.column(c).to_numpy()  # nulls as NaN
                         numeric_out[c].write(np.asarray(values, dtype="float64").tobytes())
                     for c in cat_cols:
                         stats.counts[c] = stats.counts[c].add(columns.category_counts(rows.column(c).to_pandas()),
