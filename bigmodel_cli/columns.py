@@ -75,6 +75,10 @@ def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data"
             if len(distinct) <= len(BOOLEAN_WORDS) and set(distinct.str.lower()) <= BOOLEAN_WORDS:
                 inf.kinds[col] = "boolean"
                 continue
+            if len(distinct) == len(values) > 1 and _looks_like_id(col):  # (before the numbers: an id named
+                inf.kinds[col] = "id"  # so, of numbers with a word past the first chunk, is an id read either way)
+                inf.notes.append(f"'{col}' has a distinct value on every row: treated as an id, not a feature")
+                continue
             if pd.to_numeric(sample, errors="coerce").notna().mean() >= 0.9:
                 numeric_column(s, col, source)  # raises naming the first non-numeric row
             if sample.str.fullmatch(ISO_DATE).mean() >= 0.9:  # a value that is no date: the error names it

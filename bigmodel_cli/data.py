@@ -167,14 +167,25 @@ def _check_columns(df: pd.DataFrame, path: Path, header: list[str] | None = None
     return df
 
 
-def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
-    """Read a CSV (optionally .gz; delimiter sniffed unless data.delimiter is set) or Parquet file."""
+def _as_text(path: Path, kwargs: dict[str, Any], text: tuple[str, ...]) -> dict[str, Any]:
+    """read_csv options that read the columns named `text` (as stripped names) as the file's text."""
+    if not text:
+        return kwargs
+    raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **kwargs)
+    names = [str(c) for c in raw.iloc[0]] if len(raw) else []
+    return {**kwargs, "dtype": {n: str for n in names if n.strip() in text}}
+
+
+def read_table(path: Path, options: DataConfig | None = None, text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV (optionally .gz; delimiter sniffed unless data.delimiter is set) or Parquet file. `text`: CSV
+    columns read as written (ids: '007' stays '007', and no chunk boundary can change their type)."""
     options = options or DataConfig()
     path = Path(path)
     _check_file(path)
     kwargs, sample = ({}, "") if is_parquet(path) else _csv_options(path, options)
     with _reading(path, options):
-        df = pd.read_parquet(path) if is_parquet(path) else _read_csv(path, kwargs, sample, options)
+        df = pd.read_parquet(path) if is_parquet(path) else _read_csv(path, _as_text(path, kwargs, text), sample,
+                                                                      options)
         header = None if is_parquet(path) else _header(path, kwargs)
     df = _check_columns(df, path, header)
     if len(df) == 0:
@@ -182,7 +193,7 @@ def read_table(path: Path, options: DataConfig | None = None) -> pd.DataFrame:
     return df
 
 
-def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataFrame]:
+def read_chunks(path: Path, options: DataConfig, rows: int, text: tuple[str, ...] = ()) -> Iterator[pd.DataFrame]:
     """The same file as `read_table` reads, as DataFrames of at most `rows` rows (bounded memory)."""
     path = Path(path)
     _check_file(path)
@@ -196,7 +207,7 @@ def read_chunks(path: Path, options: DataConfig, rows: int) -> Iterator[pd.DataF
     else:
         kwargs = _csv_options(path, options)[0]
         with _reading(path, options):
-            chunks = iter(pd.read_csv(path, chunksize=rows, **kwargs))
+            chunks = iter(pd.read_csv(path, chunksize=rows, **_as_text(path, kwargs, text)))
             header = _header(path, kwargs)
     seen = 0
     while True:

@@ -44,8 +44,11 @@ class PredictResult:
 
 def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictResult:
     loaded = load_run(run_dir, unsafe)
+    # the id columns of a CSV as written: the same in every chunk as read whole ('x9' late in a column of
+    # numbers cannot change a streamed Parquet output's column type), and '007' stays '007'
+    ids = tuple(loaded.schema.id_columns)
     if not streams(data, loaded.config.data):
-        df = read_table(data, loaded.config.data)
+        df = read_table(data, loaded.config.data, text=ids)
         preds = loaded.predict(df, str(data))
         table = frame(loaded, df, preds)
         try:
@@ -61,7 +64,7 @@ def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictRe
     try:
         with artifacts.atomic_path(Path(out)) as tmp, contextlib.ExitStack() as stack:
             writer = None
-            for df in read_chunks(data, loaded.config.data, loaded.config.data.chunk_rows):
+            for df in read_chunks(data, loaded.config.data, loaded.config.data.chunk_rows, text=ids):
                 preds = loaded.predict(df, str(data))
                 table = frame(loaded, df, preds)
                 if is_parquet(Path(out)):

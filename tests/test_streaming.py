@@ -141,3 +141,23 @@ def test_category_counts_are_those_of_the_strings_written():
         rows = as_str(s)
         want = rows[rows != ""].value_counts()
         assert dict(category_counts(s).items()) == dict(want.items()), s.tolist()
+
+
+def test_an_id_that_turns_to_text_after_the_first_chunk(tmp_path):
+    """#29: predictions keep a CSV's id columns as written, so an id column of numbers with a word past the first
+    chunk gives the same Parquet output streamed (chunk by chunk, one Arrow schema) as read whole (it was exit 3:
+    'Table schema does not match'), and '007' stays '007'."""
+    df = pd.read_csv(PENGUINS)
+    df.insert(0, "id", [f"{i:03d}" for i in range(len(df))])
+    df.loc[200, "id"] = "P-200"
+    df.to_csv(tmp_path / "ids.csv", index=False)
+    outs = {}
+    for name, opts in (("stream", STREAM), ("memory", [])):
+        bm("preprocess", tmp_path / "ids.csv", "--target", "species", "--out", tmp_path / f"{name}_prep", *opts)
+        assert read_json(tmp_path / f"{name}_prep" / "schema.json")["id_columns"] == ["id"]
+        bm("train", tmp_path / f"{name}_prep", "--out", tmp_path / name, *TRAIN)
+        bm("predict", tmp_path / name, tmp_path / "ids.csv", "--out", tmp_path / f"{name}.parquet")
+        outs[name] = pd.read_parquet(tmp_path / f"{name}.parquet")
+    for out in outs.values():
+        assert out["id"].tolist() == df["id"].tolist()  # as written: '000', ..., 'P-200'
+    pd.testing.assert_series_equal(outs["stream"]["id"], outs["memory"]["id"])
