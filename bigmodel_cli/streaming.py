@@ -71,6 +71,10 @@ class _Staged:
     duplicate: np.ndarray  # bool per row
     keep: np.ndarray  # bool per row: not a duplicate, target present
     y: pd.Series  # the kept rows' labels
+    # what the first chunk could not see (columns.infer_kinds on the whole file would): the values of columns
+    # empty in the first chunk (up to INFER_SAMPLE of them), and the distinct values of its boolean columns
+    late: dict[str, list[str]] = field(default_factory=dict)
+    booleans: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,6 +121,7 @@ def _preprocess(data: Path, folder: artifacts.Folder, cfg: Config, pool: ThreadP
         staged = _stage(plan, _chain(first, chunks), work / "rows.parquet")
         if len(staged.y) == 0:
             raise DataError(f"{data}: target column '{target}' has no values")
+        task = _second_look(plan, staged, task)
         columns.check_rows(len(staged.y), cfg, data)
         inf.notes[:0] = columns.dropped_notes(target, int((~staged.duplicate & ~staged.keep).sum()),
                                               int(staged.duplicate.sum()))
@@ -155,6 +160,9 @@ def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
 
     arrow, target, source = plan.arrow_schema(), plan.target, str(plan.data)
     hashes, labels = [], []
+    given = {*plan.cfg.data.columns, *plan.cfg.data.id_columns, *plan.cfg.data.date_formats}
+    late: dict[str, list[str]] = {c: [] for c, k in plan.inf.kinds.items() if k == "ignore" and c not in given}
+    booleans: dict[str, set[str]] = {c: set() for c, k in plan.inf.kinds.items() if k == "boolean" and c not in given}
     start = 0
     writing = None  # the previous chunk's write, by a second thread (one in flight)
     with (pq.ParquetWriter(staged, arrow, **parquet_options(arrow)) as writer,
@@ -167,6 +175,12 @@ def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
                     date_column(chunk[c], c, source, plan.cfg.data.date_formats.get(c), start)
             norm = pd.DataFrame({c: numeric_column(chunk[c], c, source, start, target=c == target) if c in plan.numeric
                                  else _strings(chunk[c]) for c in plan.names})
+            for c, seen in late.items():
+                if len(seen) < columns.INFER_SAMPLE:
+                    seen.extend(norm[c].dropna().head(columns.INFER_SAMPLE - len(seen)).tolist())
+            for c, words in booleans.items():
+                if len(words) <= len(columns.BOOLEAN_WORDS):
+                    words.update(norm[c].dropna().str.lower().unique().tolist())
             if plan.cfg.preprocess.drop_duplicates:
                 hashes.append(pd.util.hash_pandas_object(norm, index=False).to_numpy())
             # compact: a copy of the column (a view would keep the whole chunk's string block alive), categorical
@@ -182,7 +196,40 @@ def _stage(plan: _Plan, chunks: Any, staged: Path) -> _Staged:
     y_all = pd.Series(np.concatenate(labels) if target in plan.numeric else
                       pd.api.types.union_categoricals(labels, sort_categories=True))
     keep = ~dup & ~y_all.isna().to_numpy()
-    return _Staged(staged, start, dup, keep, y_all[keep].reset_index(drop=True))
+    return _Staged(staged, start, dup, keep, y_all[keep].reset_index(drop=True),
+                   {c: v for c, v in late.items() if v}, booleans)
+
+
+def _second_look(plan: _Plan, staged: _Staged, task: str) -> str:
+    """Where the whole file says otherwise than its first chunk, decide as a whole-file read would (#29): a
+    column empty in the first chunk gets its kind from its later values, a boolean column with another word later
+    is categorical, a binary target with a third class is multiclass; where the staged values cannot follow (a
+    target of numbers taken for classes), a one-line error says what to set. Returns the task."""
+    inf, n, source = plan.inf, plan.cfg.data.chunk_rows, plan.data
+    for c, values in staged.late.items():
+        raw = pd.Series(values, dtype=object)  # (staged as text: numbers as a CSV parser would give them)
+        numbers = pd.to_numeric(raw, errors="coerce")
+        try:
+            kind = columns.infer_kinds(pd.DataFrame({c: numbers if numbers.notna().all() else raw}), plan.target,
+                                       plan.cfg, str(source)).kinds[c]
+        except DataError:
+            raise DataError(f"{source}: column '{c}' is empty in the first {n} rows and mixes numbers and words "
+                            f"after them; set its kind in data.columns") from None
+        inf.kinds[c] = kind
+        inf.notes.remove(f"'{c}' is empty: dropped")
+        inf.notes.append(f"streaming: '{c}' is empty in the first {n} rows; its kind ({kind}) is from the rows "
+                         f"after them")
+    for c, words in staged.booleans.items():
+        if not words <= columns.BOOLEAN_WORDS:
+            inf.kinds[c] = "categorical"
+    if plan.cfg.data.task != "auto" or task == "regression":
+        return task
+    labels = pd.Series(staged.y.cat.categories if hasattr(staged.y, "cat") else staged.y.unique())
+    numbers = pd.to_numeric(labels, errors="coerce")
+    if len(labels) and numbers.notna().all() and (not numbers.mod(1).eq(0).all() or len(labels) > 20):
+        raise DataError(f"{source}: target '{plan.target}' looks like classes in the first {n} rows but holds "
+                        f"{len(labels)} distinct numbers in the whole file; set data.task: regression")
+    return "multiclass" if task == "binary" and len(labels) > 2 else task
 
 
 def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], classes: list[str],
@@ -241,6 +288,8 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
                         if kinds[c] == "date":
                             values = date_column(rows.column(c).to_pandas(), c, "train split",
                                                  plan.cfg.data.date_formats.get(c))
+                        elif c not in plan.numeric:  # numbers first seen after the first chunk: staged as text
+                            values = numeric_column(rows.column(c).to_pandas(), c, "train split")
                         else:
                             values = rows.column(c).to_numpy()  # nulls as NaN
                         numeric_out[c].write(np.asarray(values, dtype="float64").tobytes())

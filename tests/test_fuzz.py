@@ -175,3 +175,78 @@ def test_random_tables_through_every_stage(tmp_path_factory, frame):
             return
         _clean(bm("predict", tmp / "run", data, "--out", tmp / "p.csv", code=None), "predict", table)
         _clean(bm("export", tmp / "run", "--out", tmp / "export", code=None), "export", table)
+
+
+# ---- chunk boundaries (#29): a streamed preprocess (kinds from the first chunk, rows in chunks of `chunk_rows`)
+# must decide as the whole-file read does, or both refuse in one line. Small chunks put the boundary within a few
+# dozen rows, so the cases cost kilobytes.
+CHANGES = ["missing_before", "words_after", "class_after", "category_after", "floats_after", "bool_word_after"]
+
+
+def _straddling(change: str, rows: int, at: int, seed: int) -> pd.DataFrame:
+    """A table whose column `v` (or target `y`) changes at row `at`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"x": rng.normal(size=rows).round(3), "y": rng.choice(["p", "q"], rows)})
+    if change == "missing_before":  # a column empty until `at` (numbers after)
+        df["v"] = [None] * at + list(rng.integers(0, 9, rows - at))
+    elif change == "words_after":  # numbers, then a word: refused by both, naming the row
+        df["v"] = [str(i) for i in rng.integers(0, 9, rows)]
+        df.loc[at, "v"] = "oops"
+    elif change == "class_after":  # a third class first seen at `at`
+        df.loc[at:, "y"] = rng.choice(["p", "q", "r"], rows - at)
+        df.loc[at, "y"] = "r"
+    elif change == "category_after":  # a category first seen at `at`
+        df["v"] = ["a"] * at + ["b"] * (rows - at)
+    elif change == "floats_after":  # whole numbers, then fractions
+        df["v"] = [float(i) for i in rng.integers(0, 9, rows)]
+        df.loc[at:, "v"] += 0.5
+    else:  # yes/no, then another word
+        df["v"] = rng.choice(["yes", "no"], rows)
+        df.loc[at, "v"] = "maybe"
+    return df
+
+
+def _outcome(path, out, *extra) -> tuple[int, object]:
+    import json
+
+    r = bm("preprocess", path, "--target", "y", "--out", out, *extra, code=None)
+    if r.exit_code:
+        assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+        return 2, r.stderr.strip().splitlines()[-1]
+    schema = json.loads((out / "schema.json").read_text())
+    return 0, (schema["task"], schema["classes"], [(f["name"], f["kind"]) for f in schema["features"]],
+               [(f["name"], f["vocabulary"], f["fill"], f["min"], f["max"]) for f in schema["features"]])
+
+
+@settings(FUZZ, max_examples=STAGE_EXAMPLES if LONG else 12)
+@example(change="bool_word_after", chunk=10, offset=0, seed=1)  # (each was a difference before the mend)
+@example(change="missing_before", chunk=20, offset=1, seed=1)
+@example(change="class_after", chunk=10, offset=0, seed=1)
+@given(change=st.sampled_from(CHANGES), chunk=st.integers(10, 40), offset=st.integers(-2, 2),
+       seed=st.integers(0, 3))
+def test_a_change_at_a_chunk_boundary_is_read_as_whole(tmp_path_factory, change, chunk, offset, seed):
+    at = chunk + offset  # just before, at or just after the first boundary
+    tmp = tmp_path_factory.mktemp("boundary")
+    _straddling(change, 3 * chunk, at, seed).to_csv(tmp / "t.csv", index=False)
+    whole = _outcome(tmp / "t.csv", tmp / "whole")
+    streamed = _outcome(tmp / "t.csv", tmp / "streamed", "--set", "data.streaming=true",
+                        "--set", f"data.chunk_rows={chunk}")
+    event(f"{change}: exit {whole[0]}")
+    assert streamed == whole
+
+
+def test_a_target_of_numbers_taken_for_classes_in_the_first_chunk(tmp_path):
+    """Whole numbers 0-4 in the first chunk, then fractions: the whole file is a regression; the streamed path,
+    whose staged labels are classes by then, says what to set instead of training 60 classes."""
+    df = _straddling("floats_after", 90, 30, 0)
+    df["y"] = [float(v % 5) for v in range(30)] + [v / 7 for v in range(60)]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert _outcome(tmp_path / "t.csv", tmp_path / "whole")[1][0] == "regression"
+    code, line = _outcome(tmp_path / "t.csv", tmp_path / "streamed", "--set", "data.streaming=true",
+                          "--set", "data.chunk_rows=30")
+    assert code == 2 and "target 'y' looks like classes in the first 30 rows" in line
+    assert "set data.task: regression" in line
+    assert _outcome(tmp_path / "t.csv", tmp_path / "told", "--set", "data.streaming=true", "--set",
+                    "data.chunk_rows=30", "--set", "data.task=regression")[1][0] == "regression"
