@@ -121,8 +121,8 @@ def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsaf
     labels, parts, rows = [], [], 0
     for df in frames:
         s.check_columns(df, source["source"], need_target=True)
-        labels.append(s.labels(df, source["source"]))
-        parts.append(loaded.predict(df, source["source"]))
+        labels.append(s.labels(df, source["source"], rows))  # (errors name the row in the file, not the chunk)
+        parts.append(loaded.predict(df, source["source"], rows))
         rows += len(df)
     y, preds = np.concatenate(labels), merge(parts)
     body = classification_metrics(y, preds, s.classes) if s.is_classification else regression_metrics(y, preds)

@@ -151,11 +151,12 @@ class LoadedRun:
     def prep_dir(self) -> Path:
         return Path(self.manifest["prep_dir"])
 
-    def predict(self, df: pd.DataFrame, source: str) -> Predictions:
+    def predict(self, df: pd.DataFrame, source: str, first_row: int = 0) -> Predictions:
+        """Predictions for a frame (`first_row`: its first row's position in `source`, a chunk's, for errors)."""
         from . import features
 
         ignored = self.schema.check_columns(df, source, need_target=False)
-        out = features.apply(self.serving, features.to_inputs(df, self.schema, source))
+        out = features.apply(self.serving, features.to_inputs(df, self.schema, source, first_row))
         unseen = features.unseen_categories(df, self.schema)
         if not self.schema.is_classification:
             return Predictions(None, out[:, 0], unseen, ignored)

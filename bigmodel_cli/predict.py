@@ -65,7 +65,7 @@ def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictRe
         with artifacts.atomic_path(Path(out)) as tmp, contextlib.ExitStack() as stack:
             writer = None
             for df in read_chunks(data, loaded.config.data, loaded.config.data.chunk_rows, text=ids):
-                preds = loaded.predict(df, str(data))
+                preds = loaded.predict(df, str(data), rows)  # (errors name the row in the file, not the chunk)
                 table = frame(loaded, df, preds)
                 if is_parquet(Path(out)):
                     import pyarrow as pa

@@ -96,14 +96,16 @@ class Schema:
         known = set(need) | set(self.id_columns) | set(self.dropped) | {self.target}
         return [c for c in df.columns if c not in known]
 
-    def labels(self, df: pd.DataFrame, source: str) -> np.ndarray:
-        """The target column as class indices (classification) or float32 values (regression)."""
+    def labels(self, df: pd.DataFrame, source: str, first_row: int = 0) -> np.ndarray:
+        """The target column as class indices (classification) or float32 values (regression); errors name the
+        row counted from `first_row` (a chunk's first row in its file)."""
         y = df[self.target]
         if y.isna().any():
             row = int(np.flatnonzero(y.isna().to_numpy())[0])
-            raise DataError(f"{source}: column '{self.target}' (target) is missing a value at data row {row + 1}")
+            raise DataError(f"{source}: column '{self.target}' (target) is missing a value at data row "
+                            f"{first_row + row + 1}")
         if not self.is_classification:
-            return numeric_column(y, self.target, source, target=True).astype("float32")
+            return numeric_column(y, self.target, source, first_row, target=True).astype("float32")
         index = {c: i for i, c in enumerate(self.classes)}
         text = as_str(y)
         unseen = sorted(set(text) - set(index))
@@ -197,15 +199,15 @@ def date_column(s: pd.Series, name: str, source: str, fmt: str | None = None, fi
     return days
 
 
-def to_inputs(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, np.ndarray]:
+def to_inputs(df: pd.DataFrame, schema: Schema, source: str, first_row: int = 0) -> dict[str, np.ndarray]:
     """A DataFrame's feature columns as the arrays the models take (shape (n, 1)): numbers (a date as its days
-    since 1970-01-01) as float32, the rest as stripped strings."""
+    since 1970-01-01) as float32, the rest as stripped strings. Errors name the row counted from `first_row`."""
     out = {}
     for f in schema.features:
         if f.kind == "date":
-            v = date_column(df[f.name], f.name, source, f.format).astype("float32")
+            v = date_column(df[f.name], f.name, source, f.format, first_row).astype("float32")
         elif f.is_numeric:
-            v = numeric_column(df[f.name], f.name, source).astype("float32")
+            v = numeric_column(df[f.name], f.name, source, first_row).astype("float32")
         else:
             v = as_str(df[f.name]).to_numpy(dtype=str)
         out[f.key] = v.reshape(-1, 1)

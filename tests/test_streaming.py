@@ -143,7 +143,7 @@ def test_category_counts_are_those_of_the_strings_written():
         assert dict(category_counts(s).items()) == dict(want.items()), s.tolist()
 
 
-def test_an_id_that_turns_to_text_after_the_first_chunk(tmp_path):
+def test_ids_and_errors_past_the_first_chunk(tmp_path):
     """#29: predictions keep a CSV's id columns as written, so an id column of numbers with a word past the first
     chunk gives the same Parquet output streamed (chunk by chunk, one Arrow schema) as read whole (it was exit 3:
     'Table schema does not match'), and '007' stays '007'."""
@@ -161,3 +161,18 @@ def test_an_id_that_turns_to_text_after_the_first_chunk(tmp_path):
     for out in outs.values():
         assert out["id"].tolist() == df["id"].tolist()  # as written: '000', ..., 'P-200'
     pd.testing.assert_series_equal(outs["stream"]["id"], outs["memory"]["id"])
+    # a bad value in a later chunk: predict and evaluate name its row in the file, as the whole-file read does
+    # (streamed, they named its row in the chunk: 20 for 120)
+    df["bill_length_mm"] = df["bill_length_mm"].astype(object)
+    df.loc[119, "bill_length_mm"] = "oops"
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    df.loc[119, "bill_length_mm"] = 40.0
+    df.loc[169, "species"] = None
+    df.to_csv(tmp_path / "no_label.csv", index=False)
+    for name in ("stream", "memory"):
+        r = bm("predict", tmp_path / name, tmp_path / "bad.csv", "--out", tmp_path / "bad.parquet", code=2)
+        assert "column 'bill_length_mm' is numeric but data row 120 holds 'oops'" in r.stderr, r.stderr
+        r = bm("evaluate", tmp_path / name, "--data", tmp_path / "bad.csv", "--no-plots", code=2)
+        assert "data row 120 holds 'oops'" in r.stderr, r.stderr
+        r = bm("evaluate", tmp_path / name, "--data", tmp_path / "no_label.csv", "--no-plots", code=2)
+        assert "column 'species' (target) is missing a value at data row 170" in r.stderr, r.stderr
