@@ -10,7 +10,8 @@ seeded, stratified 80/20 split written as train.csv / test.csv. On that split, i
 - keras: benchmarks/plain_keras.py, the 15-line script (a whole process too);
 - mlp, hgb, linear: scikit-learn's MLP, HistGradientBoosting and a linear model (logistic / ridge) behind the
   usual ColumnTransformer; lgbm: LightGBM with its defaults, string columns as pandas categories (all four in this
-  process: their times have no interpreter or import start-up).
+  process: their times have no interpreter or import start-up); realmlp, tabm: pytabkit's RealMLP-TD and TabM-D,
+  the published default MLPs, with their defaults on the CPU (in this process too; `--slow-repeats` seeds, default 1).
 Every model's test predictions go through the same metric code: accuracy, macro-F1 and ROC-AUC (classification),
 RMSE and R² (regression). Each seeded model runs `--repeats` times on the same split (bigmodel seeds 42, 1, 2, …:
 42 is its default; the peers 0, 1, 2, …): on test splits of 36–190 rows one row is 0.5–2.8 accuracy points, more
@@ -40,7 +41,7 @@ from benchmarks.quality_tables import TABLES, Table  # noqa: E402
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data" / "quality"
 BIN = Path(sys.executable).parent
-MODELS = ["bigmodel", "keras", "mlp", "hgb", "lgbm", "linear"]
+MODELS = ["bigmodel", "keras", "mlp", "hgb", "lgbm", "linear", "realmlp", "tabm"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -159,6 +160,32 @@ def run_sklearn(kind: str, t: Table, train: pd.DataFrame, test: pd.DataFrame,
     return _predicted(model, Xt, reg, classes), {"seconds": time.perf_counter() - t0}
 
 
+def run_pytabkit(kind: str, t: Table, train: pd.DataFrame, test: pd.DataFrame,
+                 classes: list[str], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The published default MLPs from pytabkit (the bench extra; PyTorch on the CPU): RealMLP-TD (Holzmüller et
+    al. 2024) and TabM-D (Gorishniy et al. 2025), with their defaults: each holds out 20% of the training rows for
+    its own early stopping / best-epoch choice; string columns as categories (pytabkit's own encoding), missing
+    strings as a category of their own, missing numbers imputed with the train median (pytabkit refuses NaN)."""
+    from pytabkit import RealMLP_TD_Classifier, RealMLP_TD_Regressor, TabM_D_Classifier, TabM_D_Regressor
+
+    t0 = time.perf_counter()
+    X, Xt = train.drop(columns=[t.target]), test.drop(columns=[t.target])
+    strings = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
+    for c in strings:
+        a, b = X[c].fillna("").astype(str), Xt[c].fillna("").astype(str)
+        kinds = pd.CategoricalDtype(sorted(set(a) | set(b)))  # (unseen test values: a category never trained on)
+        X[c], Xt[c] = a.astype(kinds), b.astype(kinds)
+    for c in [c for c in X.columns if c not in strings]:
+        fill = X[c].median() if X[c].notna().any() else 0.0
+        X[c], Xt[c] = X[c].fillna(fill).astype("float64"), Xt[c].fillna(fill).astype("float64")
+    reg = t.task == "regression"
+    y = train[t.target].to_numpy("float64") if reg else train[t.target].astype(str).to_numpy()
+    cls = {("realmlp", True): RealMLP_TD_Regressor, ("realmlp", False): RealMLP_TD_Classifier,
+           ("tabm", True): TabM_D_Regressor, ("tabm", False): TabM_D_Classifier}[(kind, reg)]
+    model = cls(device="cpu", random_state=seed, n_threads=os.cpu_count() or 1, verbosity=0).fit(X, y)
+    return _predicted(model, Xt, reg, classes), {"seconds": time.perf_counter() - t0}
+
+
 def _predicted(model: Any, Xt: pd.DataFrame, reg: bool, classes: list[str]) -> np.ndarray:
     """A fitted scikit-learn-style model's test predictions: values, or probabilities in `classes`' order."""
     if reg:
@@ -172,8 +199,11 @@ def _predicted(model: Any, Xt: pd.DataFrame, reg: bool, classes: list[str]) -> n
 
 # the seeds of each model's repeats on the same split: bigmodel's default (42) first, the peers' 0 first
 SEEDS = {"bigmodel": [42, 1, 2, 3, 4], "keras": [0, 1, 2, 3, 4], "mlp": [0, 1, 2, 3, 4], "hgb": [0, 1, 2, 3, 4],
-         "lgbm": [0, 1, 2, 3, 4]}
+         "lgbm": [0, 1, 2, 3, 4], "realmlp": [0, 1, 2, 3, 4], "tabm": [0, 1, 2, 3, 4]}
 SEEDS["before"] = SEEDS["bigmodel"]
+# pytabkit's models take minutes per table on two cores (RealMLP-TD's 256 epochs, TabM-D's 32 members of 512 units):
+# at most this many seeds each (--slow-repeats)
+SLOW, SLOW_REPEATS = ("realmlp", "tabm"), 1
 
 
 def mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -188,7 +218,11 @@ def mean_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def bench(t: Table, models: list[str], sets: list[str], before: Path | None, repeats: int) -> dict[str, Any]:
+def bench(t: Table, models: list[str], sets: list[str], before: Path | None, repeats: int,
+          done: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each model's `repeats` seeded runs on the table's split; `done` (the table's row of an earlier results
+    file, --extend): runs of a model at a seed already there are kept, not run again (so `--repeats 5 --extend`
+    after a 3-seed run of the same code runs the 4th and 5th seeds only)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -200,7 +234,14 @@ def bench(t: Table, models: list[str], sets: list[str], before: Path | None, rep
     with tempfile.TemporaryDirectory(prefix=f"quality_{t.name}_") as tmp:
         for name in models:
             runs = []
-            for seed in SEEDS.get(name, [0])[:repeats]:  # the linear model has no seed: one run
+            earlier = (done or {}).get(name)
+            kept = {r.get("seed"): r for r in (earlier.get("repeats") or [earlier])} if earlier else {}
+            n = min(repeats, SLOW_REPEATS) if name in SLOW else repeats
+            for seed in SEEDS.get(name, [0])[:n]:  # the linear model has no seed: one run
+                if seed in kept:
+                    runs.append(kept[seed])
+                    print(f"  {t.name} {name}: seed {seed} kept from the results file", flush=True)
+                    continue
                 work = Path(tmp) / f"{name}_{seed}"
                 work.mkdir()
                 with warnings.catch_warnings():
@@ -211,6 +252,8 @@ def bench(t: Table, models: list[str], sets: list[str], before: Path | None, rep
                         pred, info = run_bigmodel(t, train_csv, test_csv, classes, [], work, seed, before)
                     elif name == "keras":
                         pred, info = run_keras(t, train_csv, test_csv, work, seed)
+                    elif name in ("realmlp", "tabm"):
+                        pred, info = run_pytabkit(name, t, train, test, classes, seed)
                     else:
                         pred, info = run_sklearn(name, t, train, test, classes, seed)
                 runs.append({"seed": seed, **metrics(t, test[t.target], pred, classes), **info})
@@ -259,7 +302,7 @@ def verdicts(rows: dict[str, Any]) -> dict[str, Any]:
         metric = MAIN[r["task"]]
         ours = r["bigmodel"][metric]
         v, first = {}, {}
-        for peer in ("keras", "mlp", "hgb", "lgbm", "linear"):
+        for peer in ("keras", "mlp", "hgb", "lgbm", "linear", "realmlp", "tabm"):
             if peer in r:
                 theirs = r[peer][metric]
                 v[peer] = as_good(ours, theirs, metric)
@@ -303,27 +346,61 @@ def main() -> None:
                     "seeds SEEDS[:N]; metrics and verdicts are their means (default 5, the most)")
     ap.add_argument("--label", default="quality", help="results file name (benchmarks/results/LABEL.json)")
     ap.add_argument("--merge", action="store_true", help="update the tables of an existing results file")
+    ap.add_argument("--extend", action="store_true", help="--merge, keeping the runs of the models run here at "
+                    "seeds the file already has (the same code and --set: more seeds, or a resumed run)")
+    ap.add_argument("--add-from", metavar="LABEL", help="fold the models of results file LABEL into this one and "
+                    "recompute the verdicts (no runs; e.g. peers measured in a separate run)")
     ap.add_argument("--cost", action="store_true", help="also time a small table's train process against the "
                     "plain script's for the same epochs")
     ap.add_argument("--before", type=Path, help="a checkout of an earlier bigmodel (its bigmodel_cli/ inside): "
                     "adds model 'before', run the same way, for a before/after in one run")
+    ap.add_argument("--slow-repeats", type=int, default=1, choices=range(1, 6),
+                    help="at most this many seeded runs of the pytabkit peers (realmlp, tabm); default 1")
     args = ap.parse_args()
-    wanted = set(args.tables.split(",")) if args.tables else None
-    tables = [t for t in TABLES if wanted is None or t.name in wanted]
+    global SLOW_REPEATS
+    SLOW_REPEATS = args.slow_repeats
+    by_name = {t.name: t for t in TABLES}
+    unknown = [n for n in (args.tables or "").split(",") if n and n not in by_name]
+    if unknown:
+        raise SystemExit(f"--tables: unknown table(s) {', '.join(unknown)}; the tables are {', '.join(by_name)}")
+    tables = [by_name[n] for n in args.tables.split(",")] if args.tables else TABLES  # (in the order given)
     models = args.models.split(",")
     if args.before:
         models.insert(1, "before")
     previous = RESULTS / f"{args.label}.json"
-    rows = json.loads(previous.read_text())["tables"] if args.merge and previous.exists() else {}
+    args.merge = args.merge or args.extend or bool(args.add_from)
+    old = json.loads(previous.read_text()) if args.merge and previous.exists() else {}
+    if args.extend and old and old.get("sets", []) != args.sets:
+        raise SystemExit(f"--extend: {previous} was run with --set {old.get('sets')}, not {args.sets}")
+    rows = old.get("tables", {})
+    command = " ".join(["python benchmarks/quality.py", *sys.argv[1:]])
+    # merged: the earlier commands and seeds kept beside this run's (its models' results replace theirs)
+    commands = [*old.get("commands", [old["command"]] if "command" in old else []), command]
 
     def write(summary: dict[str, Any]) -> None:
-        save(args.label, {"command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]), "sets": args.sets,
-                          "repeats": args.repeats, "seeds": {m: SEEDS.get(m, [0])[:args.repeats] for m in models},
+        save(args.label, {"command": command, **({"commands": commands} if old else {}), "sets": args.sets,
+                          "repeats": args.repeats,
+                          "seeds": {**old.get("seeds", {}), **{m: SEEDS.get(m, [0])[:min(args.repeats, SLOW_REPEATS)
+                                                                     if m in SLOW else args.repeats] for m in models}},
                           "tables": rows, "summary": summary})
+
+    if args.add_from:
+        other = json.loads((RESULTS / f"{args.add_from}.json").read_text())
+        added = sorted({m for r in other["tables"].values() for m in r if isinstance(r[m], dict)})
+        for name, r in other["tables"].items():
+            rows.setdefault(name, {}).update({m: r[m] for m in added})
+        models = []  # nothing run here: the seeds and repeats are the two files'
+        old["seeds"] = {**old.get("seeds", {}), **{m: other["seeds"][m] for m in added if m in other["seeds"]}}
+        args.repeats = old.get("repeats", args.repeats)
+        summary = {**old.get("summary", {}), **verdicts(rows)}
+        write(summary)
+        print(f"added {', '.join(added)} from {args.add_from} to {args.label}")
+        return
 
     for t in tables:
         print(f"== {t.name} ({t.task})", flush=True)
-        rows[t.name] = {**rows.get(t.name, {}), **bench(t, models, args.sets, args.before, args.repeats)}
+        rows[t.name] = {**rows.get(t.name, {}), **bench(t, models, args.sets, args.before, args.repeats,
+                                                         rows.get(t.name) if args.extend else None)}
         write(verdicts(rows))  # after every table: a long run that is stopped keeps what it measured
     summary = verdicts(rows)
     if args.cost:

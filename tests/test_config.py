@@ -16,7 +16,7 @@ def test_zero_config_defaults():
     assert cfg.train.budget(240) == (100, 10) and cfg.data.split.train == 0.8
     auto = load_config(None, ["train.epochs=auto", "train.early_stopping.patience=auto", "train.batch_size=32"]).train
     assert auto.budget(240) == (250, 13) and auto.budget(90) == (500, 30) and auto.budget(100_000) == (100, 10)
-    assert cfg.model.layers == [{"type": "Dense", "units": 64, "activation": "relu"}]
+    assert cfg.model.layers == [{"type": "Dense", "units": 128, "activation": "relu"}] * 2
     # the #28 defaults: piecewise-linear bins, an 8-member ensemble, batch 128 at lr 2e-3, Adam's beta_2 0.95
     assert (cfg.preprocess.numeric_bins, cfg.model.ensemble, cfg.train.batch_size) == (16, "auto", 128)
     assert (cfg.train.optimizer.learning_rate, cfg.train.optimizer.beta_2) == (0.002, "auto")
