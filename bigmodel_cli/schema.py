@@ -171,7 +171,7 @@ def numeric_column(s: pd.Series, name: str, source: str, first_row: int = 0, tar
 
 
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
-_EPOCH = np.datetime64("1970-01-01T00:00:00", "ns")
+_EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
 
 
 def date_column(s: pd.Series, name: str, source: str, fmt: str | None = None, first_row: int = 0) -> np.ndarray:
@@ -185,7 +185,11 @@ def date_column(s: pd.Series, name: str, source: str, fmt: str | None = None, fi
     else:
         text = s.astype("string").str.strip()
         text = text.mask(text == "")
-        t = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True)
+        try:
+            t = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True)
+        except (ValueError, re.error) as e:  # a format pandas cannot use ('%Q', '%Y %Y'): the config's error
+            raise DataError(f"{source}: data.date_formats: '{fmt}' for column '{name}' is not a strftime format "
+                            f"pandas can read ({str(e).splitlines()[0]}); e.g. %d/%m/%Y") from None
         bad = t.isna().to_numpy() & text.notna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -193,9 +197,11 @@ def date_column(s: pd.Series, name: str, source: str, fmt: str | None = None, fi
                             f"data row {first_row + row + 1} holds {s.iloc[row]!r}; set its format in "
                             f"data.date_formats")
         t = t.dt.tz_localize(None)
-    ns = t.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64("NaT"))
-    days = (ns - _EPOCH).astype("timedelta64[ns]").astype("float64") / 86_400e9
-    days[np.isnat(ns)] = np.nan
+    # in seconds: nanoseconds overflow before 1677 and after 2262 (pandas keeps such dates in seconds or
+    # microseconds), and a float32 day holds no finer than minutes anyway
+    seconds = t.to_numpy(dtype="datetime64[s]", na_value=np.datetime64("NaT"))
+    days = (seconds - _EPOCH).astype("float64") / 86_400.0
+    days[np.isnat(seconds)] = np.nan
     return days
 
 

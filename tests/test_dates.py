@@ -135,3 +135,19 @@ def test_a_configured_format_and_a_bad_date(tmp_path, streaming):
            "--set", "data.date_formats={day: '%d/%m/%Y %H:%M'}", code=2)
     assert "column 'day' holds dates (%d/%m/%Y %H:%M) but data row 46 holds '45/13/2022 10:00'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_dates_far_from_1970_and_a_bad_format():
+    """Dates beyond nanoseconds' 1677-2262 (kept by pandas in seconds or microseconds) are days like any other;
+    a format pandas cannot use is a one-line error naming data.date_formats (it was exit 3)."""
+    from bigmodel_cli.errors import DataError
+    from bigmodel_cli.schema import date_column
+
+    dates = ["0001-01-01", "2262-05-01", "9999-12-31"]
+    want = [(np.datetime64(d) - np.datetime64("1970-01-01")).astype(int) for d in dates]
+    assert date_column(pd.Series(dates), "d", "f").tolist() == want == [-719162, 106771, 2932896]
+    stored = pd.Series(pd.array(["9999-12-31"], dtype="datetime64[s]"))  # a Parquet timestamp
+    assert date_column(stored, "d", "f")[0] == 2932896
+    for fmt in ("%Q", "%Y %Y"):
+        with pytest.raises(DataError, match=r"data.date_formats: '.*' for column 'd' is not a strftime format"):
+            date_column(pd.Series(["2020"]), "d", "f.csv", fmt)
