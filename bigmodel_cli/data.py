@@ -139,7 +139,7 @@ def _leading_space(df: pd.DataFrame) -> bool:
     return False
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
     if not path.exists():
@@ -181,7 +181,7 @@ def read_table(path: Path, options: DataConfig | None = None, text: tuple[str, .
     columns read as written (ids: '007' stays '007', and no chunk boundary can change their type)."""
     options = options or DataConfig()
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     kwargs, sample = ({}, "") if is_parquet(path) else _csv_options(path, options)
     with _reading(path, options):
         df = pd.read_parquet(path) if is_parquet(path) else _read_csv(path, _as_text(path, kwargs, text), sample,
@@ -196,7 +196,7 @@ def read_table(path: Path, options: DataConfig | None = None, text: tuple[str, .
 def read_chunks(path: Path, options: DataConfig, rows: int, text: tuple[str, ...] = ()) -> Iterator[pd.DataFrame]:
     """The same file as `read_table` reads, as DataFrames of at most `rows` rows (bounded memory)."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     header: list[str] | None = None
     if is_parquet(path):
         import pyarrow.parquet as pq

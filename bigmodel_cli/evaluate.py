@@ -35,10 +35,11 @@ class EvaluateResult:
 
 def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[Iterable[pd.DataFrame], dict[str, Any]]:
     """The rows to evaluate, as one DataFrame or (data.streaming) chunk by chunk, and where they come from."""
-    from .data import read_chunks
+    from .data import check_file, read_chunks
 
     chunk = run.config.data.chunk_rows
     if data is not None and not Path(data).is_dir():
+        check_file(Path(data))  # (before hashing it: a missing file or a pipe is a one-line error, not exit 3)
         source = {"source": str(data), "split": None, "sha256": artifacts.sha256(Path(data))}
         if streams(data, run.config.data):
             return read_chunks(data, run.config.data, chunk), source

@@ -224,6 +224,16 @@ def test_a_pipe_is_refused_not_waited_on(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a regular file" in r.stderr, r.stderr
 
 
+def test_evaluate_on_a_missing_file_or_a_pipe(penguins_run, tmp_path):
+    """evaluate --data hashes the file for metrics.json: a missing file was exit 3 (FileNotFoundError from the
+    hash), a pipe hung; both are the one line every stage gives."""
+    r = bm("evaluate", penguins_run, "--data", tmp_path / "nope.csv", "--no-plots", code=2)
+    assert "nope.csv: no such file" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    os.mkfifo(tmp_path / "fifo.csv")
+    r = bm("evaluate", penguins_run, "--data", tmp_path / "fifo.csv", "--no-plots", code=2)
+    assert "not a regular file" in r.stderr, r.stderr
+
+
 def test_prep_folder_of_other_features_refused(run_copy, tmp_path):
     bm("preprocess", PENGUINS, "--target", "species", "--out", tmp_path / "prep",
        "--set", "data.columns={year: ignore, island: ignore}")
