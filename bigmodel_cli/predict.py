@@ -74,6 +74,8 @@ def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictRe
                     arrow = pa.Table.from_pandas(table, preserve_index=False)
                     if writer is None:
                         writer = stack.enter_context(pq.ParquetWriter(tmp, arrow.schema))
+                    elif arrow.schema != writer.schema:  # a chunk's id column typed apart (Parquet ints with a
+                        arrow = _as_first(table, writer.schema, data, rows)  # null in this batch: floats)
                     writer.write_table(arrow)
                 else:
                     table.to_csv(tmp, index=False, mode="a" if rows else "w", header=not rows)
@@ -83,3 +85,19 @@ def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictRe
         raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
     summary = merge(parts)
     return PredictResult(Path(out), rows, summary.unseen_categories, summary.ignored_columns)
+
+
+def _as_first(table: pd.DataFrame, schema: Any, data: Path, first_row: int) -> Any:
+    """A streamed chunk's predictions in the first chunk's Arrow types (one Parquet file has one schema), or a
+    one-line error naming the column whose values cannot take them."""
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError):
+        bad = next((f.name for f in schema if f.name in table.columns and
+                    pa.Table.from_pandas(table[[f.name]], preserve_index=False).schema.field(f.name).type != f.type),
+                   "?")
+        raise DataError(f"{data}: column '{bad}' holds values of another type from data row {first_row + 1} on "
+                        f"than before it; streamed Parquet predictions keep one type per column: write CSV "
+                        f"(--out ....csv) or give the column one type") from None

@@ -161,6 +161,13 @@ def test_ids_and_errors_past_the_first_chunk(tmp_path):
     for out in outs.values():
         assert out["id"].tolist() == df["id"].tolist()  # as written: '000', ..., 'P-200'
     pd.testing.assert_series_equal(outs["stream"]["id"], outs["memory"]["id"])
+    # a Parquet file's integer ids with a null past the first chunk (pandas makes that batch's ids floats): the
+    # streamed output keeps the first chunk's types (it was exit 3, 'Table schema does not match')
+    ints = df.assign(id=pd.array(range(len(df)), dtype="Int64"))
+    ints.loc[200, "id"] = None
+    ints.to_parquet(tmp_path / "ids.parquet")
+    bm("predict", tmp_path / "stream", tmp_path / "ids.parquet", "--out", tmp_path / "ints.parquet")
+    assert pd.read_parquet(tmp_path / "ints.parquet")["id"].astype("Int64").equals(ints["id"])
     # a bad value in a later chunk: predict and evaluate name its row in the file, as the whole-file read does
     # (streamed, they named its row in the chunk: 20 for 120)
     df["bill_length_mm"] = df["bill_length_mm"].astype(object)
