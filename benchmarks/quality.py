@@ -388,7 +388,7 @@ def main() -> None:
         other = json.loads((RESULTS / f"{args.add_from}.json").read_text())
         added = sorted({m for r in other["tables"].values() for m in r if isinstance(r[m], dict)})
         for name, r in other["tables"].items():
-            rows.setdefault(name, {}).update({m: r[m] for m in added})
+            rows.setdefault(name, {}).update({m: r[m] for m in added if m in r})
         models = []  # nothing run here: the seeds and repeats are the two files'
         old["seeds"] = {**old.get("seeds", {}), **{m: other["seeds"][m] for m in added if m in other["seeds"]}}
         args.repeats = old.get("repeats", args.repeats)
