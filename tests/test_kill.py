@@ -21,6 +21,9 @@ LONG = ["--set", f"train.epochs={EPOCHS}", "--set", "train.early_stopping.enable
         "--set", "train.checkpoint_seconds=0"]  # a checkpoint every epoch: the kills land between known epochs
 
 
+MANY = ["--set", "train.epochs=500"]  # a run the test's signal surely interrupts
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -91,7 +94,9 @@ def test_sigint_exits_130_and_keeps_checkpoint(penguins_prep, previous, tmp_path
     run = tmp_path / "run"
     bm("train", penguins_prep, "--out", run, "--set", "train.epochs=1")
     model_sha = sha(run / "model.keras")
-    proc = start_train(penguins_prep, run)
+    # (500 epochs: penguins' 3 steps an epoch at batch 128 ran all 24 and exited 0 before a loaded machine
+    # delivered the signal; the signal ends the run long before the 500th)
+    proc = start_train(penguins_prep, run, *MANY)
     wait_for_epoch(proc, run, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -100,7 +105,7 @@ def test_sigint_exits_130_and_keeps_checkpoint(penguins_prep, previous, tmp_path
     assert sha(run / "model.keras") == model_sha
     assert epochs_done(run) >= 2 and not (run / ".lock").exists()
     shutil.rmtree(run / "checkpoint")
-    proc = start_train(penguins_prep, run)
+    proc = start_train(penguins_prep, run, *MANY)
     wait_for_epoch(proc, run, 1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
