@@ -123,16 +123,12 @@ def _parts(schema: Schema, raw: dict[str, Any], portable: bool = False) -> list[
         x = raw[f.key]
         if f.kind == "text":  # TextVectorization wants one string per row: (n, 1) -> (n,)
             x = keras.ops.squeeze(x, axis=-1)
-        chain = _encoder(f, schema, portable)
-        if f.kind == "date":  # the imputed days -> [scaled (and binned) days, cycles]
-            days = chain.pop(0)(x)
-            x = days
-            for layer in chain:
-                x = layer(x)
-            x = keras.layers.Concatenate(name=f"{f.key}_date")([x, Cycles(f.periods, name=f"{f.key}_cycles")(days)])
-        else:
-            for layer in chain:
-                x = layer(x)
+        first, *rest = _encoder(f, schema, portable)
+        x = imputed = first(x)
+        for layer in rest:
+            x = layer(x)
+        if f.kind == "date":  # [scaled (and binned) days, the cycles of the imputed days]
+            x = keras.layers.Concatenate(name=f"{f.key}_date")([x, Cycles(f.periods, name=f"{f.key}_cycles")(imputed)])
         parts.append(keras.ops.cast(x, "float32"))
     return parts
 

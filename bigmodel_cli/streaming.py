@@ -226,7 +226,7 @@ def _second_look(plan: _Plan, staged: _Staged, task: str) -> str:
         return task
     labels = pd.Series(staged.y.cat.categories if hasattr(staged.y, "cat") else staged.y.unique())
     numbers = pd.to_numeric(labels, errors="coerce")
-    if len(labels) and numbers.notna().all() and (not numbers.mod(1).eq(0).all() or len(labels) > 20):
+    if len(labels) and numbers.notna().all() and columns.infer_task(numbers, plan.cfg) == "regression":
         raise DataError(f"{source}: target '{plan.target}' looks like classes in the first {n} rows but holds "
                         f"{len(labels)} distinct numbers in the whole file; set data.task: regression")
     return "multiclass" if task == "binary" and len(labels) > 2 else task
