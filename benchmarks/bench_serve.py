@@ -2,15 +2,18 @@
 (benchmarks/serve_peer.py: Starlette + uvicorn calling the exported Keras model), each a real server process on
 127.0.0.1, driven by the same bounded asyncio + httpx load loop in this process (which shares the 2 cores: the
 figures are for the whole machine). Requests/s and p50/p99 latency with 1-row requests at 1, 8 and 32 concurrent
-connections, and rows/s with 100-row requests at 8.
+connections, and rows/s with 100-row requests at 8. Then overload (benchmarks/overload.py): 400 clients sending
+8-row requests back to back and 100 slow-loris clients on 500 connections, with a /healthz prober and the
+server's RSS sampled: what each server answered within a 10 s deadline, whether it cut the slow clients.
 
-    python benchmarks/bench_serve.py [--seconds 5]
+    python benchmarks/bench_serve.py [--seconds 5] [--overload-seconds 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -27,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.common import save, show  # noqa: E402
+from benchmarks.overload import overload  # noqa: E402
 
 BIGMODEL = [sys.executable, "-m", "bigmodel_cli"]
 WORK = ROOT / "build" / "bench_serve"
@@ -97,6 +101,7 @@ async def load(url: str, rows: int, concurrency: int, seconds: float) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--overload-seconds", type=float, default=30.0)
     args = ap.parse_args()
     run, export = prepare()
     servers = {
@@ -107,6 +112,8 @@ def main() -> None:
     }
     scenarios = [(1, 1), (1, 8), (1, 32), (100, 8)]
     results: dict[str, dict[str, dict[str, float]]] = {}
+    overloads: dict[str, dict] = {}
+    body = json.dumps({"instances": INSTANCES[:8]}).encode()
     for name, cmd in servers.items():
         p = port()
         url = f"http://127.0.0.1:{p}/v1/models/model:predict"
@@ -114,9 +121,12 @@ def main() -> None:
         try:
             results[name] = {f"{rows} row(s) x {c}": asyncio.run(load(url, rows, c, args.seconds))
                              for rows, c in scenarios}
+            if "onnx" not in name:  # the same front for both runtimes: overload the tf one and the peer
+                overloads[name] = asyncio.run(overload("127.0.0.1", p, body, proc.pid, healthy=400, slow=100,
+                                                       seconds=args.overload_seconds)).to_dict()
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            overloads.get(name, {})["exit_code_after_sigterm"] = proc.wait(timeout=60)
     rows = []
     for name, by in results.items():
         for scenario, r in by.items():
@@ -125,7 +135,15 @@ def main() -> None:
                          r["requests_per_s"] / peer["requests_per_s"], r["errors"]])
     show(f"serving (penguins, {args.seconds:g} s per scenario)",
          ["server", "rows x connections", "req/s", "rows/s", "p50 ms", "p99 ms", "req/s vs peer", "errors"], rows)
-    print(f"wrote {save('serve', {'seconds_per_scenario': args.seconds, 'results': results})}")
+    show(f"overload ({args.overload_seconds:g} s; 400 clients + 100 slow loris; deadline 10 s)",
+         ["server", "200", "503 (Retry-After)", "other", "late/dropped", "slowest s", "slow cut/left open",
+          "slowest cut s", "healthz ok/failed", "RSS MB before/max", "exit"],
+         [[name, o["ok"], f"{o['busy']} ({o['busy'] - o['busy_without_retry_after']})", sum(o["other"].values()),
+           f"{o['late']}/{o['dropped']}", o["slowest_answer_s"], f"{o['slow_cut']}/{o['slow_left_open']}",
+           o["slowest_cut_s"], f"{o['healthz_ok']}/{o['healthz_failed']}",
+           f"{o['rss_before_mb']:.0f}/{o['rss_max_mb']:.0f}", o["exit_code_after_sigterm"]]
+          for name, o in overloads.items()])
+    print(f"wrote {save('serve', {'seconds_per_scenario': args.seconds, 'results': results, 'overload': overloads})}")
 
 
 INSTANCES = [{c: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for c, v in r.items()}

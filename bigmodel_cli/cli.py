@@ -504,13 +504,20 @@ def serve_command(
                                                   show_default=False)] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).", show_default=False)] = None,
     max_body_mb: Annotated[float, typer.Option(help="Larger request bodies get 413.", min=0.001)] = 10.0,
+    max_concurrency: Annotated[int, typer.Option(help="Predictions computed at once.", min=1)] = 4,
+    max_queue: Annotated[int, typer.Option(
+        help="Predict requests that may wait beyond --max-concurrency; more get 503 with Retry-After.", min=0)] = 16,
+    client_timeout: Annotated[float, typer.Option(
+        help="Seconds a client has to send a request's headers, and again its body (slower: closed, or 408).",
+        min=0.1)] = 10.0,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Real-time predictions over HTTP, with TensorFlow Serving's REST API.
 
     POST /v1/models/NAME:predict, GET /v1/models/NAME, /healthz, /readyz. Stops on SIGTERM / Ctrl-C after the
-    requests in flight."""
+    requests in flight. Under overload: a full queue answers 503 with Retry-After at once, slow clients are cut
+    off after --client-timeout, and /healthz and /readyz skip the queue."""
     with guard(ctx):
         from . import serve as stage
 
@@ -525,10 +532,12 @@ def serve_command(
                 err.print(f"ready: POST {escape(detail)}", highlight=False)
 
         result = stage.run(folder, host, port, model_name, runtime, token_file, insecure_no_auth,
-                           (tls_cert, tls_key) if tls_cert and tls_key else None, max_body_mb, _verbose(ctx), unsafe,
-                           event)
-        err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s)",
-                  highlight=False)
+                           (tls_cert, tls_key) if tls_cert and tls_key else None,
+                           stage.Limits(int(max_body_mb * 2**20), max_concurrency, max_queue, client_timeout),
+                           _verbose(ctx), unsafe, event)
+        busy = f", {result.refused} refused as busy (503)" if result.refused else ""
+        err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s)"
+                  f"{busy}", highlight=False)
         if as_json:
             emit_json(result.to_dict())
 

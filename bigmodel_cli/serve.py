@@ -4,6 +4,13 @@ Starlette on uvicorn (an ASGI app of a few routes; FastAPI's request validation 
 own 422 format, and TF Serving's clients expect `{"error": ...}`). The model is loaded and warmed up in a thread
 once the socket listens, so `/healthz` answers at once and `/readyz` says 503 until the model can answer.
 
+Under overload it keeps its promises (`Limits`): at most `max_concurrency` predictions are computed at once and
+`max_queue` more wait (their bodies read, or a slot); beyond that a predict request gets 503 with `Retry-After` at
+once instead of waiting without limit. A client must send a request's headers within `client_timeout` seconds of
+connecting (or of its previous answer) and its body within as long again, or the connection is closed (slow loris)
+or answered 408. So memory is bounded by (max_concurrency + max_queue) x max_body plus the open connections, which
+uvicorn caps at MAX_CONNECTIONS (beyond that it answers 503 itself). `/healthz` and `/readyz` skip the queue.
+
 Runtimes: `tf` (the run's or export's Keras model with its preprocessing, in one traced `tf.function`), `onnx`
 (an export's model.onnx in onnxruntime) and `tflite` (model.tflite in LiteRT): these two never import
 TensorFlow, so no TensorFlow is in the request loop.
@@ -11,6 +18,7 @@ TensorFlow, so no TensorFlow is in the request loop.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import ipaddress
@@ -31,6 +39,18 @@ from .schema import Schema, to_inputs
 
 RUNTIMES = ("tf", "onnx", "tflite")
 VERSION = "1"
+MAX_CONNECTIONS = 2048  # open connections (uvicorn's limit_concurrency); each holds a few kB until its deadline
+RETRY_AFTER = 1  # seconds, in a 503's Retry-After
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server promises to hold at most (the --max-* and --client-timeout options)."""
+
+    max_body: int = 10 * 2**20  # bytes of one request body
+    max_concurrency: int = 4  # predictions computed at once
+    max_queue: int = 16  # predict requests admitted beyond those, waiting for a slot
+    client_timeout: float = 10.0  # seconds for a request's headers, and again for its body
 
 
 class BadRequest(Exception):
@@ -187,12 +207,15 @@ def _scalar(v: Any, where: str) -> Any:
 class State:
     name: str
     token: str | None
-    max_body: int
+    limits: Limits
     loader: Any  # () -> Model
     model: Model | None = None
     error: str | None = None
     answered: int = 0
+    admitted: int = 0  # predict requests between admission and answer (reading, waiting or computing)
+    refused: int = 0  # predict requests answered 503 because the queue was full
     started: float = field(default_factory=time.monotonic)
+    slots: asyncio.Semaphore | None = None  # made in the server's event loop, on the first request
 
     def load(self) -> None:
         try:
@@ -203,6 +226,12 @@ class State:
             self.model = model
         except Exception as e:  # noqa: BLE001  (reported by /readyz and the model status; the process stays up)
             self.error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def compute(model: Model, body: bytes) -> tuple[dict[str, np.ndarray], str, Any]:
+    """The request body parsed (BadRequest: a 4xx) and predicted."""
+    x, fmt = parse(body, model.schema)
+    return x, fmt, model.predict(x)
 
 
 def app(state: State) -> Any:
@@ -242,24 +271,47 @@ def app(state: State) -> Any:
             return error(f"unknown method :{verb}; this server answers :predict", 404)
         if state.model is None:
             return error(state.error or "the model is still loading; GET /readyz says when it is ready", 503)
+        limits = state.limits
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > state.max_body:
-            return error(f"the body is {int(length)} bytes; the limit is {state.max_body} (--max-body-mb)", 413)
+        if length is not None and length.isdigit() and int(length) > limits.max_body:
+            return error(f"the body is {int(length)} bytes; the limit is {limits.max_body} (--max-body-mb)", 413)
+        if state.admitted >= limits.max_concurrency + limits.max_queue:
+            state.refused += 1
+            return JSONResponse({"error": f"the server is busy ({limits.max_concurrency} predictions at once and "
+                                          f"{limits.max_queue} waiting: --max-concurrency, --max-queue); retry "
+                                          f"after {RETRY_AFTER} s"},
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+        state.admitted += 1
+        try:
+            return await answer(request)
+        finally:
+            state.admitted -= 1
+
+    async def answer(request: Request) -> JSONResponse:
+        """An admitted predict request: its body (within the client timeout), a slot, the prediction."""
+        limits = state.limits
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > state.max_body:
-                return error(f"the body is over the limit of {state.max_body} bytes (--max-body-mb)", 413)
+        try:
+            async with asyncio.timeout(limits.client_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limits.max_body:
+                        return error(f"the body is over the limit of {limits.max_body} bytes (--max-body-mb)", 413)
+        except TimeoutError:
+            return JSONResponse({"error": f"the request body did not arrive within {limits.client_timeout:g} s "
+                                          f"(--client-timeout)"}, status_code=408, headers={"Connection": "close"})
         model = state.model
-        try:
-            x, fmt = parse(bytes(body), model.schema)
-        except BadRequest as e:
-            return error(str(e), e.status)
-        try:
-            out = await run_in_threadpool(model.predict, x)
-        except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
-            line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return error(f"the model failed: {line}", 500)
+        assert model is not None  # admitted only once loaded; a model is never unloaded
+        if state.slots is None:
+            state.slots = asyncio.Semaphore(limits.max_concurrency)
+        async with state.slots:
+            try:  # parsing too, off the event loop: /healthz answers while a large body is read into arrays
+                x, fmt, out = await run_in_threadpool(compute, model, bytes(body))
+            except BadRequest as e:
+                return error(str(e), e.status)
+            except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
+                line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                return error(f"the model failed: {line}", 500)
         values = np.asarray(out, dtype="float64")
         # JSON has no NaN or inf (a value far outside the training range can overflow the scaling): null
         values = np.where(np.isfinite(values), values, None).tolist()
@@ -325,15 +377,16 @@ class ServeResult:
     url: str
     stopped_by: str  # "SIGTERM" or "SIGINT"
     predictions: int  # predict requests answered with 200
+    refused: int  # predict requests answered 503: the queue was full
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "stopped_by": self.stopped_by, "predictions": self.predictions,
-                "seconds": round(self.seconds, 3)}
+                "refused": self.refused, "seconds": round(self.seconds, 3)}
 
 
 def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: Path | None, insecure: bool,
-        tls: tuple[Path, Path] | None, max_body_mb: float, verbose: bool, unsafe: bool,
+        tls: tuple[Path, Path] | None, limits: Limits, verbose: bool, unsafe: bool,
         on_event: Any = None) -> ServeResult:
     """Serve until SIGTERM / SIGINT: the socket stops accepting, requests in flight finish, then return.
     `on_event(what, detail)` hears "listening" (the URL) and "ready" (the predict URL)."""
@@ -366,12 +419,13 @@ def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: P
         sock.bind((host, port))
     except OSError as e:
         raise DataError(f"{url}: cannot listen there: {e.strerror or e}") from None
-    state = State(name, token, int(max_body_mb * 2**20), lambda: load(path, runtime, unsafe))
+    state = State(name, token, limits, lambda: load(path, runtime, unsafe))
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for results; uvicorn logs access there
     config = uvicorn.Config(app(state), log_level="info" if verbose else "warning", access_log=verbose,
                             log_config=logs,
-                            lifespan="off", timeout_graceful_shutdown=30,
+                            lifespan="off", timeout_graceful_shutdown=30, limit_concurrency=MAX_CONNECTIONS,
+                            http=_with_deadlines(limits.client_timeout),
                             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
     server = _Server(config)
 
@@ -393,7 +447,44 @@ def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: P
         sock.close()
     if state.error is not None:
         raise DataError(f"{path}: cannot serve the model: {state.error}")
-    return ServeResult(url, server.stopped_by, state.answered, time.monotonic() - state.started)
+    return ServeResult(url, server.stopped_by, state.answered, state.refused, time.monotonic() - state.started)
+
+
+def _with_deadlines(seconds: float) -> Any:
+    """uvicorn's HTTP protocol (httptools, else h11) with a deadline for each request's headers: a connection that
+    sends nothing, or trickles its headers (slow loris), is closed `seconds` after it opened or after its last
+    answer. uvicorn alone waits for them forever (its keep-alive timeout stops at the first byte)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class Protocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            if not self.transport.is_closing():
+                self.deadline = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self) -> None:
+            self.deadline = None
+            busy = self.cycle is not None and not self.cycle.response_complete  # headers in: the app's to time
+            if not busy and not self.transport.is_closing():
+                self.transport.close()
+
+    return Protocol
 
 
 class _Server:

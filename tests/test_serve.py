@@ -268,10 +268,34 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
             raise RuntimeError("out of memory\nsecond line")
         return np.zeros((len(next(iter(x.values()))), 3))
 
-    state = serve.State("model", None, 2**20, lambda: None)
+    state = serve.State("model", None, serve.Limits(max_body=2**20), lambda: None)
     state.model = serve.Model(Schema.load(penguins_run), flaky)
     client = TestClient(serve.app(state))
     body = {"instances": as_instances(rows(3))}
     r = client.post("/v1/models/model:predict", json=body)
     assert r.status_code == 500 and r.json() == {"error": "the model failed: out of memory"}
     assert client.post("/v1/models/model:predict", json=body).status_code == 200
+
+
+def test_overload_answers_or_refuses_in_time_and_cuts_slow_clients(penguins_run):
+    """500 connections on loopback, 100 of them slow loris (headers or body one byte per 0.5 s): every healthy
+    request gets 200 or 503 with Retry-After within 10 s, slow clients are cut after --client-timeout, /healthz
+    answers throughout, memory stays bounded, and SIGTERM still exits 0. (`make bench-serve`: the long run.)"""
+    import asyncio
+
+    from benchmarks.overload import overload
+
+    s = Server(penguins_run, "--max-concurrency", "2", "--max-queue", "8", "--client-timeout", "2")
+    try:
+        body = json.dumps({"instances": as_instances(rows(8))}).encode()
+        report = asyncio.run(overload("127.0.0.1", s.port, body, pid=s.proc.pid, healthy=400, slow=100, seconds=8))
+    finally:
+        code, stderr = s.stop()
+    got = report.to_dict()
+    assert report.ok > 0 and report.busy > 0, got  # some answered, the rest refused at once
+    assert report.busy_without_retry_after == 0 and not report.other, got
+    assert report.late == 0 and report.dropped == 0 and report.slowest_answer_s < 10, got
+    assert report.slow_cut == 100 and report.slow_left_open == 0 and report.slowest_cut_s < 2 + 1.5, got
+    assert report.healthz_failed == 0 and report.healthz_ok >= 20 and report.slowest_healthz_s < 2, got
+    assert report.rss_max_mb < report.rss_before_mb + 300, got
+    assert code == 0 and "refused as busy (503)" in stderr, stderr
