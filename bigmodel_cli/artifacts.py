@@ -62,8 +62,13 @@ _DIR_MODE = 0o777 & ~_umask()
 @contextlib.contextmanager
 def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path` (same suffix); rename it into place only if the block succeeds.
-    `mode`: the file's permissions (default: the usual umask-based ones)."""
+    `mode`: the file's permissions (default: the usual umask-based ones). A device or pipe (`--out /dev/null`,
+    `/dev/stdout`, a FIFO) is written to as it is: renaming a file over it would replace the device itself."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with writing(path):
+            yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
@@ -140,6 +145,8 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
+    except RecursionError:
+        raise DataError(f"{path}: cannot read: nested too deeply") from None
 
 
 def sha256(path: Path, stop: Any = None) -> str:
@@ -166,6 +173,23 @@ def versions() -> dict[str, str]:
             "keras": keras.__version__}
 
 
+_MANIFEST_KEYS: dict[str, dict[str, type]] = {  # what later stages read from a folder's manifest
+    "prep": {"data": dict, "splits": dict},
+    "run": {"prep_dir": str},
+}
+
+
+def read_metrics(folder: Path) -> dict[str, Any]:
+    """A run folder's metrics.json (bigmodel evaluate), or a one-line error saying what to run."""
+    path = Path(folder) / METRICS
+    if not path.exists():
+        raise DataError(f"{folder}: no {METRICS}; run `bigmodel evaluate {folder}` first")
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict) or not isinstance(doc.get("task"), str):
+        raise DataError(f"{path}: damaged (no 'metrics' object or 'task'); run `bigmodel evaluate {folder}` again")
+    return doc
+
+
 @dataclass(frozen=True)
 class Folder:
     """A prep, run or export folder: `kind` is recorded in its manifest."""
@@ -185,6 +209,12 @@ class Folder:
             probe.unlink()
         except OSError as e:
             raise DataError(f"{self.path}: cannot write here: {e.strerror or e}") from None
+        m = self.path / MANIFEST
+        doc = read_json(m) if m.is_file() else None
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        if kind is not None and kind != self.kind:  # a prep folder never turns into a run folder, or back
+            raise DataError(f"{self.path}: this is a {kind} folder; writing {'an' if self.kind[0] in 'aeiou' else 'a'} "
+                            f"{self.kind} folder there would mix the two: choose another --out")
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -243,5 +273,8 @@ class Folder:
             raise DataError(f"{self.path}: written by an incompatible bigmodel version (schema_version "
                             f"{doc.get('schema_version')}; this version reads {SCHEMA_VERSION}); run the stage "
                             f"again with this version")
+        for key, kind in _MANIFEST_KEYS.get(self.kind, {}).items():
+            if not isinstance(doc.get(key), kind):
+                raise DataError(f"{m}: damaged ({key}: missing or not a {kind.__name__}); run the stage again")
         return doc
 

@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a gate failed, 2 bad input or usage, 3 internal error (a bug
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Iterator
@@ -140,7 +141,10 @@ def _one_of(value: str | None, allowed: tuple[str, ...], flag: str) -> None:
 def _config(config: Path | None, sets: list[str] | None, **fixed: Any) -> Any:
     from .config import load_config
 
-    overrides = [*(sets or []), *(f"{k}={v}" for k, v in fixed.items() if v is not None)]
+    # an option's text is taken as written (as a JSON string, which YAML reads back whole): `--target on` names
+    # the column 'on', not YAML's true
+    overrides = [*(sets or []), *(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fixed.items()
+                                  if v is not None)]
     return load_config(config, overrides)
 
 

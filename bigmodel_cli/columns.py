@@ -153,10 +153,17 @@ def _fit_text(values: Any, cfg: Config) -> tuple[list[str], list[float]]:
     keras = import_keras()
     mode = cfg.preprocess.text_output
     layer = keras.layers.TextVectorization(max_tokens=cfg.preprocess.text_max_tokens, output_mode=mode)
-    layer.adapt(values)
+    try:
+        layer.adapt(values)
+    except AttributeError:  # Keras' tf_idf adapt fails so on a column without one word: is that it?
+        words = keras.layers.TextVectorization(max_tokens=cfg.preprocess.text_max_tokens, output_mode="int")
+        words.adapt(values)
+        if set(words.get_vocabulary()) - {"", "[UNK]"}:  # (the mask and OOV tokens)
+            raise
+        return [], []
     vocab = [str(v) for v in layer.get_vocabulary()[1:]]  # [0] is the OOV token
     idf: list[float] = []
-    if mode == "tf_idf":
+    if mode == "tf_idf" and vocab:  # (no words: the layer has no weights at all)
         weights = keras.ops.convert_to_numpy(layer._lookup_layer.idf_weights_const)  # noqa: SLF001
         idf = [float(w) for w in weights[1:]]
     return vocab, idf
@@ -228,6 +235,9 @@ def categorical_feature(col: str, key: str, kind: str, counts: pd.Series, cfg: C
 
 def text_feature(col: str, key: str, values: Any, cfg: Config) -> Feature:
     vocab, idf = _fit_text(values, cfg)
+    if not vocab:
+        raise DataError(f"column '{col}': a text column without a single word in the train split (only "
+                        f"punctuation, spaces or missing values); set data.columns.{col}: categorical or ignore")
     return Feature(col, key, "text", fill="", vocabulary=vocab, idf_weights=idf)
 
 

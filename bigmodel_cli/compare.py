@@ -11,7 +11,7 @@ import yaml
 
 from . import artifacts
 from .config import flatten, load_config
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .gates import lower_is_better
 
 
@@ -30,13 +30,12 @@ class CompareResult:
 def _load(run: Path) -> dict[str, Any]:
     folder = artifacts.Folder(Path(run), "run")
     manifest = folder.manifest()
-    if not (folder / artifacts.METRICS).exists():
-        raise DataError(f"{run}: no {artifacts.METRICS}; run `bigmodel evaluate {run}` first")
+    metrics = artifacts.read_metrics(Path(run))
     try:  # with today's defaults filled in, so that runs of older versions compare key by key
         config = load_config(folder / artifacts.CONFIG).model_dump(mode="json")
     except ConfigError:
         config = yaml.safe_load((folder / artifacts.CONFIG).read_text(encoding="utf-8"))
-    return {"path": str(run), "manifest": manifest, "metrics": artifacts.read_json(folder / artifacts.METRICS),
+    return {"path": str(run), "manifest": manifest, "metrics": metrics,
             "config": flatten(config)}
 
 

@@ -289,7 +289,7 @@ class FederatedConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**31 - 1)  # (NumPy takes < 2**32; tune and federated add offsets to it)
     data: DataConfig = Field(default_factory=DataConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -337,6 +337,8 @@ def parse_yaml(text: str, source: str) -> Any:
         problem = getattr(e, "problem", None) or str(e).split("\n")[0]
         problem = " ".join(str(problem).split())
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply to be a config") from None
 
 
 def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

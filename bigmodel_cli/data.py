@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import lzma
+import tarfile
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,13 @@ def _reading(path: Path, options: DataConfig) -> Iterator[None]:
         raise DataError(f"{path}: cannot parse as CSV: {str(e).strip()}") from None
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
+    except (zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError, zlib.error) as e:
+        why = str(e).split(":")[0].strip()
+        raise DataError(f"{path}: not a readable {path.suffix or 'compressed'} file ({why})") from None
+    except ImportError as e:  # pandas reads .zst with zstandard only if it is installed
+        if path.name.lower().endswith(".zst"):
+            raise DataError(f"{path}: reading .zst files needs the zstandard package: pip install zstandard") from None
+        raise DataError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
 
 
 def _csv_options(path: Path, options: DataConfig) -> tuple[dict[str, Any], str]:
@@ -114,14 +125,29 @@ def _unmixed(df: pd.DataFrame, path: Path, kwargs: dict[str, Any]) -> pd.DataFra
     late ones (which Arrow cannot store: #29). Parsed whole, such a column is text, so those columns alone are
     read again as text: the frame is the one a whole-file parse gives, at the cost of a second parse only when
     a column is mixed."""
-    mixed = [i for i, (_, s) in enumerate(df.items())
-             if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("mixed", "mixed-integer")]
+    mixed = [i for i, (_, s) in enumerate(df.items()) if _mixed(s)]
     if not mixed:
         return df
     text = pd.read_csv(path, **{**kwargs, "usecols": mixed, "dtype": str})
     for i, column in zip(mixed, text.columns, strict=True):
         df.isetitem(i, text[column].to_numpy(dtype=object))
     return df
+
+
+def _mixed(s: pd.Series) -> bool:
+    """A column pandas gives as Python objects of several types, or as Python ints (integers beyond int64 and
+    uint64, which Arrow cannot store: most likely ids or codes), which is then read as its text."""
+    return s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("mixed", "mixed-integer", "integer")
+
+
+def _flat(path: Path, schema: Any) -> None:
+    """Refuse Parquet columns of lists, structs or maps: a row is one value per column."""
+    import pyarrow as pa
+
+    for f in schema:
+        if pa.types.is_nested(f.type):
+            raise DataError(f"{path}: column '{f.name}' holds nested values ({f.type}); bigmodel reads one value "
+                            f"per column and row: flatten it into columns, or drop it")
 
 
 def _leading_space(df: pd.DataFrame) -> bool:
@@ -184,6 +210,10 @@ def read_table(path: Path, options: DataConfig | None = None, text: tuple[str, .
     check_file(path)
     kwargs, sample = ({}, "") if is_parquet(path) else _csv_options(path, options)
     with _reading(path, options):
+        if is_parquet(path):
+            import pyarrow.parquet as pq
+
+            _flat(path, pq.read_schema(path))
         df = pd.read_parquet(path) if is_parquet(path) else _read_csv(path, _as_text(path, kwargs, text), sample,
                                                                       options)
         header = None if is_parquet(path) else _header(path, kwargs)
@@ -202,7 +232,9 @@ def read_chunks(path: Path, options: DataConfig, rows: int, text: tuple[str, ...
         import pyarrow.parquet as pq
 
         with _reading(path, options):
-            batches = pq.ParquetFile(path).iter_batches(batch_size=rows)
+            file = pq.ParquetFile(path)
+            _flat(path, file.schema_arrow)
+            batches = file.iter_batches(batch_size=rows)
         chunks: Iterator[pd.DataFrame] = (b.to_pandas() for b in batches)
     else:
         kwargs = _csv_options(path, options)[0]
@@ -216,6 +248,9 @@ def read_chunks(path: Path, options: DataConfig, rows: int, text: tuple[str, ...
         if chunk is None:
             break
         seen += len(chunk)
+        for i, (_, column) in enumerate(chunk.items()):
+            if _mixed(column):  # as _unmixed does for a whole file: the chunk's column as text
+                chunk.isetitem(i, column.map(lambda v: v if v is None or isinstance(v, str) else str(v)))
         yield _check_columns(chunk, path, header)
     if seen == 0:
         raise DataError(f"{path}: no data rows (only a header)")

@@ -57,7 +57,7 @@ def loss(cfg: Config, schema: Schema) -> Any:
         if smoothing:
             raise ConfigError("train.label_smoothing applies to the default loss: set train.loss: auto, or "
                               "train.label_smoothing: 0")
-        return registry.loss(cfg.train.loss, "train.loss")
+        return _fits(registry.loss(cfg.train.loss, "train.loss"), cfg.train.loss, schema)
     if not smoothing:
         return registry.loss(default_loss(schema.task), "train.loss")
     keras = registry.import_keras()
@@ -66,6 +66,27 @@ def loss(cfg: Config, schema: Schema) -> Any:
     from .layers import SmoothedSparseCrossentropy
 
     return SmoothedSparseCrossentropy(len(schema.classes), smoothing)
+
+
+def _fits(fn: Any, name: str, schema: Schema) -> Any:
+    """A named loss, tried once on two labels as training gives them (class indices, or float values) and the
+    network's output shape: one that cannot take them is refused now, not at the first step of training."""
+    import numpy as np
+
+    keras = registry.import_keras()
+    units = output_units(schema)
+    # two classes' indices, or two values that are no class index (a sparse loss on a regression target)
+    y = np.array([0, 1], "int32") if schema.is_classification else np.array([0.5, 3.0], "float32")
+    if not isinstance(fn, keras.losses.Loss) and units == 1:
+        y = y[:, None]  # as compile's wrapper of a loss function matches (n,) labels to an (n, 1) output
+    try:
+        keras.ops.convert_to_numpy(fn(y, np.full((2, units), 1 / max(units, 2), "float32")))
+    except Exception as e:  # noqa: BLE001  (any error of the loss on well-formed labels: the wrong loss)
+        task = f"{schema.task} target ({units} output{'s' if units > 1 else ''}; labels as " \
+               f"{'class indices' if schema.is_classification else 'values'})"
+        raise ConfigError(f"train.loss: '{name}' does not fit a {task}: {registry.first_line(e)}; "
+                          f"train.loss: auto picks the task's") from e
+    return fn
 
 
 def members(cfg: Config) -> int:
@@ -115,8 +136,8 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
                                noise_multiplier=p.noise_multiplier, microbatches=p.microbatches)
         else:
             net = keras.Sequential(stack, name="network")
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.layers: the layers do not fit together: {e}") from None
+    except Exception as e:  # noqa: BLE001  (building the configured layers on the input: the config's to fix)
+        raise ConfigError(f"model.layers: the layers do not fit together: {registry.first_line(e)}") from e
     opt = cfg.train.optimizer
     net.compile(
         optimizer=registry.optimizer(opt.name, opt.learning_rate, "train.optimizer.name",

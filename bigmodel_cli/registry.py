@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from typing import Any
 
 from .errors import ConfigError
@@ -22,6 +23,9 @@ def layer(spec: dict[str, Any], where: str) -> Any:
     name = kwargs.pop("type")
     if name == "Lambda":
         raise ConfigError(f"{where}: Lambda layers run arbitrary code and cannot be saved safely; use a built-in layer")
+    if name == "TFSMLayer":
+        raise ConfigError(f"{where}: TFSMLayer loads another model from disk, which a run cannot save or export; "
+                          f"use built-in layers")
     from .layers import LAYERS
 
     cls = LAYERS.get(name) or getattr(keras.layers, name, None)
@@ -30,8 +34,15 @@ def layer(spec: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: unknown layer type '{name}'{_close(name, names)}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where} ({name}): {e}") from None
+    except Exception as e:  # noqa: BLE001  (a layer's constructor on the config's arguments: the config's to fix)
+        raise ConfigError(f"{where} ({name}): {first_line(e)}") from e
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line (its type where it has none)."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e)).strip()  # TensorFlow's op prefix
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text.splitlines()[0] if text else "")  # and its op suffix
+    return text or type(e).__name__
 
 
 def _get(family: Any, name: str, where: str, what: str) -> Any:
@@ -59,7 +70,7 @@ def optimizer(name: str, learning_rate: float, where: str, defaults: dict[str, A
     keras = import_keras()
     try:
         opt = keras.optimizers.get(name)
-    except ValueError:
+    except Exception:  # noqa: BLE001  (ValueError; a base or wrapper class without its arguments: other types)
         names = [n.lower() for n in dir(keras.optimizers) if n[:1].isupper()]
         raise ConfigError(f"{where}: unknown optimizer '{name}'{_close(name.lower(), names)}") from None
     settings = {k: v for k, v in settings.items() if v is not None}
@@ -68,4 +79,7 @@ def optimizer(name: str, learning_rate: float, where: str, defaults: dict[str, A
     for key in settings:
         if key not in takes:
             raise ConfigError(f"{where.rsplit('.', 1)[0]}.{key}: optimizer '{name}' has no setting '{key}'")
-    return type(opt)(learning_rate=learning_rate, **settings)
+    try:
+        return type(opt)(learning_rate=learning_rate, **settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where.rsplit('.', 1)[0]}: optimizer '{name}': {first_line(e)}") from e

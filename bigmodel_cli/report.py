@@ -12,7 +12,6 @@ from typing import Any
 import pandas as pd
 
 from . import artifacts
-from .errors import DataError
 
 SECTIONS = ["data", "config", "training", "metrics", "plots", "explain", "gates", "manifest"]
 CSS = """
@@ -59,9 +58,7 @@ def render(run: Path) -> tuple[str, int]:
     """The page for a run folder, and how many images it embeds."""
     folder = artifacts.Folder(Path(run), "run")
     manifest = folder.manifest()
-    if not (folder / artifacts.METRICS).exists():
-        raise DataError(f"{run}: no {artifacts.METRICS}; run `bigmodel evaluate {run}` first")
-    metrics = artifacts.read_json(folder / artifacts.METRICS)
+    metrics = artifacts.read_metrics(Path(run))
     report_files = [folder / artifacts.REPORT, Path(manifest.get("prep_dir", "")) / artifacts.REPORT]
     data = next((artifacts.read_json(p) for p in report_files if p.is_file()), None)
     plots = [folder.path / p for p in metrics.get("plots", []) if (folder.path / p).exists()]

@@ -76,13 +76,29 @@ class Schema:
         return {"schema_version": artifacts.SCHEMA_VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> Schema:
+    def from_dict(cls, doc: dict[str, Any], source: str = "schema") -> Schema:
+        """The schema in `doc`, its fields' types checked (pydantic validates the dataclasses): a file damaged
+        by hand is one line naming the field, not a crash where the field is first used."""
+        from pydantic import TypeAdapter, ValidationError
+
+        if not isinstance(doc, dict):
+            raise DataError(f"{source}: not a schema (a JSON object expected, got {type(doc).__name__})")
         doc = {k: v for k, v in doc.items() if k != "schema_version"}
-        return cls(**{**doc, "features": [Feature(**f) for f in doc["features"]]})
+        try:
+            schema = TypeAdapter(cls).validate_python(doc)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top)"
+            raise DataError(f"{source}: damaged ({where}: {first['msg']}); run `bigmodel preprocess` again") from None
+        if not schema.features or schema.task not in ("binary", "multiclass", "regression"):
+            raise DataError(f"{source}: damaged (no features, or an unknown task '{schema.task}'); run "
+                            f"`bigmodel preprocess` again")
+        return schema
 
     @classmethod
     def load(cls, folder: Path) -> Schema:
-        return cls.from_dict(artifacts.read_json(Path(folder) / artifacts.SCHEMA))
+        path = Path(folder) / artifacts.SCHEMA
+        return cls.from_dict(artifacts.read_json(path), str(path))
 
     def save(self, folder: Path) -> None:
         artifacts.write_json(Path(folder) / artifacts.SCHEMA, self.to_dict())

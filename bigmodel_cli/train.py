@@ -266,6 +266,11 @@ def _train(ctx: _Run) -> TrainResult:
 
     import_keras(ctx.cfg.seed)
     with _encoded(ctx) as data:
+        rows = data.y.get("train")
+        if ctx.cfg.train.privacy is not None and hasattr(rows, "__len__") and len(rows) < ctx.cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size {ctx.cfg.train.batch_size} is more than the {len(rows)} train rows: "
+                              f"DP-SGD trains on whole batches only, so it would not train at all; set "
+                              f"train.batch_size to at most {len(rows)}")
         if ctx.multi is not None:
             from . import multi_worker
 

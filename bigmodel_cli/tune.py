@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -137,6 +138,11 @@ class TuneResult:
                 "trials": self.counts, "seconds": round(self.seconds, 3)}
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(e).__name__
+
+
 def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials: int | None = None,
         timeout: float | None = None, storage: str | None = None,
         on_trial: Callable[[dict[str, Any]], None] | None = None, workers: int = 1) -> TuneResult:
@@ -174,16 +180,22 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = storage or f"sqlite:///{(out / STUDY).resolve()}"
     # a trial whose process died stops beating: after grace_period it is marked failed and a copy is re-queued
-    store = optuna.storages.RDBStorage(
-        url, heartbeat_interval=tc.heartbeat_seconds,
-        grace_period=max(tc.stale_after_seconds, tc.heartbeat_seconds + 1),
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
               "halving": optuna.pruners.SuccessiveHalvingPruner(),
               "none": optuna.pruners.NopPruner()}[tc.pruner]
-    study = optuna.create_study(study_name="bigmodel", storage=store, load_if_exists=True, direction=direction,
-                                pruner=pruner)
+    try:  # a URL whose driver is not installed, or whose database cannot be reached: one line naming it
+        store = optuna.storages.RDBStorage(
+            url, heartbeat_interval=tc.heartbeat_seconds,
+            grace_period=max(tc.stale_after_seconds, tc.heartbeat_seconds + 1),
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        study = optuna.create_study(study_name="bigmodel", storage=store, load_if_exists=True,
+                                    direction=direction, pruner=pruner)
+    except Exception as e:  # noqa: BLE001
+        if storage is None:
+            raise
+        shown = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", storage)  # never a password on the screen
+        raise ConfigError(f"--storage {shown}: cannot open the study there: {_one_line(e)}") from e
     # seeded, and by the trials already there: a continued study draws new points, not the first ones again
     # (and by worker: helpers started by --workers draw their own points)
     worker = int(os.environ.get("BIGMODEL_TUNE_WORKER", "0"))

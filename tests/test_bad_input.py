@@ -82,6 +82,25 @@ def folder(d: Path) -> Path:
     return d / "adir"
 
 
+def nested_parquet(d: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.Table.from_pandas(good_frame(), preserve_index=False)
+    pq.write_table(t.append_column("tags", pa.array([["a", "b"]] * len(good_frame()))), d / "data.parquet")
+    return d / "data.parquet"
+
+
+def wordless() -> pd.DataFrame:
+    return with_column(note=["!" * (i % 9 + 1) + " ?" * (i % 4) for i in range(60)])
+
+
+def zstandard_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("zstandard") is None
+
+
 FAILS: dict[str, Case] = {
     "empty file": (text(""), [], 2, ["empty"]),
     "header only": (text("x,c,y\n"), [], 2, ["no data rows"]),
@@ -113,6 +132,23 @@ FAILS: dict[str, Case] = {
     "regression target inf, streamed": (frame(regression_target(-np.inf)), ["--set", "data.streaming=true", "--set",
                                         "data.chunk_rows=10"], 2, ["'y' (target)", "'-inf'", "data row 4"]),
     "regression target beyond float32": (frame(regression_target(1e300)), [], 2, ["'1e+300'", "float32"]),
+    # third-party failures named (#29 item 3): each was exit 3
+    "parquet list column": (nested_parquet, [], 2, ["data.parquet", "column 'tags'", "nested"]),
+    "parquet list column, streamed": (nested_parquet, ["--set", "data.streaming=true"], 2, ["column 'tags'"]),
+    "corrupt zip": (text(b"PK\x03\x04garbage" * 10, "data.csv.zip"), [], 2, ["data.csv.zip", "not a readable .zip"]),
+    "corrupt tar": (text(b"garbage" * 100, "data.csv.tar"), [], 2, ["not a readable .tar"]),
+    "corrupt tar, streamed": (text(b"garbage" * 100, "data.csv.tar"), ["--set", "data.streaming=true"], 2,
+                              ["not a readable .tar"]),
+    **({"zst without zstandard": (text(b"\x28\xb5\x2f\xfd" * 10, "data.csv.zst"), [], 2,
+                                  ["data.csv.zst", "pip install zstandard"])} if zstandard_missing() else {}),
+    "text column without a word": (frame(wordless()), ["--set", "data.columns={note: text}"], 2,
+                                   ["column 'note'", "without a single word"]),
+    "text column without a word, streamed": (frame(wordless()), ["--set", "data.columns={note: text}", "--set",
+                                             "data.streaming=true", "--set", "data.chunk_rows=10"], 2,
+                                             ["column 'note'", "without a single word"]),
+    "config nested too deeply": (frame(good_frame()), ["--set", "model.layers=" + "[" * 3000 + "]" * 3000], 2,
+                                 ["nested too deeply"]),
+    "seed beyond 2**31": (frame(good_frame()), ["--set", "seed=4294967296"], 2, ["seed", "2147483647"]),
 }
 
 
@@ -161,6 +197,13 @@ ACCEPTS: dict[str, tuple[Callable[[Path], Path], list[str], Callable[[dict], Non
                    lambda r: r["rows_in"] == 60),
     "R-style names wt and wt.1": (frame(with_column(wt=1.0, **{"wt.1": 2.0})), [],
                                   lambda r: {"wt", "wt.1"} <= set(r["columns"])),
+    # integers beyond int64 (Arrow cannot store pandas' Python ints): read as their text, every value its own
+    # (as float64 the 60 would be one number)
+    "integers beyond int64": (frame(with_column(big=[str(2**70 + i) for i in range(60)])), [],
+                              lambda r: r["columns"]["big"]["unique"] == 60),
+    "integers beyond int64, streamed": (frame(with_column(big=[str(2**70 + i) for i in range(60)])),
+                                        ["--set", "data.streaming=true", "--set", "data.chunk_rows=10"],
+                                        lambda r: r["columns"]["big"]["unique"] == 60),
 }
 
 
@@ -287,6 +330,91 @@ def test_damaged_model_is_a_clear_error(run_copy, tmp_path, damage):
         r = bm(stage, run, *args, code=2)
         assert "model.keras" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "export" / "manifest.json").exists()
+
+
+def test_target_option_is_a_column_name_not_yaml(tmp_path):
+    data = tmp_path / "data.csv"
+    good_frame().rename(columns={"y": "on"}).to_csv(data, index=False)  # YAML reads a bare `on` as true
+    r = bm("preprocess", data, "--target", "on", "--out", tmp_path / "prep", "--json")
+    assert json.loads(r.stdout)["target"] == "on"
+
+
+LOSS_AND_MODEL = {  # each was exit 3, at build or at the first training step
+    "a loss for one-hot labels": (["train.loss=categorical_crossentropy"], "train.loss: 'categorical_crossentropy'"),
+    "a loss for another task": (["train.loss=mse"], "does not fit a multiclass target"),
+    "a layer that fails to build": (["model.layers=[{type: PeriodicEmbeddings, frequencies: 0}]"], "model.layers"),
+    "a layer's bad argument": (["model.layers=[{type: StringLookup, vocabulary: 5}]"],
+                               "model.layers[0] (StringLookup)"),
+    "a layer loading another model": (["model.layers=[{type: TFSMLayer, filepath: x}]"], "TFSMLayer"),
+    "the base optimizer class": (["train.optimizer.name=Optimizer"], "unknown optimizer 'Optimizer'"),
+    "a wrapper optimizer": (["train.optimizer.name=LossScaleOptimizer"], "unknown optimizer 'LossScaleOptimizer'"),
+    "DP batches larger than the data": (["train.privacy={l2_norm_clip: 1.0}", "train.batch_size=100000"],
+                                        "at most"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOSS_AND_MODEL), ids=list(LOSS_AND_MODEL))
+def test_config_that_keras_refuses_is_one_line(case, penguins_prep, tmp_path):
+    sets, words = LOSS_AND_MODEL[case]
+    r = bm("train", penguins_prep, "--out", tmp_path / "run", "--set", "train.epochs=1",
+           *[a for s in sets for a in ("--set", s)], code=2)
+    message = r.stderr.strip().splitlines()[-1]
+    assert message.startswith("error:") and words in message and "Traceback" not in r.stderr, r.stderr
+    assert "{{function_node" not in message and "[Op:" not in message
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_tune_storage_url_that_cannot_open_is_one_line(penguins_prep, tmp_path):
+    for url, words in (("notadialect:///x", "Can't load plugin"),
+                       ("postgresql://me:secret@127.0.0.1:1/x", "me:***@")):
+        r = bm("tune", penguins_prep, "--out", tmp_path / "tune", "--trials", "1", "--storage", url, code=2)
+        assert r.stderr.startswith("error: --storage") and words in r.stderr, r.stderr
+        assert "secret" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_damaged_folder_files_are_one_line(penguins_prep, run_copy, tmp_path):
+    """schema.json, metrics.json and manifest.json edited by hand: the file and what is wrong, not a crash."""
+    prep, run = tmp_path / "prep", tmp_path / "run"
+    shutil.copytree(penguins_prep, prep)
+    shutil.copytree(run_copy, run)
+    for doc, words in (('{"features": 5}', "target: Field required"), ("[1, 2]", "a JSON object expected"),
+                       ('{"target": "species", "task": "multiclass", "features": [{"name": 3}]}', "features.0.name")):
+        (prep / "schema.json").write_text(doc)
+        r = bm("train", prep, "--out", tmp_path / "r", code=2)
+        assert "schema.json: " in r.stderr and words in r.stderr, r.stderr
+    (run / "metrics.json").write_text('{"accuracy": "high"}')
+    for stage in (["compare", run, run_copy], ["report", run, "--out", tmp_path / "r.html"]):
+        r = bm(*stage, code=2)
+        assert "metrics.json: damaged" in r.stderr, r.stderr
+    manifest = read_json(run / "manifest.json")
+    (run / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "prep_dir"}))
+    r = bm("evaluate", run, code=2)
+    assert "manifest.json: damaged (prep_dir" in r.stderr, r.stderr
+
+
+def test_a_stage_never_writes_into_a_folder_of_another_kind(penguins_prep, run_copy, tmp_path):
+    before = snapshot(run_copy)
+    r = bm("preprocess", PENGUINS, "--target", "species", "--out", run_copy, code=2)
+    assert "this is a run folder" in r.stderr and "choose another --out" in r.stderr
+    assert snapshot(run_copy) == before
+    r = bm("train", penguins_prep, "--out", penguins_prep, "--set", "train.epochs=1", code=2)
+    assert "this is a prep folder" in r.stderr
+
+
+def test_out_to_a_device_writes_to_it_and_leaves_it_a_device(penguins_run, tmp_path):
+    """`--out /dev/null`: written through, never replaced by a file (which, as root, a rename would do)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    import threading
+
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    bm("predict", penguins_run, PENGUINS, "--out", fifo)
+    reader.join(30)
+    assert fifo.is_fifo() and got and got[0].startswith(b"prob_Adelie"), got[:1]
+    bm("predict", penguins_run, PENGUINS, "--out", "/dev/null")
+    assert Path("/dev/null").is_char_device()
 
 
 def test_output_location_that_is_a_file(tmp_path, penguins_run):
