@@ -69,8 +69,9 @@ def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
         with writing(path):
             yield path
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    with writing(path):  # (a file where a parent folder should be: one line, as any other write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -80,6 +81,20 @@ def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
             os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def damaged(path: Path, stage: str) -> Iterator[None]:
+    """A file bigmodel wrote, but that fails where it is used (edited by hand, truncated, from elsewhere): the
+    one-line DataError naming it and the command that writes it again."""
+    import yaml
+
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError, yaml.YAMLError) as e:
+        what = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataError(f"{path}: missing or damaged ({type(e).__name__}: {what}); run `bigmodel {stage}` "
+                        f"again") from e
 
 
 @contextlib.contextmanager
@@ -185,8 +200,13 @@ def read_metrics(folder: Path) -> dict[str, Any]:
     if not path.exists():
         raise DataError(f"{folder}: no {METRICS}; run `bigmodel evaluate {folder}` first")
     doc = read_json(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict) or not isinstance(doc.get("task"), str):
-        raise DataError(f"{path}: damaged (no 'metrics' object or 'task'); run `bigmodel evaluate {folder}` again")
+    ok = (isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) and isinstance(doc.get("task"), str)
+          and isinstance(doc.get("data"), dict)
+          and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                  for v in doc["metrics"].values()))
+    if not ok:
+        raise DataError(f"{path}: damaged (its 'metrics' numbers, 'task' or 'data'); run `bigmodel evaluate "
+                        f"{folder}` again")
     return doc
 
 

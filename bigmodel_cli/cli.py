@@ -293,7 +293,8 @@ def evaluate(
         "--gate", "-g", metavar="METRIC>=VALUE", help="Fail (exit 1) unless this holds, e.g. 'accuracy>=0.9' "
         "(repeatable; adds to evaluate.gates).")] = None,
     bootstrap: Annotated[int | None, typer.Option(
-        "--bootstrap", min=0, metavar="N", help="Add 95% bootstrap intervals from N resamples (e.g. 1000).")] = None,
+        "--bootstrap", min=0, max=100_000, metavar="N",
+        help="Add 95% bootstrap intervals from N resamples (e.g. 1000).")] = None,
     plots: Annotated[bool | None, typer.Option(
         "--plots/--no-plots", help="Write PNG plots to RUN_DIR/eval/ (default: evaluate.plots).")] = None,
     unsafe: UnsafeOpt = False,
@@ -410,9 +411,10 @@ def explain(
     row_ids: Annotated[list[str] | None, typer.Option(
         "--row-ids", help="Explain these rows instead: values of the id column (or row numbers); repeatable.",
         show_default=False)] = None,
-    repeats: Annotated[int, typer.Option(help="Shuffles per column for permutation importance.", min=1)] = 5,
+    repeats: Annotated[int, typer.Option(help="Shuffles per column for permutation importance.", min=1,
+                                         max=1000)] = 5,
     steps: Annotated[int, typer.Option(help="Integrated-gradients steps (more: a smaller completeness error).",
-                                       min=4)] = 64,
+                                       min=4, max=4096)] = 64,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -33,8 +33,13 @@ def _load(run: Path) -> dict[str, Any]:
     metrics = artifacts.read_metrics(Path(run))
     try:  # with today's defaults filled in, so that runs of older versions compare key by key
         config = load_config(folder / artifacts.CONFIG).model_dump(mode="json")
-    except ConfigError:
-        config = yaml.safe_load((folder / artifacts.CONFIG).read_text(encoding="utf-8"))
+    except ConfigError:  # (an older version's keys): as written
+        config = None
+    if config is None:
+        with artifacts.damaged(folder / artifacts.CONFIG, f"train ... --out {run}"):
+            config = yaml.safe_load((folder / artifacts.CONFIG).read_text(encoding="utf-8"))
+            if not isinstance(config, dict):
+                raise TypeError(f"a mapping expected, got {type(config).__name__}")
     return {"path": str(run), "manifest": manifest, "metrics": metrics,
             "config": flatten(config)}
 

@@ -201,7 +201,7 @@ class TrainConfig(_Section):
 class EvaluateConfig(_Section):
     split: Literal["train", "val", "test"] = "test"
     gates: list[str] = Field(default_factory=list)
-    bootstrap: int = Field(0, ge=0)
+    bootstrap: int = Field(0, ge=0, le=100_000)
     threshold: float | Literal["auto"] = Field(0.5)
     threshold_metric: Literal["f1", "accuracy", "balanced_accuracy", "mcc"] = "f1"
     plots: bool = True

@@ -140,14 +140,34 @@ def _mixed(s: pd.Series) -> bool:
     return s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("mixed", "mixed-integer", "integer")
 
 
-def _flat(path: Path, schema: Any) -> None:
-    """Refuse Parquet columns of lists, structs or maps: a row is one value per column."""
+def _flat(path: Path, schema: Any) -> list[str]:
+    """Refuse Parquet columns of lists, structs or maps (a row is one value per column); the binary columns."""
     import pyarrow as pa
 
+    binary = []
     for f in schema:
         if pa.types.is_nested(f.type):
             raise DataError(f"{path}: column '{f.name}' holds nested values ({f.type}); bigmodel reads one value "
                             f"per column and row: flatten it into columns, or drop it")
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type):
+            binary.append(f.name)
+    return binary
+
+
+def _decoded(df: pd.DataFrame, binary: list[str], path: Path, first_row: int = 0) -> pd.DataFrame:
+    """Parquet binary columns as the UTF-8 text they hold (as a CSV would give them); bytes that are not UTF-8
+    text are an error naming the column and row."""
+    for name in binary:
+        values = df[name].to_numpy(dtype=object, copy=True)
+        for row, v in enumerate(values):
+            if isinstance(v, bytes):
+                try:
+                    values[row] = v.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{path}: column '{name}' holds bytes that are not UTF-8 text at data row "
+                                    f"{first_row + row + 1}; store text, or drop the column") from None
+        df[name] = values
+    return df
 
 
 def _leading_space(df: pd.DataFrame) -> bool:
@@ -210,14 +230,15 @@ def read_table(path: Path, options: DataConfig | None = None, text: tuple[str, .
     check_file(path)
     kwargs, sample = ({}, "") if is_parquet(path) else _csv_options(path, options)
     with _reading(path, options):
+        binary: list[str] = []
         if is_parquet(path):
             import pyarrow.parquet as pq
 
-            _flat(path, pq.read_schema(path))
+            binary = _flat(path, pq.read_schema(path))
         df = pd.read_parquet(path) if is_parquet(path) else _read_csv(path, _as_text(path, kwargs, text), sample,
                                                                       options)
         header = None if is_parquet(path) else _header(path, kwargs)
-    df = _check_columns(df, path, header)
+    df = _check_columns(_decoded(df, binary, path), path, header)
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (only a header)")
     return df
@@ -228,12 +249,13 @@ def read_chunks(path: Path, options: DataConfig, rows: int, text: tuple[str, ...
     path = Path(path)
     check_file(path)
     header: list[str] | None = None
+    binary: list[str] = []
     if is_parquet(path):
         import pyarrow.parquet as pq
 
         with _reading(path, options):
             file = pq.ParquetFile(path)
-            _flat(path, file.schema_arrow)
+            binary = _flat(path, file.schema_arrow)
             batches = file.iter_batches(batch_size=rows)
         chunks: Iterator[pd.DataFrame] = (b.to_pandas() for b in batches)
     else:
@@ -247,6 +269,7 @@ def read_chunks(path: Path, options: DataConfig, rows: int, text: tuple[str, ...
             chunk = next(chunks, None)
         if chunk is None:
             break
+        chunk = _decoded(chunk, binary, path, seen)
         seen += len(chunk)
         for i, (_, column) in enumerate(chunk.items()):
             if _mixed(column):  # as _unmixed does for a whole file: the chunk's column as text

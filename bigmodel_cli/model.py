@@ -136,6 +136,10 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
                                noise_multiplier=p.noise_multiplier, microbatches=p.microbatches)
         else:
             net = keras.Sequential(stack, name="network")
+        if k > 1:  # the ensemble's head is built on first call: call it once, so a layer that cannot feed it
+            import numpy as np  # (an LSTM wants 3-D input) is refused here, not at the first training step
+
+            net(np.zeros((1, n_inputs), "float32"))
     except Exception as e:  # noqa: BLE001  (building the configured layers on the input: the config's to fix)
         raise ConfigError(f"model.layers: the layers do not fit together: {registry.first_line(e)}") from e
     opt = cfg.train.optimizer

@@ -60,17 +60,28 @@ def render(run: Path) -> tuple[str, int]:
     manifest = folder.manifest()
     metrics = artifacts.read_metrics(Path(run))
     report_files = [folder / artifacts.REPORT, Path(manifest.get("prep_dir", "")) / artifacts.REPORT]
-    data = next((artifacts.read_json(p) for p in report_files if p.is_file()), None)
-    plots = [folder.path / p for p in metrics.get("plots", []) if (folder.path / p).exists()]
+    report = next((p for p in report_files if p.is_file()), None)
+    metrics_file, explain = folder / artifacts.METRICS, folder.path / "explain"
+    with artifacts.damaged(metrics_file, f"evaluate {run}"):
+        plots = [folder.path / p for p in metrics.get("plots", []) if (folder.path / p).exists()]
+        metrics_html, gates_html = _metrics_section(metrics), _gates_section(metrics.get("gates") or [])
     curve = folder / artifacts.CURVE
+    with artifacts.damaged(report or folder / artifacts.REPORT, "preprocess"):
+        data_html = _data_section(artifacts.read_json(report) if report else None)
+    with artifacts.damaged(folder / artifacts.CONFIG, f"train ... --out {run}"):
+        config_html = f"<pre>{_e((folder / artifacts.CONFIG).read_text(encoding='utf-8'))}</pre>"
+    with artifacts.damaged(folder / artifacts.HISTORY, f"train ... --out {run}"):
+        training_html = _training_section(folder, manifest)
+    with artifacts.damaged(explain / "importance.json", f"explain {run}"):
+        explain_html = _explain_section(explain)
     parts = {
-        "data": _data_section(data),
-        "config": f"<pre>{_e((folder / artifacts.CONFIG).read_text(encoding='utf-8'))}</pre>",
-        "training": _training_section(folder, manifest),
-        "metrics": _metrics_section(metrics),
+        "data": data_html,
+        "config": config_html,
+        "training": training_html,
+        "metrics": metrics_html,
         "plots": "".join(_img(p) for p in plots) or "<p>No plots (run evaluate with --plots).</p>",
-        "explain": _explain_section(folder.path / "explain"),
-        "gates": _gates_section(metrics.get("gates") or []),
+        "explain": explain_html,
+        "gates": gates_html,
         "manifest": f"<pre>{_e(json.dumps(manifest, indent=2, sort_keys=True))}</pre>",
     }
     title = f"bigmodel report: {Path(run).resolve().name}"

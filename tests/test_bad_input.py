@@ -386,10 +386,55 @@ def test_damaged_folder_files_are_one_line(penguins_prep, run_copy, tmp_path):
     for stage in (["compare", run, run_copy], ["report", run, "--out", tmp_path / "r.html"]):
         r = bm(*stage, code=2)
         assert "metrics.json: damaged" in r.stderr, r.stderr
+    metrics = read_json(run_copy / "metrics.json")
+    (run / "metrics.json").write_text(json.dumps({**metrics, "plots": [1]}))  # the top level fine, inside not
+    r = bm("report", run, "--out", tmp_path / "r.html", code=2)
+    assert "metrics.json: missing or damaged (TypeError" in r.stderr, r.stderr
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    for name, content, stage in (("history.csv", b"", "train"), ("report.json", b'{"a": 1}', "preprocess"),
+                                 ("config.yaml", b"# caf\xe9\n", "train"),
+                                 ("explain/importance.json", b'{"rows": 3}', "explain")):
+        good = (run / name).read_bytes() if (run / name).exists() else None
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_bytes(content)
+        r = bm("report", run, "--out", tmp_path / "r.html", code=2)
+        assert f"{name}: missing or damaged" in r.stderr and f"`bigmodel {stage}" in r.stderr, r.stderr
+        if name == "config.yaml":
+            r = bm("compare", run_copy, run, code=2)
+            assert "config.yaml: missing or damaged" in r.stderr, r.stderr
+        (run / name).unlink() if good is None else (run / name).write_bytes(good)
     manifest = read_json(run / "manifest.json")
     (run / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "prep_dir"}))
     r = bm("evaluate", run, code=2)
     assert "manifest.json: damaged (prep_dir" in r.stderr, r.stderr
+
+
+def test_parquet_bytes_are_read_as_text_or_refused(penguins_run, tmp_path):
+    df = pd.read_csv(PENGUINS).head(30)
+    df.assign(island=[b"Biscoe"] * 30).to_parquet(tmp_path / "ok.parquet")  # UTF-8 bytes: the text they hold
+    bm("predict", penguins_run, tmp_path / "ok.parquet", "--out", tmp_path / "p.csv")
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 30
+    df.assign(island=[b"\xff"] * 30).to_parquet(tmp_path / "bad.parquet")
+    for stage in (["predict", penguins_run, tmp_path / "bad.parquet", "--out", tmp_path / "q.csv"],
+                  ["evaluate", penguins_run, "--data", tmp_path / "bad.parquet"]):
+        r = bm(*stage, code=2)
+        assert "column 'island' holds bytes that are not UTF-8 text at data row 1" in r.stderr, r.stderr
+
+
+def test_odd_options_and_layers_are_one_line(penguins_prep, penguins_run, run_copy, tmp_path):
+    r = bm("train", penguins_prep, "--out", tmp_path / "run", "--set", "train.epochs=1", "--set",
+           "model.layers=[{type: LSTM, units: 4}]", code=2)  # passed the build, failed in the ensemble's head
+    assert "model.layers: the layers do not fit together" in r.stderr, r.stderr
+    (tmp_path / "file").write_text("x")
+    for stage in (["init", PENGUINS, "--target", "species", "--out", tmp_path / "file" / "c.yaml"],
+                  ["report", run_copy, "--out", tmp_path / "file" / "r.html"]):
+        r = bm(*stage, code=2)
+        assert "cannot write" in r.stderr, r.stderr
+    for stage in (["evaluate", penguins_run, "--bootstrap", "10000000000"],
+                  ["explain", penguins_run, "--steps", "100000000000"],
+                  ["explain", penguins_run, "--repeats", "100000000000"]):
+        r = bm(*stage, code=2)
+        assert "Invalid value" in r.stderr, r.stderr
 
 
 def test_a_stage_never_writes_into_a_folder_of_another_kind(penguins_prep, run_copy, tmp_path):
