@@ -126,7 +126,14 @@ def main() -> None:
                                                        seconds=args.overload_seconds)).to_dict()
         finally:
             proc.send_signal(signal.SIGTERM)
-            overloads.get(name, {})["exit_code_after_sigterm"] = proc.wait(timeout=60)
+            try:
+                code: int | str = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # still working through what it queued: a server that cannot stop
+                proc.kill()
+                proc.wait()
+                code = "killed (no exit 60 s after SIGTERM)"
+            if name in overloads:
+                overloads[name]["exit_code_after_sigterm"] = code
     rows = []
     for name, by in results.items():
         for scenario, r in by.items():

@@ -512,7 +512,7 @@ def serve_command(
     max_body_mb: Annotated[float, typer.Option(help="Larger request bodies get 413.", min=0.001)] = 10.0,
     max_concurrency: Annotated[int, typer.Option(help="Predictions computed at once.", min=1)] = 4,
     max_queue: Annotated[int, typer.Option(
-        help="Predict requests that may wait beyond --max-concurrency; more get 503 with Retry-After.", min=0)] = 16,
+        help="Predict requests that may wait beyond --max-concurrency; more get 503 with Retry-After.", min=0)] = 60,
     client_timeout: Annotated[float, typer.Option(
         help="Seconds a client has to send a request's headers, and again its body (slower: closed, or 408).",
         min=0.1)] = 10.0,

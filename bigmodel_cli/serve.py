@@ -49,7 +49,7 @@ class Limits:
 
     max_body: int = 10 * 2**20  # bytes of one request body
     max_concurrency: int = 4  # predictions computed at once
-    max_queue: int = 16  # predict requests admitted beyond those, waiting for a slot
+    max_queue: int = 60  # predict requests admitted beyond those (64 in flight at most), waiting for a slot
     client_timeout: float = 10.0  # seconds for a request's headers, and again for its body
 
 
