@@ -228,10 +228,10 @@ class State:
             self.error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def compute(model: Model, body: bytes) -> tuple[dict[str, np.ndarray], str, Any]:
-    """The request body parsed (BadRequest: a 4xx) and predicted."""
+def compute(model: Model, body: bytes) -> tuple[str, Any]:
+    """The request body parsed (BadRequest: a 4xx) and predicted: its format and the model's outputs."""
     x, fmt = parse(body, model.schema)
-    return x, fmt, model.predict(x)
+    return fmt, model.predict(x)
 
 
 def app(state: State) -> Any:
@@ -306,7 +306,7 @@ def app(state: State) -> Any:
             state.slots = asyncio.Semaphore(limits.max_concurrency)
         async with state.slots:
             try:  # parsing too, off the event loop: /healthz answers while a large body is read into arrays
-                x, fmt, out = await run_in_threadpool(compute, model, bytes(body))
+                fmt, out = await run_in_threadpool(compute, model, bytes(body))
             except BadRequest as e:
                 return error(str(e), e.status)
             except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
