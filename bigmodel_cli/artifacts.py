@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import DataError
+from .errors import DataError, one_line
 
 SCHEMA_VERSION = 1
 
@@ -92,8 +92,7 @@ def damaged(path: Path, stage: str) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError, yaml.YAMLError) as e:
-        what = " ".join(str(e).split())[:200] or type(e).__name__
-        raise DataError(f"{path}: missing or damaged ({type(e).__name__}: {what}); run `bigmodel {stage}` "
+        raise DataError(f"{path}: missing or damaged ({type(e).__name__}: {one_line(e, 200)}); run `bigmodel {stage}` "
                         f"again") from e
 
 

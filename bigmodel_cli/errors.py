@@ -1,5 +1,16 @@
 """The user-error exception types. Anything else raised is a bug (exit 3)."""
 
+import re
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """A library's exception as one line for our message: its first line, without TensorFlow's op prefix and
+    suffix, at most `limit` characters (its type where it says nothing)."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e)).strip()
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text.splitlines()[0] if text else "")
+    text = " ".join(text.split())
+    return (text[:limit] + "...") if len(text) > limit else text or type(e).__name__
+
 
 class BigModelError(Exception):
     """A problem the user can fix: bad input, bad config, bad usage. Exit code 2."""

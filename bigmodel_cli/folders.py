@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import artifacts
 from .config import Config, load_config
-from .errors import DataError
+from .errors import DataError, one_line
 from .schema import Schema
 
 
@@ -199,7 +199,7 @@ def load_network(path: Path, unsafe: bool = False) -> Any:
     except zipfile.BadZipFile:
         raise DataError(f"{path}: not a Keras model file (truncated or corrupt?)") from None
     except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = one_line(e)
         if "safe_mode" in str(e) or "unsafe" in str(e).lower():
             raise DataError(f"{path}: refused to load: the model contains code (e.g. a Lambda layer) that would run "
                             f"on loading; pass --unsafe-load only if you trust this file") from None

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import registry
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .schema import Schema
 
 
@@ -84,7 +84,7 @@ def _fits(fn: Any, name: str, schema: Schema) -> Any:
     except Exception as e:  # noqa: BLE001  (any error of the loss on well-formed labels: the wrong loss)
         task = f"{schema.task} target ({units} output{'s' if units > 1 else ''}; labels as " \
                f"{'class indices' if schema.is_classification else 'values'})"
-        raise ConfigError(f"train.loss: '{name}' does not fit a {task}: {registry.first_line(e)}; "
+        raise ConfigError(f"train.loss: '{name}' does not fit a {task}: {one_line(e)}; "
                           f"train.loss: auto picks the task's") from e
     return fn
 
@@ -141,7 +141,7 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
 
             net(np.zeros((1, n_inputs), "float32"))
     except Exception as e:  # noqa: BLE001  (building the configured layers on the input: the config's to fix)
-        raise ConfigError(f"model.layers: the layers do not fit together: {registry.first_line(e)}") from e
+        raise ConfigError(f"model.layers: the layers do not fit together: {one_line(e)}") from e
     opt = cfg.train.optimizer
     net.compile(
         optimizer=registry.optimizer(opt.name, opt.learning_rate, "train.optimizer.name",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import re
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .keras_env import import_keras
 
 
@@ -35,14 +34,7 @@ def layer(spec: dict[str, Any], where: str) -> Any:
     try:
         return cls(**kwargs)
     except Exception as e:  # noqa: BLE001  (a layer's constructor on the config's arguments: the config's to fix)
-        raise ConfigError(f"{where} ({name}): {first_line(e)}") from e
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's message in one line (its type where it has none)."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e)).strip()  # TensorFlow's op prefix
-    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text.splitlines()[0] if text else "")  # and its op suffix
-    return text or type(e).__name__
+        raise ConfigError(f"{where} ({name}): {one_line(e)}") from e
 
 
 def _get(family: Any, name: str, where: str, what: str) -> Any:
@@ -82,4 +74,4 @@ def optimizer(name: str, learning_rate: float, where: str, defaults: dict[str, A
     try:
         return type(opt)(learning_rate=learning_rate, **settings)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where.rsplit('.', 1)[0]}: optimizer '{name}': {first_line(e)}") from e
+        raise ConfigError(f"{where.rsplit('.', 1)[0]}: optimizer '{name}': {one_line(e)}") from e

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, one_line
 from .schema import Schema, to_inputs
 
 RUNTIMES = ("tf", "onnx", "tflite")
@@ -225,7 +225,7 @@ class State:
             model.predict(warm)  # traces the graph / allocates the runtime before the first request
             self.model = model
         except Exception as e:  # noqa: BLE001  (reported by /readyz and the model status; the process stays up)
-            self.error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.error = one_line(e)
 
 
 def compute(model: Model, body: bytes) -> tuple[str, Any]:
@@ -310,7 +310,7 @@ def app(state: State) -> Any:
             except BadRequest as e:
                 return error(str(e), e.status)
             except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
-                line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                line = one_line(e)
                 return error(f"the model failed: {line}", 500)
         values = np.asarray(out, dtype="float64")
         # JSON has no NaN or inf (a value far outside the training range can overflow the scaling): null

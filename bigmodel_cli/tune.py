@@ -22,7 +22,7 @@ from typing import Any
 
 from . import artifacts
 from .config import Config, apply_override
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, one_line
 from .gates import lower_is_better
 
 STUDY = "study.db"
@@ -138,11 +138,6 @@ class TuneResult:
                 "trials": self.counts, "seconds": round(self.seconds, 3)}
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return (text[:300] + "...") if len(text) > 300 else text or type(e).__name__
-
-
 def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials: int | None = None,
         timeout: float | None = None, storage: str | None = None,
         on_trial: Callable[[dict[str, Any]], None] | None = None, workers: int = 1) -> TuneResult:
@@ -195,7 +190,7 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
         if storage is None:
             raise
         shown = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", storage)  # never a password on the screen
-        raise ConfigError(f"--storage {shown}: cannot open the study there: {_one_line(e)}") from e
+        raise ConfigError(f"--storage {shown}: cannot open the study there: {one_line(e)}") from e
     # seeded, and by the trials already there: a continued study draws new points, not the first ones again
     # (and by worker: helpers started by --workers draw their own points)
     worker = int(os.environ.get("BIGMODEL_TUNE_WORKER", "0"))
