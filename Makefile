@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 BM     := $(BIN)/bigmodel
 OUT    ?= build
 
-.PHONY: demo test fuzz lint install dev bench bench-quality bench-serve federated-table clean help report-check
+.PHONY: demo test fuzz lint install dev bench bench-quality bench-serve federated-table clean help report-check docs
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -22,7 +22,8 @@ help:
 	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column;"
 	@echo "                     REPEATS=N seeded runs of each model, default 5)"
 	@echo "make bench-serve - bigmodel serve (tf / onnx runtime) vs a hand-written Starlette service, under load"
-	@echo "make federated-table - centralized vs federated training with the defaults on the samples (the README table)"
+	@echo "make federated-table - centralized vs federated training with the defaults on the samples (docs/federated.md)"
+	@echo "make docs   - the manual in docs/ as a site in $(OUT)/site/ (mkdocs build --strict; CLI reference regenerated)"
 	@echo "make clean  - remove $(OUT)/"
 
 $(BIN)/python:
@@ -69,22 +70,22 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q -e ".[dev,federated,bench]"
 	@touch $@
 
-# The README's model-quality table (21 tables; ~70 minutes on 2 cores with REPEATS=3 and BEFORE, about twice that
+# The model-quality table of docs/quality.md (21 tables; ~70 minutes on 2 cores with REPEATS=3 and BEFORE, about twice that
 # with the default 5 repeats; REPEATS=1 for one run of each): benchmarks/quality.py.
 bench-quality: $(VENV)/.installed-bench
 	$(if $(BEFORE),rm -rf $(OUT)/before && mkdir -p $(OUT)/before && git archive $(BEFORE) | tar -x -C $(OUT)/before)
 	$(BIN)/python benchmarks/quality.py --cost $(if $(BEFORE),--before $(OUT)/before) $(if $(REPEATS),--repeats $(REPEATS))
 
-# The README's serving table: bigmodel serve (tf, onnx) vs a hand-written Starlette + Keras service (~2 minutes).
+# The serving table of docs/deployment.md: bigmodel serve (tf, onnx) vs a hand-written Starlette + Keras service (~2 minutes).
 bench-serve: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_serve.py
 
-# The README's federated table: centralized vs FedAvg / SecAgg+ / client DP / deployment on penguins (~8 minutes).
+# The federated table of docs/federated.md: centralized vs FedAvg / SecAgg+ / client DP / deployment on penguins (~8 minutes).
 federated-table: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/federated_table.py
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks
+	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks docs
 	$(BIN)/python -m pytest -q
 
 # `make test` runs the fuzz tests on fixed examples; this runs ten times as many, new ones each time
@@ -92,8 +93,17 @@ fuzz: $(VENV)/.installed-dev
 	BIGMODEL_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} BIGMODEL_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q tests/test_fuzz.py \
 		--hypothesis-show-statistics
 
+$(VENV)/.installed-docs: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e ".[dev,federated,docs]"
+	@touch $@
+
+# The manual (docs/) as a site: the CLI reference regenerated from the app, then a strict build (broken links fail).
+docs: $(VENV)/.installed-docs
+	$(BIN)/python docs/gen_cli_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(OUT)/site
+
 lint: $(VENV)/.installed-dev
-	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks
+	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks docs
 
 clean:
 	rm -rf $(OUT)

@@ -1,4 +1,4 @@
-"""Centralized training vs federated variants on the classification samples, for the README's federated table.
+"""Centralized training vs federated variants on the classification samples (the table of docs/federated.md).
 
 Every row runs with bigmodel's defaults: `bigmodel train` as it comes, and `bigmodel federated` with no setting
 but `federated.clients=4` (rounds auto = train.epochs / local_epochs, early stopping on the global validation

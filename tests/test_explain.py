@@ -34,7 +34,7 @@ def test_the_planted_signal_ranks_first_and_noise_is_zero(planted):
         assert abs(r["importance"]) <= 2 * r["std"] + 0.01, r
         assert abs(r["loss_increase"]) <= 2 * r["loss_increase_std"] + 0.01, r
     ig = doc["integrated_gradients"]
-    assert ig["completeness_abs_max"] < 1e-2 and ig["completeness_rel_median"] < 1e-2  # the bound the README states
+    assert ig["completeness_abs_max"] < 1e-2 and ig["completeness_rel_median"] < 1e-2  # the bound docs/stages.md states
     attrs = pd.read_csv(planted / "explain" / "attributions.csv")
     assert {"signal", "noise", "colour", "prediction", "baseline_prediction", "completeness_error"} <= set(attrs)
     # per row: the attributions add up to f(x) - f(baseline), and the signal carries most of it
