@@ -37,12 +37,23 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 CURVE = "training_curve.png"
 METRICS = "metrics.json"
-EVAL = "eval"  # evaluation plots
+EVAL = "eval"  # evaluation plots: the files below, those that apply to the task
+PLOT_CONFUSION, PLOT_ROC, PLOT_PR, PLOT_CALIBRATION = ("confusion_matrix.png", "roc.png", "precision_recall.png",
+                                                       "calibration.png")
+PLOT_PRED_VS_ACTUAL, PLOT_RESIDUALS = "predicted_vs_actual.png", "residuals.png"
+EXPLAIN = "explain"  # `bigmodel explain`: the files below
+IMPORTANCE, IMPORTANCE_PLOT, ATTRIBUTIONS = "importance.json", "importance.png", "attributions.csv"
 HTML_REPORT = "report.html"  # `bigmodel report`'s default output
 LOGS = "logs"  # TensorBoard
 LOGS_PARTIAL = ".logs.partial"  # TensorBoard logs of the training in progress, moved to LOGS when the run is complete
-CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --resume
+CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --resume: the files below
+CKPT_STATE, CKPT_NETWORK, CKPT_BEST = "state.json", "model.keras", "best.npz"  # train's
+FED_STATE, FED_WEIGHTS = "federated.json", "weights.npz"  # federated's
 LOCK = ".lock"
+# tune folder (its best run is a run folder in BEST_RUN)
+STUDY, TRIALS_CSV, BEST_CONFIG, BEST_RUN = "study.db", "trials.csv", "best.yaml", "best"
+PLOT_HISTORY, PLOT_IMPORTANCES = "optimization_history.png", "param_importances.png"
+WORKER_LOG = ".worker-{}.log"  # a parallel worker's stderr, by its number (1, 2, ...)
 # export folder
 SAVEDMODEL = "savedmodel"
 ONNX = "model.onnx"

@@ -25,7 +25,7 @@ from .errors import DataError
 from .keras_env import import_keras
 
 keras = import_keras()  # at import: the callbacks below subclass Keras
-STATE, NETWORK, BEST = "state.json", "model.keras", "best.npz"
+STATE, NETWORK, BEST = artifacts.CKPT_STATE, artifacts.CKPT_NETWORK, artifacts.CKPT_BEST
 
 
 @dataclass

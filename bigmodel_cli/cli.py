@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from . import __version__
+from . import __version__, artifacts
 from .console import emit_json, err, out, table
 from .errors import BigModelError, GateFailed, Terminated
 
@@ -440,7 +440,7 @@ def explain(
             out.print(f"integrated gradients ({ig['steps']} steps): completeness error max "
                       f"{ig['completeness_abs_max']:.2e} (relative: median {ig['completeness_rel_median']:.1e}, "
                       f"max {ig['completeness_rel_max']:.1e}); "
-                      f"per-row attributions in {escape(str(result.out))}/attributions.csv", highlight=False)
+                      f"per-row attributions in {escape(str(result.out / artifacts.ATTRIBUTIONS))}", highlight=False)
 
         _render(result, as_json, human)
 

@@ -24,10 +24,8 @@ from .errors import DataError
 from .folders import LoadedRun, load_run, open_prep
 from .schema import Schema
 
-EXPLAIN = "explain"
-IMPORTANCE = "importance.json"
-IMPORTANCE_PLOT = "importance.png"
-ATTRIBUTIONS = "attributions.csv"
+EXPLAIN, IMPORTANCE, IMPORTANCE_PLOT = artifacts.EXPLAIN, artifacts.IMPORTANCE, artifacts.IMPORTANCE_PLOT
+ATTRIBUTIONS = artifacts.ATTRIBUTIONS
 
 
 @dataclass(frozen=True)

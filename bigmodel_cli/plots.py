@@ -58,37 +58,37 @@ def evaluation(out: Path, task: str, y: np.ndarray, pred: np.ndarray, probs: np.
         return _figure(out / name, ncols)
 
     if task == "regression":
-        with plot("predicted_vs_actual.png") as (ax,):
+        with plot(artifacts.PLOT_PRED_VS_ACTUAL) as (ax,):
             ax.scatter(y, pred, s=8, alpha=0.6)
             lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
             ax.plot([lo, hi], [lo, hi], "k--", lw=1)
             ax.set(xlabel="actual", ylabel="predicted", title="predicted vs actual")
-        with plot("residuals.png") as (ax,):
+        with plot(artifacts.PLOT_RESIDUALS) as (ax,):
             ax.scatter(pred, y - pred, s=8, alpha=0.6)
             ax.axhline(0, color="k", lw=1, ls="--")
             ax.set(xlabel="predicted", ylabel="actual - predicted", title="residuals")
         return written
     labels = list(range(len(classes)))
-    with plot("confusion_matrix.png", 2) as axes:
+    with plot(artifacts.PLOT_CONFUSION, 2) as axes:
         for ax, norm in zip(axes, (None, "true"), strict=True):
             ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, display_labels=classes, normalize=norm,
                                                     ax=ax, colorbar=False, values_format=".2f" if norm else "d")
             ax.set_title("normalised by true class" if norm else "counts")
     if task == "binary":
         positive = classes[1]
-        with plot("roc.png") as (ax,):
+        with plot(artifacts.PLOT_ROC) as (ax,):
             RocCurveDisplay.from_predictions(y, probs[:, 1], ax=ax, name=positive, plot_chance_level=True)
-        with plot("precision_recall.png") as (ax,):
+        with plot(artifacts.PLOT_PR) as (ax,):
             PrecisionRecallDisplay.from_predictions(y, probs[:, 1], ax=ax, name=positive, plot_chance_level=True)
-        with plot("calibration.png") as (ax,):
+        with plot(artifacts.PLOT_CALIBRATION) as (ax,):
             CalibrationDisplay.from_predictions(y, probs[:, 1], n_bins=10, ax=ax, name=positive)
     else:
-        with plot("roc.png") as (ax,):
+        with plot(artifacts.PLOT_ROC) as (ax,):
             for i, c in enumerate(classes):
                 if 0 < (y == i).sum() < len(y):
                     RocCurveDisplay.from_predictions(y == i, probs[:, i], ax=ax, name=f"{c} vs rest")
             ax.set_title("one-vs-rest ROC")
-        with plot("calibration.png") as (ax,):
+        with plot(artifacts.PLOT_CALIBRATION) as (ax,):
             for i, c in enumerate(classes):
                 if 0 < (y == i).sum() < len(y):
                     CalibrationDisplay.from_predictions(y == i, probs[:, i], n_bins=10, ax=ax, name=c)

@@ -61,7 +61,7 @@ def render(run: Path) -> tuple[str, int]:
     metrics = artifacts.read_metrics(Path(run))
     report_files = [folder / artifacts.REPORT, Path(manifest.get("prep_dir", "")) / artifacts.REPORT]
     report = next((p for p in report_files if p.is_file()), None)
-    metrics_file, explain = folder / artifacts.METRICS, folder.path / "explain"
+    metrics_file, explain = folder / artifacts.METRICS, folder.path / artifacts.EXPLAIN
     with artifacts.damaged(metrics_file, f"evaluate {run}"):
         plots = [folder.path / p for p in metrics.get("plots", []) if (folder.path / p).exists()]
         metrics_html, gates_html = _metrics_section(metrics), _gates_section(metrics.get("gates") or [])
@@ -72,7 +72,7 @@ def render(run: Path) -> tuple[str, int]:
         config_html = f"<pre>{_e((folder / artifacts.CONFIG).read_text(encoding='utf-8'))}</pre>"
     with artifacts.damaged(folder / artifacts.HISTORY, f"train ... --out {run}"):
         training_html = _training_section(folder, manifest)
-    with artifacts.damaged(explain / "importance.json", f"explain {run}"):
+    with artifacts.damaged(explain / artifacts.IMPORTANCE, f"explain {run}"):
         explain_html = _explain_section(explain)
     parts = {
         "data": data_html,
@@ -89,7 +89,8 @@ def render(run: Path) -> tuple[str, int]:
     body = "".join(f'<section id="{s}"><h2>{s.capitalize()}</h2>{parts[s]}</section>' for s in SECTIONS)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n")
-    return page, len(plots) + int(curve.exists()) + int((folder.path / "explain" / "importance.png").is_file())
+    importance_plot = folder.path / artifacts.EXPLAIN / artifacts.IMPORTANCE_PLOT
+    return page, len(plots) + int(curve.exists()) + int(importance_plot.is_file())
 
 
 def _data_section(data: dict[str, Any] | None) -> str:
@@ -140,7 +141,7 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
 
 def _explain_section(folder: Path) -> str:
     """`bigmodel explain`'s permutation importance, with its chart, if it was run."""
-    path = folder / "importance.json"
+    path = folder / artifacts.IMPORTANCE
     if not path.is_file():
         return "<p>Not explained (run <code>bigmodel explain RUN_DIR</code>).</p>"
     doc = artifacts.read_json(path)
@@ -149,7 +150,7 @@ def _explain_section(folder: Path) -> str:
             for r in doc["importance"]]
     head = ["column", "kind", f"{doc['score']} drop" if doc["score"] != "rmse" else "RMSE rise", "std",
             "log loss rise" if doc["score"] != "rmse" else "RMSE rise"]
-    chart = _img(folder / "importance.png") if (folder / "importance.png").is_file() else ""
+    chart = _img(folder / artifacts.IMPORTANCE_PLOT) if (folder / artifacts.IMPORTANCE_PLOT).is_file() else ""
     return (f"<p>Permutation importance on {doc['rows']} rows of the {_e(doc['source'])}, {doc['repeats']} repeats; "
             f"per-row integrated gradients in <code>explain/attributions.csv</code> (completeness error max "
             f"{ig['completeness_abs_max']:.2e}).</p>" + chart + _table(head, rows))

@@ -25,10 +25,8 @@ from .config import Config, apply_override
 from .errors import ConfigError, DataError, one_line
 from .gates import lower_is_better
 
-STUDY = "study.db"
-TRIALS_CSV = "trials.csv"
-BEST_CONFIG = "best.yaml"
-BEST_RUN = "best"
+STUDY, TRIALS_CSV, BEST_CONFIG = artifacts.STUDY, artifacts.TRIALS_CSV, artifacts.BEST_CONFIG
+BEST_RUN = artifacts.BEST_RUN
 
 
 def default_space(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -280,7 +278,7 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
                 p.terminate()
         for i, p in enumerate(helpers):
             if p.wait() != 0 and ok:  # (when this one failed too, its own error is the one to tell)
-                log = out / f".worker-{i + 1}.log"
+                log = out / artifacts.WORKER_LOG.format(i + 1)
                 last = log.read_text(encoding="utf-8").strip().splitlines()[-1:] if log.exists() else []
                 raise DataError(f"{out}: tune worker {i + 1} failed (exit {p.returncode}): "
                                 f"{last[0] if last else 'no message'} (see {log})")
@@ -322,7 +320,8 @@ def _helpers(prep: Path, out: Path, config: Path | None, overrides: list[str], n
             *(["--timeout", str(timeout)] if timeout is not None else [])]
     procs = []
     for i in range(max(0, count)):
-        with open(Path(out) / f".worker-{i + 1}.log", "w", encoding="utf-8") as log:  # not a pipe: it could fill
+        # its stderr to a file, not a pipe: a pipe could fill
+        with open(Path(out) / artifacts.WORKER_LOG.format(i + 1), "w", encoding="utf-8") as log:
             procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, text=True,
                                           env={**os.environ, "BIGMODEL_TUNE_WORKER": str(i + 1)}))
     return procs
@@ -374,9 +373,9 @@ def _plots(study: Any, out: Path, complete: int) -> None:
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
-    plots = [("optimization_history.png", ov.plot_optimization_history)]
+    plots = [(artifacts.PLOT_HISTORY, ov.plot_optimization_history)]
     if complete >= 2 and len(study.best_params) >= 1:
-        plots.append(("param_importances.png", ov.plot_param_importances))
+        plots.append((artifacts.PLOT_IMPORTANCES, ov.plot_param_importances))
     for name, plot in plots:
         try:
             ax = plot(study)

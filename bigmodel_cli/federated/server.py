@@ -36,7 +36,7 @@ from ..folders import Prep, open_prep, write_run
 from ..gates import lower_is_better
 from .budget import Budget, budget, epsilon
 
-STATE, WEIGHTS = "federated.json", "weights.npz"  # in RUN_DIR/checkpoint/
+STATE, WEIGHTS = artifacts.FED_STATE, artifacts.FED_WEIGHTS  # in RUN_DIR/checkpoint/
 # what --resume may change: how long the federation trains, never the model, data, optimiser or clients
 RESUMABLE = ("federated.rounds", "train.epochs", "train.early_stopping.patience", "train.checkpoint_seconds",
              "train.tensorboard")
