@@ -13,9 +13,9 @@ OUT    ?= build
 
 help:
 	@echo "make demo   - create $(VENV), install, run preprocess/train/evaluate/export/predict on sample_data/"
-	@echo "make test   - install the dev extras, ruff, and the whole test suite"
+	@echo "make test   - install the dev extras, ruff, mypy, and the whole test suite"
 	@echo "make fuzz   - the fuzz tests with new random examples, 300 tables through every stage (~5 min)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - the benchmarks in benchmarks/ (results in benchmarks/results/)"
 	@echo "make bench-quality - bigmodel (no config) vs a plain Keras script, scikit-learn, LightGBM and pytabkit's"
 	@echo "                     RealMLP-TD and TabM-D on 21 real tables"
@@ -86,6 +86,7 @@ federated-table: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks docs
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
 # `make test` runs the fuzz tests on fixed examples; this runs ten times as many, new ones each time
@@ -104,6 +105,7 @@ docs: $(VENV)/.installed-docs
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks docs
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(OUT)

@@ -24,7 +24,7 @@ from . import (
 from .errors import DataError
 from .keras_env import import_keras
 
-keras = import_keras()  # at import: the callbacks below subclass Keras
+keras: Any = import_keras()  # at import: the callbacks below subclass Keras
 STATE, NETWORK, BEST = artifacts.CKPT_STATE, artifacts.CKPT_NETWORK, artifacts.CKPT_BEST
 
 

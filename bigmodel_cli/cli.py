@@ -481,7 +481,7 @@ def tune(
         result = stage.run(prep_dir, out_dir, config, sets or [], trials, timeout, storage, trial_line, workers)
 
         def human() -> None:
-            rows = [["best value", "" if result.best_value is None else f"{result.best_value:.5g}"],
+            rows: list[list[Any]] = [["best value", "" if result.best_value is None else f"{result.best_value:.5g}"],
                     ["best trial", result.best_trial], *[[k, v] for k, v in result.best_params.items()],
                     *[[f"trials {k}", v] for k, v in result.counts.items()], ["seconds", round(result.seconds, 1)]]
             out.print(table(f"tuned {result.metric} ({result.direction}) in {result.out}", ["", "value"], rows))

@@ -246,7 +246,8 @@ def fit_features(kinds: dict[str, str], cfg: Config, numeric: Callable[[str], np
     """Fit imputation, scaling and vocabularies on the train split only. The split is read through the three
     getters (a numeric column as float64 (a date's days since 1970), a categorical column's value counts, a text
     column's strings), so that the in-memory and streaming paths fit the same way from what each holds."""
-    features, taken = [], set()
+    features: list[Feature] = []
+    taken: set[str] = set()
     for col, kind in kinds.items():
         if kind in ("id", "ignore"):
             continue

@@ -423,7 +423,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 
 def _describe(e: ValidationError) -> str:
-    msgs = []
+    msgs: list[str] = []
     for err in e.errors():
         # drop pydantic's union-branch markers such as 'literal[...]' or 'dict[str,float]'
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (

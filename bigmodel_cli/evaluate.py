@@ -75,6 +75,7 @@ def classification_metrics(y: np.ndarray, p: Predictions, classes: list[str]) ->
     from sklearn import metrics as m
 
     probs, pred, k = p.probabilities, p.values, len(classes)
+    assert probs is not None  # a classifier's predictions carry them
     labels = list(range(k))
     doc: dict[str, Any] = {"metrics": {"accuracy": float(m.accuracy_score(y, pred))}}
     present = len(np.unique(y)) == k

@@ -51,7 +51,8 @@ def run(run_dir: Path, data: Path | None = None, split: str = "val", rows: int =
     importance = permutation_importance(loaded, df, y, repeats, seed)
     attributions, completeness = integrated_gradients(loaded, df, steps)
     folder = Path(run_dir) / EXPLAIN
-    doc = {"rows": len(df), "source": str(data) if data else f"{split} split", "repeats": repeats, "seed": seed,
+    doc: dict[str, Any] = {
+           "rows": len(df), "source": str(data) if data else f"{split} split", "repeats": repeats, "seed": seed,
            "task": schema.task, "score": _score_name(schema),
            "importance": importance,
            "integrated_gradients": {"steps": steps, "baseline": "train split mean encoding",

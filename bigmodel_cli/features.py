@@ -16,6 +16,8 @@ from .keras_env import import_keras, tensorflow
 from .layers import Cycles, PiecewiseLinear, SmoothClip, smooth_clip
 from .schema import FLOAT32_MAX, Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs: TF-free, in schema)
 
+keras: Any
+tf: Any
 keras, tf = import_keras(), tensorflow()  # at import: the layers below subclass Keras
 
 
@@ -88,10 +90,12 @@ def _encoder(f: Feature, schema: Schema, portable: bool = False) -> list[Any]:
     if f.takes_number:  # (a date: its days since 1970, scaled and binned as a number; `_parts` adds its cycles)
         if schema.scaling == "standard":
             mean, var = f.mean, (f.std or 0.0) ** 2
-        elif schema.scaling == "robust":  # by the IQR, else half the range (a column mostly one value)
-            mean, var = f.fill, (f.q75 - f.q25) ** 2 or ((f.max - f.min) / 2) ** 2
-        else:  # min-max to [0, 1]
-            mean, var = f.min, (f.max - f.min) ** 2
+        else:  # a number's min and max are fitted always, its quartiles for robust scaling
+            lo, hi = float(f.min or 0.0), float(f.max or 0.0)
+            if schema.scaling == "robust":  # by the IQR, else half the range (a column mostly one value)
+                mean, var = f.fill, ((f.q75 or 0.0) - (f.q25 or 0.0)) ** 2 or ((hi - lo) / 2) ** 2
+            else:  # min-max to [0, 1]
+                mean, var = lo, (hi - lo) ** 2
         var = var if var > 0 else 1.0  # a constant column: x - mean, 0 on the training data, no division by 0
         clip = [SmoothClip(name=f"{f.key}_clip")] if schema.scaling == "robust" else []
         bins = []

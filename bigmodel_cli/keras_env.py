@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from types import ModuleType
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -28,8 +28,9 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def import_keras(seed: int | None = None) -> ModuleType:
-    """Import Keras on TensorFlow with TF's logs silenced; seed everything if `seed` is given."""
+def import_keras(seed: int | None = None) -> Any:
+    """Import Keras on TensorFlow with TF's logs silenced; seed everything if `seed` is given. (Typed Any: the
+    callers subclass its layers and callbacks, which a ModuleType would hide from mypy.)"""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     with _native_stderr_silenced():
@@ -45,7 +46,7 @@ def import_keras(seed: int | None = None) -> ModuleType:
     return keras
 
 
-def tensorflow() -> ModuleType:
+def tensorflow() -> Any:
     """TensorFlow, imported through `import_keras` (logs silenced first)."""
     import_keras()
     import tensorflow as tf

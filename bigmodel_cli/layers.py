@@ -12,7 +12,7 @@ from typing import Any
 
 from .keras_env import import_keras
 
-keras = import_keras()  # at import: the classes below subclass Keras
+keras: Any = import_keras()  # at import: the classes below subclass Keras
 ops = keras.ops
 
 

@@ -74,6 +74,7 @@ def evaluation(out: Path, task: str, y: np.ndarray, pred: np.ndarray, probs: np.
             ConfusionMatrixDisplay.from_predictions(y, pred, labels=labels, display_labels=classes, normalize=norm,
                                                     ax=ax, colorbar=False, values_format=".2f" if norm else "d")
             ax.set_title("normalised by true class" if norm else "counts")
+    assert probs is not None  # a classifier's predictions carry them
     if task == "binary":
         positive = classes[1]
         with plot(artifacts.PLOT_ROC) as (ax,):

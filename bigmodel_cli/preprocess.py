@@ -173,10 +173,11 @@ def _fit(rows: _Rows, cfg: Config, data: Path) -> tuple[Schema, dict[str, Any]]:
     # distinct values of the non-numeric columns (counting them for 1M floats costs more than it tells)
     missing = {c: columns.missing_numbers(df[c], c) if k == "numeric" else
                int(np.isnan(days[c]).sum()) if k == "date" else int(df[c].isna().sum()) for c, k in inf.kinds.items()}
-    unique = {c: inf.distinct[c] if c in inf.distinct else int(df[c].nunique())
+    unique: dict[str, int | None] = {c: inf.distinct[c] if c in inf.distinct else int(df[c].nunique())
               for c, k in inf.kinds.items() if k not in ("numeric", "date")}
     balance = {}
     if schema.is_classification:
+        assert rows.codes is not None  # a classification target's codes
         for name, pos in rows.positions.items():
             counts = dict(zip(rows.coded, np.bincount(rows.codes[pos], minlength=len(rows.coded)).tolist(),
                               strict=True))

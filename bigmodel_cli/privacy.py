@@ -21,6 +21,8 @@ from typing import Any
 from .errors import ConfigError
 from .keras_env import import_keras, tensorflow
 
+keras: Any
+tf: Any
 keras, tf = import_keras(), tensorflow()  # at import: DPSequential subclasses keras.Sequential
 
 

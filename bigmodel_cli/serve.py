@@ -314,7 +314,7 @@ def app(state: State) -> Any:
                 return error(f"the model failed: {line}", 500)
         values = np.asarray(out, dtype="float64")
         # JSON has no NaN or inf (a value far outside the training range can overflow the scaling): null
-        values = np.where(np.isfinite(values), values, None).tolist()
+        values = np.where(np.isfinite(values), values, np.array(None)).tolist()
         state.answered += 1
         return JSONResponse({"predictions" if fmt == "instances" else "outputs": values})
 

@@ -267,10 +267,11 @@ def _train(ctx: _Run) -> TrainResult:
     import_keras(ctx.cfg.seed)
     with _encoded(ctx) as data:
         rows = data.y.get("train")
-        if ctx.cfg.train.privacy is not None and hasattr(rows, "__len__") and len(rows) < ctx.cfg.train.batch_size:
-            raise ConfigError(f"train.batch_size {ctx.cfg.train.batch_size} is more than the {len(rows)} train rows: "
+        n = len(rows) if rows is not None and hasattr(rows, "__len__") else None
+        if ctx.cfg.train.privacy is not None and n is not None and n < ctx.cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size {ctx.cfg.train.batch_size} is more than the {n} train rows: "
                               f"DP-SGD trains on whole batches only, so it would not train at all; set "
-                              f"train.batch_size to at most {len(rows)}")
+                              f"train.batch_size to at most {n}")
         if ctx.multi is not None:
             from . import multi_worker
 
@@ -405,7 +406,7 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
     saver = checkpoint.Checkpoint(ctx.checkpoint_dir, progress, stopper, cfg.train.checkpoint_seconds, reducer)
     callbacks: list[Any] = [c for c in (schedule(cfg, epochs), reducer, stopper, saver) if c is not None]
     callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged run stops at once (and is refused in _finish)
-    if cfg.train.tensorboard:
+    if cfg.train.tensorboard and ctx.folder is not None:  # (a multi-worker non-chief writes nothing)
         # into a temporary folder: RUN_DIR/logs is replaced only when the run is complete
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(ctx.folder / artifacts.LOGS_PARTIAL),
                                                      write_graph=False))

@@ -291,7 +291,8 @@ class _Gate:
     """An flock on a file in the tune folder, released by whoever gets there first (the trial, or the loop)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.fd = path, None
+        self.path = path
+        self.fd: int | None = None
 
     def acquire(self) -> None:
         import fcntl
@@ -373,7 +374,7 @@ def _plots(study: Any, out: Path, complete: int) -> None:
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
-    plots = [(artifacts.PLOT_HISTORY, ov.plot_optimization_history)]
+    plots: list[tuple[str, Callable[..., Any]]] = [(artifacts.PLOT_HISTORY, ov.plot_optimization_history)]
     if complete >= 2 and len(study.best_params) >= 1:
         plots.append((artifacts.PLOT_IMPORTANCES, ov.plot_param_importances))
     for name, plot in plots:
@@ -381,7 +382,7 @@ def _plots(study: Any, out: Path, complete: int) -> None:
             ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importances of a parameter never varied
             continue
-        fig = ax.figure
+        fig: Any = ax.figure  # (a Figure: optuna draws on a plain one)
         fig.set_size_inches(7, 4)
         fig.tight_layout()
         with artifacts.atomic_path(out / name) as tmp:

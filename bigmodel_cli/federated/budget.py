@@ -34,8 +34,7 @@ def budget(cfg: Config, train_rows: int) -> Budget:
     epochs, patience = t.budget(train_rows)
     asked = f.rounds if f.rounds != "auto" else math.ceil(epochs / f.local_epochs)
     rounds = affordable_rounds(asked, f.privacy) if f.privacy else asked
-    if rounds == 0:
-        p = f.privacy
+    if rounds == 0 and (p := f.privacy) is not None:
         raise ConfigError(f"federated.privacy.max_epsilon {p.max_epsilon}: one round already spends "
                           f"ε={epsilon(1, p):.3g}; raise max_epsilon or noise_multiplier")
     stop = max(1, math.ceil(patience / f.local_epochs)) if t.early_stopping.enabled else None

@@ -379,7 +379,7 @@ def _wait_for(address: str, seconds: float, proc: Any = None, log: Path | None =
     deadline = time.monotonic() + seconds
     while (why := _reachable(host, port)) is not None:
         if proc is not None and proc.poll() is not None:
-            raise DataError(f"federated serve: Flower's SuperLink stopped: {last_line(log)}")
+            raise DataError(f"federated serve: Flower's SuperLink stopped: {last_line(log) if log else 'no log'}")
         if time.monotonic() > deadline:
             raise DataError(f"federated: no server at {address} after {seconds:g} s ({why})")
         time.sleep(0.5)

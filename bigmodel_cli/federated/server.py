@@ -202,13 +202,13 @@ class Federation:
             return base
         client_side = f.secure_aggregation  # the server sees only the masked sum: clients must clip
         if p.clipping == "fixed":
-            cls = (fs.DifferentialPrivacyClientSideFixedClipping if client_side
-                   else fs.DifferentialPrivacyServerSideFixedClipping)
-            return cls(base, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
+            fixed = (fs.DifferentialPrivacyClientSideFixedClipping if client_side
+                     else fs.DifferentialPrivacyServerSideFixedClipping)
+            return fixed(base, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
                        num_sampled_clients=sampled)
-        cls = (fs.DifferentialPrivacyClientSideAdaptiveClipping if client_side
-               else fs.DifferentialPrivacyServerSideAdaptiveClipping)
-        return cls(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
+        adaptive = (fs.DifferentialPrivacyClientSideAdaptiveClipping if client_side
+                    else fs.DifferentialPrivacyServerSideAdaptiveClipping)
+        return adaptive(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
                    initial_clipping_norm=self.clipping_norm or p.clipping_norm,
                    target_clipped_quantile=p.target_quantile)
 
@@ -291,7 +291,7 @@ class Federation:
         assert self.weights is not None
         norm = getattr(self._strategy, "clipping_norm", None) if self.cfg.federated.privacy else None
         with artifacts.atomic_dir(self._checkpoint) as tmp:
-            arrays = {f"global_{i}": w for i, w in enumerate(self.weights)}
+            arrays: dict[str, Any] = {f"global_{i}": w for i, w in enumerate(self.weights)}
             arrays |= {f"best_{i}": w for i, w in enumerate(self.best_weights or [])}
             np.savez(tmp / WEIGHTS, **arrays)
             s = self.stopper

@@ -116,7 +116,8 @@ def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, 
     balance = [{c: int((y[p] == i).sum()) for i, c in enumerate(schema.classes)} if schema.classes
                else {"rows": len(p)} for p in parts]
     data_file = str(work / "train.npz")
-    np.savez(data_file, x=x, y=y, **{f"part{k}": p for k, p in enumerate(parts)})
+    arrays: dict[str, Any] = {"x": x, "y": y, **{f"part{k}": p for k, p in enumerate(parts)}}
+    np.savez(data_file, **arrays)
     seed = cfg.seed
 
     def client_fn(context: Context) -> Any:
