@@ -130,7 +130,7 @@ class ReduceLrConfig(_Section):
 
 
 class PrivacyConfig(_Section):
-    """Record-level DP-SGD (bigmodel_cli/privacy.py)."""
+    """Record-level DP-SGD (bigmodel_cli/training/privacy.py)."""
 
     l2_norm_clip: float = Field(1.0, gt=0)
     noise_multiplier: float = Field(1.1, ge=0)

@@ -186,8 +186,9 @@ class LoadedRun:
 
 def load_network(path: Path, unsafe: bool = False) -> Any:
     """Load a .keras model with Keras safe_mode (no code from the file runs) unless `unsafe` is asked for."""
-    from . import layers, privacy  # noqa: F401  (register bigmodel's layers, DPSequential for loading)
+    from . import layers  # noqa: F401
     from .keras_env import import_keras
+    from .training import privacy  # noqa: F401  (register bigmodel's layers, DPSequential for loading)
 
     keras = import_keras()
     if not path.exists():

@@ -129,7 +129,7 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
 
             net = EnsembleSequential(stack, name="network")
         elif cfg.train.privacy is not None:
-            from .privacy import DPSequential
+            from .training.privacy import DPSequential
 
             p = cfg.train.privacy
             net = DPSequential(stack, name="network", l2_norm_clip=p.l2_norm_clip,

@@ -14,7 +14,7 @@ The file is read in chunks of `data.chunk_rows` rows, twice over small state, ne
    are renamed into place only once the features are fitted.
 
 `train` then encodes the splits chunk by chunk into an on-disk feature matrix and feeds batches from it
-(bigmodel_cli/train.py), with the same batch order as in memory.
+(bigmodel_cli/training/core.py), with the same batch order as in memory.
 """
 
 from __future__ import annotations

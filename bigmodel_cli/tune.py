@@ -1,11 +1,12 @@
 """`bigmodel tune`: hyperparameters by an Optuna study, each trial bigmodel's own training on the prep folder.
 
-Each trial is `train.run` with the sampled config paths applied (so DP-SGD, class weights, the run folder format
-all keep working); its epochs report the monitored validation metric to Optuna (`trial.report`), and the pruner
-(median, or successive halving) stops a trial that is behind — KerasTuner drives `fit` itself and cannot, Ludwig's
-Optuna executor never reports, so its pruner does nothing. TPE, seeded. Selection on the validation split only:
-the test split is not read. The study lives in TUNE_DIR/study.db (SQLite): `tune` again on the same folder
-continues it; a trial whose process died (no heartbeat for tune.stale_after_seconds) is marked failed and retried.
+Each trial is the training core's `run` (what `bigmodel train` runs) with the sampled config paths applied (so DP-SGD,
+class weights, the run folder format all keep working); its epochs report the monitored validation metric to
+Optuna (`trial.report`), and the pruner (median, or successive halving) stops a trial that is behind — KerasTuner
+drives `fit` itself and cannot, Ludwig's Optuna executor never reports, so its pruner does nothing. TPE, seeded.
+Selection on the validation split only: the test split is not read. The study lives in TUNE_DIR/study.db (SQLite):
+`tune` again on the same folder continues it; a trial whose process died (no heartbeat for
+tune.stale_after_seconds) is marked failed and retried.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
         import optuna
     except ImportError:
         raise ConfigError("tune needs Optuna: pip install 'bigmodel[tune]'") from None
-    from . import train
     from .folders import resolve_config
+    from .training import core
 
     t0 = time.perf_counter()
     cfg = resolve_config(prep, config, overrides)
@@ -222,7 +223,7 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
 
         run_dir = trial_root / f"{trial.number:04d}"
         try:
-            result = train.run(prep, run_dir, trial_cfg, on_epoch=report)
+            result = core.run(prep, run_dir, trial_cfg, on_epoch=report)
         except BaseException:  # pruned, failed or interrupted: its folder is of no use
             shutil.rmtree(run_dir, ignore_errors=True)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))

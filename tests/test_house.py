@@ -145,9 +145,10 @@ def test_keras_and_tensorflow_are_imported_in_one_place():
 
 
 def test_stage_modules_do_not_decide_exit_codes():
-    """Only cli.py turns verdicts into exit codes: no stage raises GateFailed, exits or prints (in the subpackages
-    too; the one exit is the federated simulation's child process, whose status file carries the result)."""
-    stages = [p for p in MODULES if p.name not in ("cli.py", "console.py", "errors.py")]
+    """Only the face (cli/) turns verdicts into exit codes: no stage raises GateFailed, exits or prints (in the
+    subpackages too; the one exit is the federated simulation's child process, whose status file carries the
+    result)."""
+    stages = [p for p in MODULES if p.name not in ("cli.py", "console.py", "errors.py") and p.parent.name != "cli"]
     assert len(stages) > 35 and any(p.parent.name == "federated" for p in stages)
     for p in stages:
         text = p.read_text(encoding="utf-8")
@@ -285,3 +286,55 @@ def test_readme_is_the_front_door():
     assert len(links) >= 10
     missing = [link for link in links if "://" not in link and not (ROOT / link).exists()]
     assert missing == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """bigmodel_cli's modules and the package modules each imports, at the top or inside a function."""
+    import ast
+
+    def name(p: Path) -> str:
+        parts = list(p.with_suffix("").relative_to(ROOT).parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name(p): p for p in MODULES}
+    graph = {}
+    for mod, p in modules.items():
+        package = mod if p.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                deps |= {f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[mod] = {d for d in deps if d in modules and d != mod}
+    return graph
+
+
+def test_no_import_circles_and_no_verb_imports_another():
+    """The house's arrows (lazy imports included) form no circle, and a verb's module never imports another
+    verb's: what two verbs share lives in the frame, the data modules or the training core (training/)."""
+    graph = _import_graph()
+    assert "bigmodel_cli.training.rules" in graph["bigmodel_cli.federated.server"]
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(mod: str, path: list[str]) -> None:
+        seen[mod] = 1
+        for dep in sorted(graph[mod]):
+            assert seen.get(dep) != 1, f"import circle: {' -> '.join([*path, dep])}"
+            if dep not in seen:
+                visit(dep, [*path, dep])
+        seen[mod] = 2
+
+    for mod in sorted(graph):
+        if mod not in seen:
+            visit(mod, [mod])
+    verbs = {f"bigmodel_cli.{v}" for v in ("init preprocess train evaluate export predict explain tune serve compare "
+                                           "report federated").split()}
+
+    def verb(mod: str) -> str | None:
+        return next((v for v in verbs if mod == v or mod.startswith(v + ".")), None)
+
+    crossing = sorted((m, d) for m, deps in graph.items() for d in deps if verb(m) and verb(d) and verb(m) != verb(d))
+    assert crossing == []

@@ -7,7 +7,7 @@ import json
 import keras
 import pytest
 
-from bigmodel_cli.privacy import epsilon
+from bigmodel_cli.training.privacy import epsilon
 
 from .conftest import bm, read_json
 
@@ -80,7 +80,7 @@ def test_dp_sgd_clips_per_example_whatever_the_loss_is_called(cancer_prep, tmp_p
     Per example, every name trains the very same weights; clipping the batch's one gradient would not."""
     from bigmodel_cli.folders import load_network
     from bigmodel_cli.keras_env import import_keras, tensorflow
-    from bigmodel_cli.privacy import per_example_loss
+    from bigmodel_cli.training.privacy import per_example_loss
 
     import_keras()
     tf = tensorflow()

@@ -15,7 +15,6 @@ each round from dp-accounting's RDP accountant.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import shutil
@@ -33,7 +32,7 @@ from .. import artifacts
 from ..config import Config
 from ..errors import ConfigError, DataError
 from ..folders import Prep, open_prep, write_run
-from ..gates import lower_is_better
+from ..training.rules import Stopper, config_sha256, decision_threshold, resume_changes
 from .budget import Budget, budget, epsilon
 
 STATE, WEIGHTS = artifacts.FED_STATE, artifacts.FED_WEIGHTS  # in RUN_DIR/checkpoint/
@@ -81,32 +80,6 @@ def flwr() -> Any:
     import flwr as module
 
     return module
-
-
-@dataclass
-class Stopper:
-    """Early stopping across rounds on the global model's validation metric, as Keras' EarlyStopping does
-    across epochs (same monitor, min_delta and mode); its state goes into the checkpoint."""
-
-    monitor: str
-    patience: int | None  # None: off, the last round is kept
-    min_delta: float
-    best: float | None = None
-    best_round: int = 0
-    wait: int = 0
-
-    def update(self, server_round: int, value: float) -> bool:
-        """Record a round's value; True if it is the best so far."""
-        sign = 1.0 if lower_is_better(self.monitor) else -1.0
-        if self.best is None or sign * (value - self.best) < -self.min_delta:
-            self.best, self.best_round, self.wait = value, server_round, 0
-            return True
-        self.wait += 1
-        return False
-
-    @property
-    def stopped(self) -> bool:
-        return self.patience is not None and self.wait >= self.patience
 
 
 @dataclass
@@ -283,7 +256,7 @@ class Federation:
         return self.folder / artifacts.CHECKPOINT
 
     def _config_sha256(self) -> str:
-        return hashlib.sha256(self.cfg.to_yaml().encode()).hexdigest()
+        return config_sha256(self.cfg)
 
     def _save_checkpoint(self) -> None:
         """The server's state after a round, written whole (temp folder, then swapped in): the global and best
@@ -302,7 +275,6 @@ class Federation:
                 "splits": self.prep.manifest["splits"]})
 
     def _load_checkpoint(self) -> None:
-        from ..train import resume_changes
 
         folder = self._checkpoint
         if not (folder / STATE).exists():
@@ -337,7 +309,6 @@ class Federation:
     def finish(self, extra: dict[str, Any]) -> FederatedResult:
         """Write the run folder with the best round's global model (the last round's without early stopping),
         its decision threshold picked on the validation split as `train` does; remove the checkpoint."""
-        from ..train import decision_threshold
 
         if self.weights is None:
             raise DataError("federated: no round finished, so there is no global model (see the log above)")

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config
-from .errors import ConfigError
-from .schema import Schema
+from ..config import Config
+from ..errors import ConfigError
+from ..schema import Schema
+from .rules import Stopper
 
 
 def strategy() -> Any:
@@ -39,7 +40,7 @@ def strategy() -> Any:
         raise ConfigError(f"TF_CONFIG is not a cluster spec with a task: {raw[:200]}") from None
     if not workers:
         raise ConfigError("TF_CONFIG: cluster.worker lists no workers")
-    from .keras_env import tensorflow
+    from ..keras_env import tensorflow
 
     return tensorflow().distribute.MultiWorkerMirroredStrategy()
 
@@ -53,9 +54,8 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
         monitor: str, on_epoch: Callable[[int, int, dict[str, float]], None] | None) -> tuple[Any, list[dict], int]:
     """Train; return a plain (undistributed) copy of the network with the kept weights, the history and the
     epoch (1-based) those weights are from: early stopping's best, else the last."""
-    from . import model
-    from .gates import lower_is_better
-    from .keras_env import import_keras, tensorflow
+    from .. import model
+    from ..keras_env import import_keras, tensorflow
 
     keras, tf = import_keras(), tensorflow()
     n_inputs = x["train"].shape[1]
@@ -86,9 +86,8 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
 
     es = cfg.train.early_stopping
     history: list[dict] = []
-    best, best_weights, best_epoch, waited = None, None, 0, 0
-    sign = 1 if lower_is_better(monitor) else -1
     epochs, patience = cfg.train.budget(len(y_train))
+    stopper, best_weights = Stopper(monitor, patience, es.min_delta), None
     for epoch in range(epochs):
         # the same shuffle on every worker (seed, epoch); full global batches only, so every replica steps alike
         data = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
@@ -104,14 +103,11 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
         if on_epoch is not None:
             on_epoch(epoch + 1, epochs, row)
         if es.enabled:
-            value = row.get(monitor, row["loss"])
-            if best is None or sign * (value - best) < -es.min_delta:
-                best, best_weights, best_epoch, waited = value, net.get_weights(), epoch + 1, 0
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
+            if stopper.update(epoch + 1, row.get(monitor, row["loss"])):
+                best_weights = net.get_weights()
+            elif stopper.stopped:
+                break
     if best_weights is not None:
         plain.set_weights(best_weights)
-        return plain, history, best_epoch
+        return plain, history, stopper.best_round
     return plain, history, len(history)

@@ -17,12 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import (
-    artifacts,
-    privacy,  # noqa: F401  (registers DPSequential for loading)
-)
-from .errors import DataError
-from .keras_env import import_keras
+from .. import artifacts
+from ..errors import DataError
+from ..keras_env import import_keras
+from . import privacy  # noqa: F401  (registers DPSequential for loading)
 
 keras: Any = import_keras()  # at import: the callbacks below subclass Keras
 STATE, NETWORK, BEST = artifacts.CKPT_STATE, artifacts.CKPT_NETWORK, artifacts.CKPT_BEST
@@ -125,7 +123,7 @@ def load(path: Path) -> tuple[Any, Progress, list[Any] | None]:
         raise DataError(f"{path}: no checkpoint to resume from; run train without --resume")
     try:
         progress = Progress(**json.loads((path / STATE).read_text()))
-        from . import layers, privacy  # noqa: F401  (register bigmodel's layers, DPSequential for loading)
+        from .. import layers  # noqa: F401  (register bigmodel's layers, DPSequential for loading)
 
         network = keras.saving.load_model(path / NETWORK, safe_mode=True)
         best = None

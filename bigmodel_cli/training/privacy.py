@@ -18,8 +18,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from .errors import ConfigError
-from .keras_env import import_keras, tensorflow
+from ..errors import ConfigError
+from ..keras_env import import_keras, tensorflow
 
 keras: Any
 tf: Any
