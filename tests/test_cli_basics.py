@@ -65,3 +65,42 @@ def test_missing_data_file_is_usage_error(tmp_path):
 def test_debug_shows_traceback(tmp_path):
     r = bm("--debug", "preprocess", tmp_path / "nope.csv", "--target", "y", "--out", tmp_path / "p", code=2)
     assert "Traceback" in r.stderr
+
+
+def test_choices_are_listed_and_match_the_stages():
+    """The options with a fixed set of values list them in --help (Enums), and each set is the stage's own."""
+    import typing
+
+    from bigmodel_cli import export, serve
+    from bigmodel_cli.cli.app import ExportFormat, Runtime, Strategy
+    from bigmodel_cli.config import TrainConfig
+
+    assert [f.value for f in ExportFormat] == list(export.FORMATS)
+    assert [r.value for r in Runtime] == list(serve.RUNTIMES)
+    strategies = typing.get_args(TrainConfig.model_fields["strategy"].annotation)
+    assert [s.value for s in Strategy] == list(strategies)
+    import typer.main
+
+    from bigmodel_cli.cli import app
+
+    fmt = next(p for p in typer.main.get_command(app).commands["export"].params if p.name == "fmt")
+    assert list(fmt.type.choices) == list(export.FORMATS)  # what --help and completion list
+    r = bm("evaluate", "/no/such/run", "--split", "holdout", code=2)
+    assert "--split" in r.stderr and "holdout" in r.stderr
+
+
+def test_shell_completion_lists_commands_and_choices():
+    """Completion is on (bash, zsh, fish): the installed script completes command names and an option's choices."""
+    script = shutil.which("bigmodel", path=str(Path(sys.executable).parent)) or shutil.which("bigmodel")
+    assert script
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_BIGMODEL_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+        done = subprocess.run([script], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert {"preprocess", "train", "evaluate", "federated"} <= set(complete("bigmodel "))
+    assert set(complete("bigmodel export run --format ")) == {"savedmodel", "keras", "onnx", "tflite"}
+    assert "--install-completion" in bm("--help").stdout

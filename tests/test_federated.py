@@ -19,6 +19,9 @@ import pytest
 from .conftest import PENGUINS, bm, read_json
 
 pytest.importorskip("flwr", reason="the federated extra is not installed")
+# one worker runs them all, one after another, under `pytest -n` (make test): Flower's simulations start Ray, and
+# _ray_processes checks that no Ray process outlives a run
+pytestmark = pytest.mark.xdist_group("ray")
 
 FAST = ["--set", "train.optimizer.learning_rate=0.01", "--set", "train.tensorboard=false",
         "--set", "train.early_stopping.enabled=false", "--set", "federated.local_epochs=1"]

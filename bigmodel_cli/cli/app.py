@@ -1,0 +1,228 @@
+"""The face's frame: the Typer app, the global options, the one guard that turns exceptions into exit codes, the
+options several commands share (defined once), the choices `--help` and completion list, and the renderers'
+helpers. Exit codes: 0 ok, 1 a check failed, 2 bad input or usage, 3 internal error (a bug), 130 interrupted.
+
+Nothing here imports pandas or TensorFlow: the commands import their stage inside, so `bigmodel --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from .. import __version__
+from ..console import emit_json, err, out
+from ..errors import BigModelError, GateFailed, Terminated
+
+app = typer.Typer(
+    name="bigmodel",
+    help="From a table of data to a trained, evaluated, exported Keras model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The global options, handed to every command through Typer's context."""
+
+    debug: bool = False
+    verbose: bool = False
+
+
+def verbose(ctx: typer.Context) -> bool:
+    return bool(ctx.obj and ctx.obj.verbose)
+
+
+# Choices, as Enums so that --help and shell completion list them (tests/test_house.py checks each against the
+# stage's own tuple: export.FORMATS, serve.RUNTIMES, the config's train.strategy).
+class Split(StrEnum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class ExportFormat(StrEnum):
+    savedmodel = "savedmodel"
+    keras = "keras"
+    onnx = "onnx"
+    tflite = "tflite"
+
+
+class Runtime(StrEnum):
+    tf = "tf"
+    onnx = "onnx"
+    tflite = "tflite"
+
+
+class Strategy(StrEnum):
+    default = "default"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"
+
+
+class CompareFormat(StrEnum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+def value(choice: Enum | None) -> str | None:
+    """An Enum option's string (None when not given)."""
+    return None if choice is None else str(choice.value)
+
+
+# Options shared by several commands, defined once.
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", exists=True, dir_okay=False, help="YAML config file (every key has a default)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key, e.g. train.epochs=20 (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")]
+UnsafeOpt = Annotated[bool, typer.Option(
+    "--unsafe-load", help="Load a model that contains code (e.g. a Lambda layer). Only for files you trust.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete epoch, or round).")]
+PrepDirArg = Annotated[Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.",
+                                            show_default=False)]
+RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `bigmodel train`.", show_default=False)]
+DataArg = Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file.", show_default=False)]
+
+
+def _version(show: bool) -> None:
+    if show:
+        out.print(f"bigmodel {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does (stderr).")] = False,
+) -> None:
+    """From a table of data to a trained, evaluated, exported Keras model.
+
+    Stages chain through folders: preprocess DATA -> PREP_DIR, train PREP_DIR -> RUN_DIR,
+    evaluate / export / predict RUN_DIR.
+    """
+    ctx.obj = Options(debug=debug, verbose=verbose)
+    if verbose:
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err)])
+
+
+@contextlib.contextmanager
+def guard(ctx: typer.Context) -> Iterator[None]:
+    """The one place where exceptions become exit codes."""
+    debug = bool(ctx.obj and ctx.obj.debug)
+    previous = _on_sigterm()
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except BigModelError as e:
+        if debug:
+            err.print_exception()
+        err.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}", soft_wrap=True)  # always one line
+        raise typer.Exit(e.exit_code) from None
+    except GateFailed as e:
+        err.print(f"[red]failed:[/red] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(GateFailed.exit_code) from None
+    except KeyboardInterrupt as e:
+        code = e.exit_code if isinstance(e, Terminated) else 130
+        name = "SIGTERM" if code == 143 else "SIGINT"
+        err.print(f"interrupted ({name}); finished artifacts are kept", soft_wrap=True)
+        raise typer.Exit(code) from None
+    except Exception:  # a bug: keep the traceback, exit 3 so CI can tell it from bad input
+        err.print_exception()
+        err.print("[red]internal error[/red]: this is a bug in bigmodel; please report it with the traceback above.")
+        raise typer.Exit(3) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm() -> Any:
+    """Turn SIGTERM into `Terminated` (main thread only); return the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+def load(config: Path | None, sets: list[str] | None, **fixed: Any) -> Any:
+    """The config from --config and --set, plus options that stand for config keys (`data.target`)."""
+    from ..config import load_config
+
+    # an option's text is taken as written (as a JSON string, which YAML reads back whole): `--target on` names
+    # the column 'on', not YAML's true
+    overrides = [*(sets or []), *(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fixed.items()
+                                  if v is not None)]
+    return load_config(config, overrides)
+
+
+def render(result: Any, as_json: bool, human: Callable[[], None]) -> None:
+    """The result on stdout: one JSON document with --json, else `human()`'s tables."""
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        human()
+
+
+class EpochProgress:
+    """Per-epoch (or per-round) progress on stderr: a live bar on a terminal, a line every few epochs elsewhere."""
+
+    def __init__(self, unit: str = "epoch") -> None:
+        self.progress: Any = None
+        self.task: Any = None
+        self.unit = unit
+
+    def __call__(self, epoch: int, total: int, logs: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+        if err.is_terminal:
+            if self.progress is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+                self.progress = Progress(TextColumn(self.unit), MofNCompleteColumn(), BarColumn(),
+                                         TextColumn("{task.description}"), console=err, transient=True)
+                self.progress.start()
+                self.task = self.progress.add_task("", total=total)
+            self.progress.update(self.task, completed=epoch, total=total, description=shown)
+        elif epoch == 1 or epoch % max(1, total // 10) == 0:
+            err.print(f"{self.unit} {epoch}/{total}  {shown}", soft_wrap=True, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def notes(unseen: dict[str, int], ignored: list[str]) -> None:
+    """evaluate's and predict's notes on stderr: values outside the training vocabulary, extra columns."""
+    for col, n in unseen.items():
+        err.print(f"note: {n} value(s) of '{escape(col)}' were not seen in training (out-of-vocabulary)")
+    if ignored:
+        err.print(f"warning: ignored extra column(s): {escape(', '.join(ignored))}")

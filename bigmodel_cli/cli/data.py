@@ -1,0 +1,71 @@
+"""`init` and `preprocess`: from a data file to a starter config, or to a prep folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ..console import err, out, table
+from .app import ConfigOpt, DataArg, JsonOpt, SetOpt, app, guard, load, render
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    data: DataArg,
+    target: Annotated[str, typer.Option("--target", "-t", help="The column to predict.", show_default=False)],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path("bigmodel.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a commented starter config inferred from DATA (column kinds, task, defaults)."""
+    with guard(ctx):
+        from .. import init as stage
+        from ..config import Config
+
+        result = stage.run(data, target, out_path, Config(), force=force)
+        render(result, as_json, lambda: out.print(
+            table(f"{result.out}: task {result.task}", ["column", "kind"], [[c, k] for c, k in result.kinds.items()])))
+
+
+@app.command()
+def preprocess(
+    ctx: typer.Context,
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The prep folder to write.", show_default=False)],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="The column to predict (or data.target).")
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Clean DATA, split it train/val/test and fit the feature preprocessing on the train split."""
+    with guard(ctx):
+        from .. import preprocess as stage
+
+        cfg = load(config, sets, **{"data.target": target})
+        result = stage.run(data, out_dir, cfg)
+        render(result, as_json, lambda: _show_report(result))
+
+
+def _show_report(result: Any) -> None:
+    r = result.report
+    rows = [[col, c["kind"], c["missing"], "" if c["unique"] is None else c["unique"],
+             "" if c["imputed_with"] is None else c["imputed_with"]]
+            for col, c in r["columns"].items()]
+    out.print(table(f"{result.out}: {result.schema.task} on '{result.schema.target}'",
+                    ["column", "kind", "missing", "unique", "imputed with"], rows))
+    counts = [["rows in", r["rows_in"]], ["duplicates dropped", r["duplicates_dropped"]],
+              ["missing target dropped", r["missing_target_dropped"]], ["rows out", r["rows_out"]],
+              *[[f"{n} split", k] for n, k in r["splits"].items()]]
+    out.print(table("rows", ["", "count"], counts))
+    if r["class_balance"]:
+        classes = list(next(iter(r["class_balance"].values())))
+        out.print(table("class balance", ["split", *classes],
+                        [[s, *b.values()] for s, b in r["class_balance"].items()]))
+    for note in r["notes"]:
+        err.print(f"note: {escape(note)}", soft_wrap=True)

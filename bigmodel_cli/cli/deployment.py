@@ -1,0 +1,126 @@
+"""`export`, `predict` and `serve`: a run folder's model outside bigmodel — as files, as predictions, over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ..console import emit_json, err, out, table
+from ..errors import BigModelError, GateFailed
+from .app import DataArg, ExportFormat, JsonOpt, RunDirArg, Runtime, UnsafeOpt, app, guard, notes, render, value
+from .app import verbose as verbose_of
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The export folder to write.", show_default=False)],
+    fmt: Annotated[ExportFormat | None, typer.Option(
+        "--format", "-f", help="savedmodel: SavedModel + .keras; keras; onnx: model.onnx + .keras; tflite: "
+                               "model.tflite + .keras (default: export.format).", show_default=False)] = None,
+    unsafe: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export RUN_DIR's model with its preprocessing inside; checks parity with `bigmodel predict`."""
+    with guard(ctx):
+        from .. import export as stage
+
+        result = stage.run(run_dir, out_dir, value(fmt), unsafe)
+
+        def human() -> None:
+            rows = [[f, ""] for f in result.files] + [
+                [f"parity {k} (max diff, {result.rows_checked} rows)", f"{v:.2e}"]
+                for k, v in result.max_abs_diff.items()]
+            out.print(table(f"exported {result.out}" if result.passed else f"not exported: {result.out}",
+                            ["file", ""], rows))
+
+        render(result, as_json, human)
+        if not result.passed:
+            raise GateFailed(str(result.mismatch))
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    data: DataArg,
+    out_path: Annotated[Path, typer.Option(
+        "--out", "-o", help="Predictions file: .csv, .csv.gz or .parquet.", show_default=False)],
+    unsafe: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Batch predictions for DATA: id columns, class probabilities and label (or the value)."""
+    with guard(ctx):
+        from .. import predict as stage
+
+        result = stage.run(run_dir, data, out_path, unsafe)
+
+        def human() -> None:
+            out.print(f"wrote {result.rows} predictions to {escape(str(result.out))}", highlight=False)
+            notes(result.unseen_categories, result.ignored_columns)
+
+        render(result, as_json, human)
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(
+        help="A run folder (bigmodel train) or export folder (bigmodel export).", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token-file "
+                                           "or --insecure-no-auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (TF Serving's REST port by default).", min=0,
+                                      max=65535)] = 8501,
+    model_name: Annotated[str, typer.Option(help="NAME in /v1/models/NAME:predict.")] = "model",
+    runtime: Annotated[Runtime, typer.Option(help="tf: a run or export folder; onnx, tflite: an export folder "
+                                                  "with model.onnx / model.tflite (no TensorFlow in the request "
+                                                  "loop).")] = Runtime.tf,
+    token_file: Annotated[Path | None, typer.Option(
+        help="A file holding a bearer token: every request must send 'Authorization: Bearer TOKEN'.",
+        show_default=False)] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="Serve a non-loopback --host without authentication.")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM), with --tls-key: HTTPS.",
+                                                  show_default=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).", show_default=False)] = None,
+    max_body_mb: Annotated[float, typer.Option(help="Larger request bodies get 413.", min=0.001)] = 10.0,
+    max_concurrency: Annotated[int, typer.Option(help="Predictions computed at once.", min=1)] = 4,
+    max_queue: Annotated[int, typer.Option(
+        help="Predict requests that may wait beyond --max-concurrency; more get 503 with Retry-After.", min=0)] = 60,
+    client_timeout: Annotated[float, typer.Option(
+        help="Seconds a client has to send a request's headers, and again its body (slower: closed, or 408).",
+        min=0.1)] = 10.0,
+    unsafe: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Real-time predictions over HTTP, with TensorFlow Serving's REST API.
+
+    POST /v1/models/NAME:predict, GET /v1/models/NAME, /healthz, /readyz. Stops on SIGTERM / Ctrl-C after the
+    requests in flight. Under overload: a full queue answers 503 with Retry-After at once, slow clients are cut
+    off after --client-timeout, and /healthz and /readyz skip the queue."""
+    with guard(ctx):
+        from .. import serve as stage
+
+        if (tls_cert is None) != (tls_key is None):
+            raise BigModelError("--tls-cert and --tls-key go together")
+
+        def event(what: str, detail: str) -> None:
+            if what == "listening":
+                err.print(f"listening on {escape(detail)} (runtime {runtime.value}); loading the model",
+                          highlight=False)
+            else:
+                err.print(f"ready: POST {escape(detail)}", highlight=False)
+
+        result = stage.run(folder, host, port, model_name, runtime.value, token_file, insecure_no_auth,
+                           (tls_cert, tls_key) if tls_cert and tls_key else None,
+                           stage.Limits(int(max_body_mb * 2**20), max_concurrency, max_queue, client_timeout),
+                           verbose_of(ctx), unsafe, event)
+        busy = f", {result.refused} refused as busy (503)" if result.refused else ""
+        err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s)"
+                  f"{busy}", highlight=False)
+        if as_json:
+            emit_json(result.to_dict())
