@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 BM     := $(BIN)/bigmodel
 OUT    ?= build
+# make test's pytest workers (pytest-xdist): both cores of the CI machine
+TEST_JOBS ?= 2
 
 .PHONY: demo test fuzz lint install dev bench bench-quality bench-serve federated-table clean help report-check docs
 .DELETE_ON_ERROR:
@@ -87,7 +89,7 @@ federated-table: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks docs
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup
 
 # `make test` runs the fuzz tests on fixed examples; this runs ten times as many, new ones each time
 fuzz: $(VENV)/.installed-dev

@@ -48,6 +48,7 @@ LOGS = "logs"  # TensorBoard
 LOGS_PARTIAL = ".logs.partial"  # TensorBoard logs of the training in progress, moved to LOGS when the run is complete
 CHECKPOINT = "checkpoint"  # per-epoch state of an unfinished training, for --resume: the files below
 CKPT_STATE, CKPT_NETWORK, CKPT_BEST = "state.json", "model.keras", "best.npz"  # train's
+CKPT_SEEDS = "seeds.npz"  # train's: the random-seed states of the network's layers (its Dropouts')
 FED_STATE, FED_WEIGHTS = "federated.json", "weights.npz"  # federated's
 LOCK = ".lock"
 # tune folder (its best run is a run folder in BEST_RUN)

@@ -34,12 +34,24 @@ def target_units(schema: Schema) -> list[Any]:
                                    dtype="float32")]
 
 
+def dropout(cfg: Config, schema: Schema) -> float:
+    """model.dropout: auto is 0.15 for classification (RealMLP-TD's rate), 0 for regression and when model.layers
+    has a Dropout of its own."""
+    rate = cfg.model.dropout
+    if rate != "auto":
+        return rate
+    own = any(spec["type"] == "Dropout" for spec in cfg.model.layers)
+    return 0.15 if schema.is_classification and not own else 0.0
+
+
 def _layers(cfg: Config, schema: Schema) -> list[Any]:
-    """The configured hidden layers; a `PeriodicEmbeddings` named without `columns` embeds the numeric columns
-    (and is left out when the table has none)."""
+    """The configured hidden layers, each Dense followed by a Dropout of model.dropout's rate; a
+    `PeriodicEmbeddings` named without `columns` embeds the numeric columns (and is left out when the table has
+    none)."""
     from .features import numeric_columns
 
     out = []
+    rate = dropout(cfg, schema)
     for i, spec in enumerate(cfg.model.layers):
         if spec["type"] == "PeriodicEmbeddings" and spec.get("columns") is None:
             numeric = numeric_columns(schema)
@@ -47,6 +59,8 @@ def _layers(cfg: Config, schema: Schema) -> list[Any]:
                 continue
             spec = {**spec, "columns": numeric}
         out.append(registry.layer(spec, f"model.layers[{i}]"))
+        if rate > 0 and spec["type"] == "Dense":
+            out.append(registry.layer({"type": "Dropout", "rate": rate}, "model.dropout"))
     return out
 
 

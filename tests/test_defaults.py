@@ -116,3 +116,22 @@ def test_reduce_lr_on_plateau_lowers_the_learning_rate(penguins_prep, tmp_path):
        "--set", "train.early_stopping.patience=20")
     h = pd.read_csv(tmp_path / "run" / "history.csv")
     assert "learning_rate" in h and h["learning_rate"].iloc[-1] < h["learning_rate"].iloc[0]
+
+
+def test_dropout_follows_each_dense_for_classification_only(regression_run, penguins_run):
+    """model.dropout auto: a Dropout(0.15) after each Dense of the default layers for classification, none for
+    regression or where model.layers has a Dropout of its own; a number applies to every task."""
+    from bigmodel_cli.config import load_config
+    from bigmodel_cli.folders import load_network
+    from bigmodel_cli.model import dropout
+    from bigmodel_cli.schema import Schema
+
+    def rates(run):
+        return [layer.rate for layer in load_network(run / "model.keras").layers if type(layer).__name__ == "Dropout"]
+
+    assert rates(penguins_run) == [0.15, 0.15] and rates(regression_run / "run") == []
+    classes = Schema.from_dict(read_json(penguins_run / "schema.json"))
+    mass = Schema.from_dict(read_json(regression_run / "prep" / "schema.json"))
+    assert dropout(load_config(None, ["model.dropout=0.3"]), mass) == 0.3
+    own = load_config(None, ["model.layers=[{type: Dense, units: 8}, {type: Dropout, rate: 0.5}]"])
+    assert dropout(own, classes) == 0.0 and dropout(load_config(), classes) == 0.15

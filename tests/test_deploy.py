@@ -17,6 +17,10 @@ import pytest
 
 from .conftest import PENGUINS, bm, read_json
 
+# under `pytest -n` (make test) one worker runs this module: its module fixtures (three runs, eight portable
+# exports) are made once
+pytestmark = pytest.mark.xdist_group("deploy")
+
 
 @pytest.fixture(scope="module")
 def mass_run(tmp_path_factory) -> Path:

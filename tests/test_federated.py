@@ -19,8 +19,8 @@ import pytest
 from .conftest import PENGUINS, bm, read_json
 
 pytest.importorskip("flwr", reason="the federated extra is not installed")
-# one worker runs them all, one after another, under `pytest -n` (make test): Flower's simulations start Ray, and
-# _ray_processes checks that no Ray process outlives a run
+# one worker runs the simulations one after another under `pytest -n` (make test): each starts Ray, and
+# _ray_processes checks that no Ray process outlives a run (the deployment tests, without Ray, are a group of their own)
 pytestmark = pytest.mark.xdist_group("ray")
 
 FAST = ["--set", "train.optimizer.learning_rate=0.01", "--set", "train.tensorboard=false",
@@ -348,6 +348,7 @@ def _family(pid: int) -> set[int]:
     return {pid, *descendants(pid)}
 
 
+@pytest.mark.xdist_group("deployment")  # no Ray: free to run beside the simulations
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
 def test_deployment_registered_clients_only_and_no_control_api_outside(penguins_prep, tmp_path):
     """`federated serve --address 127.0.0.2:PORT --authorized-keys` and `federated join --key` as separate
@@ -493,6 +494,7 @@ def _waiting_server_app(run: Path) -> bool:
     return False
 
 
+@pytest.mark.xdist_group("deployment")  # no Ray: free to run beside the simulations
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
 def test_serve_stopped_by_sigterm_leaves_no_flower_process(penguins_prep, tmp_path):
     """SIGTERM while the server waits for clients: exit 143, and the SuperLink, its SuperExec and the ServerApp

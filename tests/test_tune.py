@@ -12,6 +12,9 @@ from bigmodel_cli.config import Config
 
 from .conftest import bm, read_json
 
+# under `pytest -n` (make test) one worker runs this module: its module fixture (a study) is made once
+pytestmark = pytest.mark.xdist_group("tune")
+
 QUICK = ["--set", "train.epochs=8", "--set", "train.tensorboard=false"]
 
 

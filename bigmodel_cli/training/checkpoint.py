@@ -24,6 +24,14 @@ from . import privacy  # noqa: F401  (registers DPSequential for loading)
 
 keras: Any = import_keras()  # at import: the callbacks below subclass Keras
 STATE, NETWORK, BEST = artifacts.CKPT_STATE, artifacts.CKPT_NETWORK, artifacts.CKPT_BEST
+SEEDS = artifacts.CKPT_SEEDS
+
+
+def seed_states(net: Any) -> list[Any]:
+    """The network's random-seed variables (each Dropout's SeedGenerator state): Keras saves weights, not these,
+    so without them a resumed run would draw other dropout masks than an uninterrupted one."""
+    weights = {id(w) for w in net.weights}
+    return [v for v in net.variables if id(v) not in weights]
 
 
 @dataclass
@@ -107,6 +115,7 @@ class Checkpoint(keras.callbacks.Callback):
         es = self.early_stopping
         with artifacts.atomic_dir(self.path) as tmp:
             self.model.save(tmp / NETWORK)
+            np.savez(tmp / SEEDS, *[keras.ops.convert_to_numpy(v) for v in seed_states(self.model)])
             if es is not None and es.best_weights is not None:
                 np.savez(tmp / BEST, *es.best_weights)
             (tmp / STATE).write_text(json.dumps(asdict(self.progress), indent=1))
@@ -126,6 +135,10 @@ def load(path: Path) -> tuple[Any, Progress, list[Any] | None]:
         from .. import layers  # noqa: F401  (register bigmodel's layers, DPSequential for loading)
 
         network = keras.saving.load_model(path / NETWORK, safe_mode=True)
+        if (path / SEEDS).exists():
+            with np.load(path / SEEDS, allow_pickle=False) as npz:
+                for i, v in enumerate(seed_states(network)):
+                    v.assign(npz[f"arr_{i}"])
         best = None
         if (path / BEST).exists():
             with np.load(path / BEST, allow_pickle=False) as npz:
