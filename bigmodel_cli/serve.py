@@ -53,6 +53,28 @@ class Limits:
     client_timeout: float = 10.0  # seconds for a request's headers, and again for its body
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `serve` is asked to do: the folder and runtime, where to listen, who may ask, how much to hold."""
+
+    folder: Path  # a run or export folder
+    host: str = "127.0.0.1"
+    port: int = 8501
+    name: str = "model"  # NAME in /v1/models/NAME:predict
+    runtime: str = "tf"  # one of RUNTIMES
+    token_file: Path | None = None  # a bearer token every request must send
+    insecure: bool = False  # a non-loopback host without a token
+    tls: tuple[Path, Path] | None = None  # (certificate, key), PEM
+    limits: Limits = field(default_factory=Limits)
+    verbose: bool = False  # uvicorn's access log on stderr
+    unsafe: bool = False  # load a model with code in it
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
 class BadRequest(Exception):
     """A request the model cannot answer: 4xx with TF Serving's {"error": message}."""
 
@@ -385,47 +407,31 @@ class ServeResult:
                 "refused": self.refused, "seconds": round(self.seconds, 3)}
 
 
-def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: Path | None, insecure: bool,
-        tls: tuple[Path, Path] | None, limits: Limits, verbose: bool, unsafe: bool,
-        on_event: Any = None) -> ServeResult:
+def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
     """Serve until SIGTERM / SIGINT: the socket stops accepting, requests in flight finish, then return.
     `on_event(what, detail)` hears "listening" (the URL) and "ready" (the predict URL)."""
-    import socket
-
     try:
         import uvicorn
     except ImportError:
         raise ConfigError("serve needs starlette and uvicorn: pip install 'bigmodel[serve]'") from None
-    token = read_token(token_file)
-    if not is_loopback(host) and token is None and not insecure:
-        raise ConfigError(f"--host {host} is reachable from the network: pass --token-file FILE (clients send "
+    o = options
+    token = read_token(o.token_file)
+    if not is_loopback(o.host) and token is None and not o.insecure:
+        raise ConfigError(f"--host {o.host} is reachable from the network: pass --token-file FILE (clients send "
                           f"'Authorization: Bearer TOKEN'), or --insecure-no-auth to serve without authentication")
-    if tls is not None:
-        import ssl
-
-        for p in tls:
-            if not Path(p).is_file():
-                raise DataError(f"{p}: no such file (--tls-cert / --tls-key)")
-        try:  # what uvicorn will do, here: a bad PEM is one line, not a crash inside the server
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(tls[0]), str(tls[1]))
-        except (ssl.SSLError, OSError) as e:
-            raise DataError(f"{tls[0]}, {tls[1]}: not a usable TLS certificate and key: {e}") from None
-    check(path, runtime)
-    url = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
-    try:  # bound here, so that a port in use is one line, not uvicorn's log and exit
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as e:
-        raise DataError(f"{url}: cannot listen there: {e.strerror or e}") from None
-    state = State(name, token, limits, lambda: load(path, runtime, unsafe))
+    if o.tls is not None:
+        _check_tls(o.tls)
+    check(o.folder, o.runtime)
+    url = o.url
+    sock = _bind(o.host, o.port, url)
+    state = State(o.name, token, o.limits, lambda: load(o.folder, o.runtime, o.unsafe))
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for results; uvicorn logs access there
-    config = uvicorn.Config(app(state), log_level="info" if verbose else "warning", access_log=verbose,
+    tls = o.tls
+    config = uvicorn.Config(app(state), log_level="info" if o.verbose else "warning", access_log=o.verbose,
                             log_config=logs,
                             lifespan="off", timeout_graceful_shutdown=30, limit_concurrency=MAX_CONNECTIONS,
-                            http=_with_deadlines(limits.client_timeout),
+                            http=_with_deadlines(o.limits.client_timeout),
                             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
     server = _Server(config)
 
@@ -438,7 +444,7 @@ def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: P
         if state.error is not None:
             server.should_exit = True  # a model that cannot load: stop, and say why
         elif on_event is not None:
-            on_event("ready", f"{url}/v1/models/{name}:predict")
+            on_event("ready", f"{url}/v1/models/{o.name}:predict")
 
     threading.Thread(target=start_loading, daemon=True).start()
     try:
@@ -446,8 +452,36 @@ def run(path: Path, host: str, port: int, name: str, runtime: str, token_file: P
     finally:
         sock.close()
     if state.error is not None:
-        raise DataError(f"{path}: cannot serve the model: {state.error}")
+        raise DataError(f"{o.folder}: cannot serve the model: {state.error}")
     return ServeResult(url, server.stopped_by, state.answered, state.refused, time.monotonic() - state.started)
+
+
+def _check_tls(tls: tuple[Path, Path]) -> None:
+    """What uvicorn will do with --tls-cert / --tls-key, here: a missing file or a bad PEM is one line, not a
+    crash inside the server."""
+    import ssl
+
+    for p in tls:
+        if not Path(p).is_file():
+            raise DataError(f"{p}: no such file (--tls-cert / --tls-key)")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(tls[0]), str(tls[1]))
+    except (ssl.SSLError, OSError) as e:
+        raise DataError(f"{tls[0]}, {tls[1]}: not a usable TLS certificate and key: {e}") from None
+
+
+def _bind(host: str, port: int, url: str) -> Any:
+    """The listening socket, bound here so that a port in use is one line, not uvicorn's log and exit."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        raise DataError(f"{url}: cannot listen there: {e.strerror or e}") from None
+    return sock
 
 
 def _with_deadlines(seconds: float) -> Any:

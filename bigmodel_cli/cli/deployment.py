@@ -115,10 +115,11 @@ def serve(
             else:
                 err.print(f"ready: POST {escape(detail)}", highlight=False)
 
-        result = stage.run(folder, host, port, model_name, runtime.value, token_file, insecure_no_auth,
-                           (tls_cert, tls_key) if tls_cert and tls_key else None,
-                           stage.Limits(int(max_body_mb * 2**20), max_concurrency, max_queue, client_timeout),
-                           verbose_of(ctx), unsafe, event)
+        result = stage.run(stage.ServeOptions(
+            folder, host, port, model_name, runtime.value, token_file, insecure_no_auth,
+            (tls_cert, tls_key) if tls_cert and tls_key else None,
+            stage.Limits(int(max_body_mb * 2**20), max_concurrency, max_queue, client_timeout),
+            verbose_of(ctx), unsafe), event)
         busy = f", {result.refused} refused as busy (503)" if result.refused else ""
         err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s)"
                   f"{busy}", highlight=False)
