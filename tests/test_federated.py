@@ -19,14 +19,15 @@ import pytest
 from .conftest import PENGUINS, bm, read_json
 
 pytest.importorskip("flwr", reason="the federated extra is not installed")
-# one worker runs the simulations one after another under `pytest -n` (make test): each starts Ray, and
-# _ray_processes checks that no Ray process outlives a run (the deployment tests, without Ray, are a group of their own)
-pytestmark = pytest.mark.xdist_group("ray")
+# under `pytest -n` (make test) the simulations are two groups, each on one worker (each simulation starts a Ray
+# cluster of its own; two at once is what two cores hold), and the deployment tests, without Ray, a third
+pytestmark = pytest.mark.xdist_group("ray-a")
 
 FAST = ["--set", "train.optimizer.learning_rate=0.01", "--set", "train.tensorboard=false",
         "--set", "train.early_stopping.enabled=false", "--set", "federated.local_epochs=1"]
 
 
+@pytest.mark.xdist_group("ray-b")
 def test_defaults_match_centralized_training(penguins_prep, tmp_path):
     """No federated setting but the clients: FedAvg of 4 IID clients is within 2 points of `train`'s defaults
     (rounds auto = train.epochs / local_epochs, early stopping on the global validation loss, best round kept)."""
@@ -52,6 +53,7 @@ def test_defaults_match_centralized_training(penguins_prep, tmp_path):
     assert r["rows"] == 344
 
 
+@pytest.mark.xdist_group("ray-b")
 def test_a_client_process_reuses_its_network_and_gets_the_same_updates(penguins_prep):
     """A client process builds (and traces) the network once and resets it every round: the updates of each
     (client, round) are bit-identical whichever clients the process ran before, and to a fresh build's."""
@@ -117,13 +119,15 @@ def test_interrupted_simulation_resumes(penguins_prep, tmp_path):
     bm("federated", penguins_prep, "--out", tmp_path / "reference", *args)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "federated", str(penguins_prep), "--out", str(run),
-                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "BIGMODEL_TEST_RUN": str(run)})  # Ray's processes inherit it
     try:
         deadline = time.monotonic() + 180
         while _rounds_done(run) < 2:
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "no checkpoint of round 2 in time"
             time.sleep(0.1)
+        assert _ray_processes(run), "no Ray process of this run found: the check below would prove nothing"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 143, proc.stderr.read()
     finally:
@@ -148,19 +152,22 @@ def test_interrupted_simulation_resumes(penguins_prep, tmp_path):
 
 
 def _ray_processes(run: Path) -> list[str]:
-    """Command lines of live Ray processes started by the interrupted run (those that name its folder or,
-    for Ray's own daemons, any: no other test runs Ray at the same time)."""
+    """Command lines of live Ray processes started by the interrupted run: Ray's daemons and workers whose
+    environment holds the BIGMODEL_TEST_RUN the test gave the run (other tests' simulations may run beside it)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().decode(errors="replace").replace("\0", " ")
+            environ = (cmdline.parent / "environ").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if any(name in args for name in ("raylet", "gcs_server", "ray::", "default_worker.py")):
+        if any(name in args for name in ("raylet", "gcs_server", "ray::", "default_worker.py")) \
+                and f"BIGMODEL_TEST_RUN={run}" in environ:
             found.append(args[:200])
     return found
 
 
+@pytest.mark.xdist_group("ray-b")
 def test_dirichlet_and_by_column_partitions(penguins_prep, tmp_path):
     r = bm("federated", penguins_prep, "--out", tmp_path / "dir", *FAST, "--set", "federated.partition=dirichlet",
            "--set", "federated.alpha=0.1", "--set", "federated.clients=3", "--set", "federated.rounds=2", "--json")
@@ -203,6 +210,7 @@ def test_secure_aggregation_equals_fedavg(penguins_prep, tmp_path):
     assert away > 100 * diff, (away, diff)
 
 
+@pytest.mark.xdist_group("ray-b")
 def test_client_dp_reports_epsilon_and_stops_at_budget(penguins_prep, tmp_path):
     # noise 1.0: ε after 1, 2, 3 rounds = 4.73, 7.08, 9.01 at δ=1e-5 (RDP); a budget of 8 affords two rounds
     r = bm("federated", penguins_prep, "--out", tmp_path / "dp", *FAST, "--set", "federated.clients=3",
