@@ -94,7 +94,7 @@ class ModelConfig(_Section):
     ensemble: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
     # a Dropout of this rate after each Dense of model.layers. auto: 0.15 for classification (RealMLP-TD's), 0 for
     # regression and when model.layers has a Dropout of its own. Classification, 5 seeds on 12 tables
-    # (benchmarks/quality_sweep.py): hpc_jobs 0.826 -> 0.838 (15 seeds 0.837), median lead over HistGB 0.63 -> 0.85
+    # (benchmarks/quality_sweep.py): hpc_jobs 0.826 -> 0.838 (15 seeds 0.837), median lead over HistGB 0.63 -> 0.90
     # points; breast_cancer 0.960 -> 0.947 at 5 seeds, 0.965 -> 0.960 at 15; the rest within +-0.4
     dropout: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = "auto"
 
