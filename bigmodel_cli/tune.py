@@ -141,7 +141,8 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
         timeout: float | None = None, storage: str | None = None,
         on_trial: Callable[[dict[str, Any]], None] | None = None, workers: int = 1) -> TuneResult:
     """Run the study until it has `trials` finished (complete or pruned) trials, or `timeout` seconds pass.
-    `workers` > 1: that many processes on this host share the study (the others are `bigmodel tune` again)."""
+    `workers` > 1: that many processes on this host share the study (the others are this module's helper entry
+    point, `python -m bigmodel_cli.tune JOB`)."""
     try:
         import optuna
     except ImportError:
@@ -316,10 +317,9 @@ def _helpers(prep: Path, out: Path, config: Path | None, overrides: list[str], n
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "bigmodel_cli", "tune", str(prep), "--out", str(out), "--trials", str(n),
-            "--storage", url, *(["--config", str(config)] if config else []),
-            *[a for o in overrides for a in ("--set", o)],
-            *(["--timeout", str(timeout)] if timeout is not None else [])]
+    job = {"prep": str(prep), "out": str(out), "config": str(config) if config else None, "overrides": overrides,
+           "trials": n, "timeout": timeout, "storage": url}
+    args = [sys.executable, "-m", __name__, json.dumps(job)]  # the entry point below, not the CLI
     procs = []
     for i in range(max(0, count)):
         # its stderr to a file, not a pipe: a pipe could fill
@@ -389,3 +389,32 @@ def _plots(study: Any, out: Path, complete: int) -> None:
         with artifacts.atomic_path(out / name) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
+
+
+def _helper(job: dict[str, Any]) -> int:
+    """A helper process started by `--workers`: trials of the same study until it has enough; a user error is
+    one line on stderr (the worker's log, which the process that started it quotes) and exit 2."""
+    import signal
+    import sys
+
+    from .errors import BigModelError
+
+    def stop(signum: int, frame: Any) -> None:  # the starting process stops its helpers with SIGTERM
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run(Path(job["prep"]), Path(job["out"]), Path(job["config"]) if job["config"] else None, job["overrides"],
+            job["trials"], job["timeout"], job["storage"])
+    except BigModelError as e:
+        sys.stderr.write(f"error: {' '.join(str(e).split())}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_helper(json.loads(sys.argv[1])))

@@ -149,3 +149,18 @@ def test_a_metric_that_is_not_logged_is_refused_before_any_trial(penguins_prep, 
     r = bm("tune", penguins_prep, "--out", tmp_path / "t", "--set", "tune.metric=val_mae", code=2)
     assert "tune.metric: 'val_mae' is not logged" in r.stderr and "val_loss, val_accuracy" in r.stderr, r.stderr
     assert not (tmp_path / "t" / "study.db").exists()
+
+
+def test_a_helper_process_says_what_went_wrong_in_one_line(tmp_path):
+    """`--workers` helpers run tune's own entry point (not the CLI): a user error is one `error:` line on stderr,
+    which the starting process quotes from the worker's log, and exit 2."""
+    import subprocess
+    import sys
+
+    job = {"prep": str(tmp_path / "no_prep"), "out": str(tmp_path / "tune"), "config": None, "overrides": [],
+           "trials": 2, "timeout": None, "storage": f"sqlite:///{tmp_path / 'study.db'}"}
+    done = subprocess.run([sys.executable, "-m", "bigmodel_cli.tune", json.dumps(job)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "no_prep" in lines[-1] and "Traceback" not in done.stderr
