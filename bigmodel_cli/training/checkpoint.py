@@ -1,10 +1,10 @@
 """Per-epoch training state in RUN_DIR/checkpoint/, so that a killed `train` can `--resume`.
 
 Each epoch writes a new checkpoint folder atomically (temp folder, then rename): the network with its
-optimizer state (model.keras; Dropout's seed-generator state is a model variable), the early-stopping
-state with its best weights (best.npz, no pickle), and state.json (epochs done, history so far, the
-hashes of the config and data it belongs to). The data order of epoch e depends only on (seed, e), so a
-resumed run sees the same batches as an uninterrupted one.
+optimizer state (model.keras), the layers' random-seed states (seeds.npz: Keras saves weights, not a Dropout's
+SeedGenerator state), the early-stopping state with its best weights (best.npz, no pickle), and state.json
+(epochs done, history so far, the hashes of the config and data it belongs to). The data order of epoch e
+depends only on (seed, e), so a resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
