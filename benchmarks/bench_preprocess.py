@@ -42,7 +42,8 @@ def programs(data: Path, work: Path) -> dict[str, str]:
         "bigmodel preprocess": (
             "from pathlib import Path\nfrom bigmodel_cli import preprocess\n"
             "from bigmodel_cli.config import load_config\ncfg = load_config(None, ['data.target=label'])\n"
-            + timed.format(f"preprocess.run(Path({str(data)!r}), Path({str(work / 'prep')!r}), cfg)")),
+            + timed.format(f"preprocess.run(preprocess.PreprocessOptions(Path({str(data)!r}), "
+                         f"Path({str(work / 'prep')!r}), cfg))")),
         # what the parse would cost in the ways #17 weighs: the option preprocess passes, and bounded chunks
         # (every chunk kept, as a batched path would keep them, as Arrow)
         "pandas.read_csv(skipinitialspace=True)": "import pandas as pd\n" + timed.format(

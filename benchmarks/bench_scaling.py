@@ -34,10 +34,10 @@ def main() -> None:
     for n in args.rows:
         data = csv(n)
         t0 = time.perf_counter()
-        preprocess.run(data, work / f"prep{n}", load_config(None, ["data.target=label"]))
+        preprocess.run(preprocess.PreprocessOptions(data, work / f"prep{n}", load_config(None, ["data.target=label"])))
         t1 = time.perf_counter()
         cfg = load_config(work / f"prep{n}" / "config.yaml", ["train.epochs=1", "train.early_stopping.enabled=false"])
-        train.run(work / f"prep{n}", work / f"run{n}", cfg)
+        train.run(train.TrainOptions(work / f"prep{n}", work / f"run{n}", cfg))
         t2 = time.perf_counter()
         results.append({"rows": n, "seconds_preprocess": round(t1 - t0, 3), "seconds_train_1_epoch": round(t2 - t1, 3),
                         "seconds_total": round(t2 - t0, 3)})

@@ -48,7 +48,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     data = csv(args.rows)
     prep = work / "prep"
-    preprocess.run(data, prep, load_config(None, ["data.target=label"]))
+    preprocess.run(preprocess.PreprocessOptions(data, prep, load_config(None, ["data.target=label"])))
     schema = Schema.load(prep)
     encoder = features.preprocessing_model(schema)
     splits = {n: folders.open_prep(prep).split(n) for n in ("train", "val")}
@@ -64,7 +64,8 @@ def main() -> None:
                                                       "train.early_stopping.enabled=false",
                                                       f"train.steps_per_execution={spe}"])
             t0 = time.perf_counter()
-            train.run(prep, work / f"run_{batch}_{spe}", cfg)  # everything: encoding, fit, checkpoints, artifacts
+            # everything: encoding, fit, checkpoints, artifacts
+            train.run(train.TrainOptions(prep, work / f"run_{batch}_{spe}", cfg))
             ours = time.perf_counter() - t0
             ratio = base / ours
             rows.append([batch, spe, n_train * args.epochs / ours, n_train * args.epochs / base, ratio])

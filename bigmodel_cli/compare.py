@@ -66,7 +66,17 @@ def _within_noise(base: dict[str, Any], other: dict[str, Any], metric: str, valu
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def run(runs: list[Path], fail_on: list[str] | None = None) -> CompareResult:
+@dataclass(frozen=True)
+class CompareOptions:
+    """What `compare` is asked to do."""
+
+    runs: tuple[Path, ...]  # evaluated run folders; the first is the baseline
+    fail_on: tuple[str, ...] = ()  # METRIC:TOLERANCE regressions that fail (exit 1)
+
+
+def run(options: CompareOptions, on_event: Any = None) -> CompareResult:
+    """Metrics side by side with deltas against the first run, config differences and data fingerprints."""
+    runs, fail_on = list(options.runs), list(options.fail_on)
     if len(runs) < 2:
         raise ConfigError("compare needs at least two run folders")
     loaded = [_load(r) for r in runs]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -234,6 +235,19 @@ class ExportConfig(_Section):
     parity_tolerance: float = Field(1e-5, gt=0)
 
 
+class ServeConfig(_Section):
+    """`bigmodel serve`: where to listen and how much one server holds (its options override these)."""
+
+    host: str = "127.0.0.1"  # anything but loopback needs a token (or --insecure-no-auth)
+    port: int = Field(8501, ge=0, le=65535)  # TF Serving's REST port
+    model_name: str = Field("model", min_length=1)  # NAME in /v1/models/NAME:predict
+    runtime: Literal["tf", "onnx", "tflite"] = "tf"
+    max_body_mb: float = Field(10.0, ge=0.001)  # larger request bodies get 413
+    max_concurrency: int = Field(4, ge=1)  # predictions computed at once
+    max_queue: int = Field(60, ge=0)  # predict requests waiting beyond those; more get 503
+    client_timeout: float = Field(10.0, ge=0.1)  # seconds for a request's headers, and again for its body
+
+
 class TuneConfig(_Section):
     """`bigmodel tune`: an Optuna study over config paths, selected on the validation split.
 
@@ -303,6 +317,7 @@ class Config(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -346,7 +361,7 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: the YAML is nested too deeply to be a config") from None
 
 
-def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (or start from defaults) and apply `key.path=value` overrides."""
     source = str(path) if path else "config"
     raw: Any = {}
@@ -363,6 +378,30 @@ def load_config(path: Path | None = None, overrides: list[str] | tuple[str, ...]
     for item in overrides:
         apply_override(raw, item)
     return validate(raw, source)
+
+
+def resolve(config: Path | None = None, overrides: Sequence[str] = (), prep: Path | None = None) -> Config:
+    """The one way a verb gets its config: --config with every --set applied. With a prep folder (train, tune,
+    federated), --config defaults to the prep folder's own, and its data and preprocess sections always come from
+    there, since they were applied there; without one (init, preprocess), --config defaults to the defaults."""
+    if prep is None:
+        return load_config(config, overrides)
+    from . import artifacts
+
+    prep_cfg_path = Path(prep) / artifacts.CONFIG
+    artifacts.Folder(Path(prep), "prep").manifest()
+    prep_cfg = load_config(prep_cfg_path)
+    cfg = load_config(config or prep_cfg_path, overrides)
+    return cfg.model_copy(update={"data": prep_cfg.data, "preprocess": prep_cfg.preprocess})
+
+
+def with_overrides(cfg: Config, overrides: Sequence[str], source: str = "config") -> Config:
+    """A resolved config with more `key.path=value` overrides (tune's trials); data and preprocess stay as they
+    are, since a prep folder applied them."""
+    raw = cfg.model_dump(mode="json")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw, source).model_copy(update={"data": cfg.data, "preprocess": cfg.preprocess})
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:

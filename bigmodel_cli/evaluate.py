@@ -105,12 +105,26 @@ def regression_metrics(y: np.ndarray, p: Predictions) -> dict[str, Any]:
                         "r2": float(m.r2_score(y, p.values))}}
 
 
-def run(run_dir: Path, data: Path | None = None, split: str | None = None, unsafe: bool = False,
-        gates: list[str] | None = None, bootstrap: int | None = None, plots: bool | None = None) -> EvaluateResult:
-    """Evaluate RUN_DIR's model; write RUN_DIR/metrics.json (and plots under RUN_DIR/eval/).
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What `evaluate` is asked to do; None: the run's config decides (its evaluate section)."""
+
+    run: Path  # the run folder
+    data: Path | None = None  # a prep folder or a raw file; None: the run's own prep folder
+    split: str | None = None  # of a prep folder
+    gates: tuple[str, ...] = ()  # added to evaluate.gates
+    bootstrap: int | None = None
+    plots: bool | None = None
+    unsafe: bool = False  # load a model with code in it
+
+
+def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
+    """Evaluate the run's model; write RUN_DIR/metrics.json (and plots under RUN_DIR/eval/).
 
     Gates and bootstrap resamples add to those in the run's config (evaluate.gates, evaluate.bootstrap).
     """
+    run_dir, data, split, unsafe = options.run, options.data, options.split, options.unsafe
+    gates, bootstrap, plots = options.gates, options.bootstrap, options.plots
     from . import bootstrap as boot
     from . import gates as gate_checks
     from . import plots as draw

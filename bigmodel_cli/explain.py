@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,26 @@ class ExplainResult:
         return {"out": str(self.out), **self.doc}
 
 
-def run(run_dir: Path, data: Path | None = None, split: str = "val", rows: int = 300, row_ids: list[str] | None = None,
-        repeats: int = 5, steps: int = 64, unsafe: bool = False) -> ExplainResult:
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What `explain` is asked to do."""
+
+    run: Path  # the run folder
+    data: Path | None = None  # rows to explain: a raw file or a prep folder; None: the run's prep folder
+    split: str = "val"  # of a prep folder
+    rows: int = 300  # a seeded sample of this many rows
+    row_ids: tuple[str, ...] = ()  # or these rows (id values or row numbers)
+    repeats: int = 5  # shuffles per column (permutation importance)
+    steps: int = 64  # integrated-gradients steps
+    unsafe: bool = False  # load a model with code in it
+
+
+def run(options: ExplainOptions, on_event: Any = None) -> ExplainResult:
+    """Permutation importance and integrated gradients of the run's model; writes RUN_DIR/explain/."""
     import time
+
+    run_dir, data, split, rows, row_ids = options.run, options.data, options.split, options.rows, options.row_ids
+    repeats, steps, unsafe = options.repeats, options.steps, options.unsafe
 
     t0 = time.perf_counter()
     loaded = load_run(run_dir, unsafe)
@@ -68,7 +86,7 @@ def run(run_dir: Path, data: Path | None = None, split: str = "val", rows: int =
     return ExplainResult(folder, doc)
 
 
-def _rows(loaded: LoadedRun, data: Path | None, split: str, rows: int, row_ids: list[str] | None,
+def _rows(loaded: LoadedRun, data: Path | None, split: str, rows: int, row_ids: Sequence[str],
           seed: int) -> pd.DataFrame:
     """The rows to explain: `row_ids` (values of the first id column, or row numbers), else a seeded sample of
     `rows` rows of the split (read by row group: a streamed split is never loaded whole)."""
@@ -109,7 +127,7 @@ def sample(path: Path, rows: int, seed: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _pick(df: pd.DataFrame, rows: int, row_ids: list[str] | None, schema: Schema, seed: int,
+def _pick(df: pd.DataFrame, rows: int, row_ids: Sequence[str], schema: Schema, seed: int,
           source: str) -> pd.DataFrame:
     if row_ids:
         if schema.id_columns:

@@ -64,11 +64,22 @@ PORTABLE_FILES = {"onnx": artifacts.ONNX, "tflite": artifacts.TFLITE}
 ONE_BY_ONE = 64  # rows also checked one per call (batch 1)
 
 
-def run(run_dir: Path, out: Path, fmt: str | None = None, unsafe: bool = False) -> ExportResult:
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `export` is asked to do."""
+
+    run: Path  # the run folder
+    out: Path  # the export folder (replaced whole)
+    format: str | None = None  # one of FORMATS; None: export.format of the run's config
+    unsafe: bool = False  # load a model with code in it
+
+
+def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
     """Write the export folder whole (a temp folder swapped in at the end: a failed check keeps the old one)."""
     from . import features
 
-    out = Path(out).resolve()  # `--out .` has no name to put a temp folder beside
+    run_dir, fmt, unsafe = options.run, options.format, options.unsafe
+    out = Path(options.out).resolve()  # `--out .` has no name to put a temp folder beside
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / artifacts.MANIFEST).is_file():
         raise DataError(f"{out}: exists and is not an export folder; export into a new or empty folder (an "
                         f"export folder is replaced whole)")

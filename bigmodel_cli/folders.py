@@ -62,16 +62,6 @@ def open_prep(path: Path) -> Prep:
     return Prep(folder, manifest, Schema.load(folder.path))
 
 
-def resolve_config(prep: Path, config: Path | None, overrides: list[str]) -> Config:
-    """A run's config: --config (default: the prep folder's own) with --set applied; the data and
-    preprocess sections always come from the prep folder, since they were applied there."""
-    prep_cfg_path = Path(prep) / artifacts.CONFIG
-    artifacts.Folder(Path(prep), "prep").manifest()
-    prep_cfg = load_config(prep_cfg_path)
-    cfg = load_config(config or prep_cfg_path, overrides)
-    return cfg.model_copy(update={"data": prep_cfg.data, "preprocess": prep_cfg.preprocess})
-
-
 def write_prep(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema, report: dict[str, Any],
                rows_in: int, extra: dict[str, Any], hashes: dict[str, str] | None = None) -> None:
     """The schema, report and config of a prep folder whose splits are written, then its manifest (last).

@@ -80,12 +80,28 @@ def render(cfg: Config, data: Path, task: str, kinds: dict[str, str], notes: lis
         "# space: {path: {float: [lo, hi], log: true} | {int: [lo, hi]} | {choice: [...]}}, empty: the default.",
         _block({"tune": d["tune"]}),
         "",
+        "# serve: `bigmodel serve` only: where to listen and what one server holds (its options override these).",
+        _block({"serve": d["serve"]}),
+        "",
     ]
     return "\n".join(lines)
 
 
-def run(data: Path, target: str, out: Path, cfg: Config, force: bool = False) -> InitResult:
-    out = Path(out)
+@dataclass(frozen=True)
+class InitOptions:
+    """What `init` is asked to do."""
+
+    data: Path  # a CSV or Parquet file
+    target: str  # the column to predict
+    out: Path  # the config file to write
+    config: Config  # resolved (config.resolve): how to read the data
+    force: bool = False  # overwrite `out`
+
+
+def run(options: InitOptions, on_event: Any = None) -> InitResult:
+    """A commented starter config for the data: column kinds and task inferred, every section at its default."""
+    data, target, cfg, force = options.data, options.target, options.config, options.force
+    out = Path(options.out)
     if out.exists() and not force:
         raise DataError(f"{out}: already exists; pass --force to overwrite it")
     df = read_table(data, cfg.data)

@@ -42,7 +42,19 @@ class PredictResult:
                 "ignored_columns": self.ignored_columns}
 
 
-def run(run_dir: Path, data: Path, out: Path, unsafe: bool = False) -> PredictResult:
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `predict` is asked to do."""
+
+    run: Path  # the run folder
+    data: Path  # the rows to predict (CSV or Parquet)
+    out: Path  # the predictions file (CSV or Parquet, by its suffix)
+    unsafe: bool = False  # load a model with code in it
+
+
+def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
+    """The run's predictions for every row of the data file, with its id columns, written whole or not at all."""
+    run_dir, data, out, unsafe = options.run, options.data, options.out, options.unsafe
     loaded = load_run(run_dir, unsafe)
     # the id columns of a CSV as written: the same in every chunk as read whole ('x9' late in a column of
     # numbers cannot change a streamed Parquet output's column type), and '007' stays '007'

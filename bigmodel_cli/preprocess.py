@@ -34,9 +34,19 @@ class PreprocessResult:
         return {"out": str(self.out), "task": self.schema.task, "target": self.schema.target, **self.report}
 
 
-def run(data: Path, out: Path, cfg: Config) -> PreprocessResult:
-    """Read DATA, clean it, split it, fit the preprocessing on train and write PREP_DIR."""
-    folder = artifacts.Folder(Path(out), "prep")
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """What `preprocess` is asked to do."""
+
+    data: Path  # a CSV or Parquet file
+    out: Path  # the prep folder to write
+    config: Config  # resolved (config.resolve)
+
+
+def run(options: PreprocessOptions, on_event: Any = None) -> PreprocessResult:
+    """Read the data, clean it, split it, fit the preprocessing on train and write the prep folder."""
+    data, cfg = options.data, options.config
+    folder = artifacts.Folder(Path(options.out), "prep")
     if streams(data, cfg.data):
         from . import streaming
 

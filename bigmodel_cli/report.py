@@ -164,8 +164,18 @@ def _gates_section(gates: list[dict[str, Any]]) -> str:
          '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'] for g in gates])
 
 
-def run(run_dir: Path, out: Path | None = None) -> ReportResult:
+@dataclass(frozen=True)
+class ReportOptions:
+    """What `report` is asked to do."""
+
+    run: Path  # the run folder
+    out: Path | None = None  # the HTML file; None: RUN_DIR/report.html
+
+
+def run(options: ReportOptions, on_event: Any = None) -> ReportResult:
+    """One self-contained HTML page of the run."""
+    run_dir = options.run
     page, images = render(run_dir)
-    out = Path(out) if out else Path(run_dir) / artifacts.HTML_REPORT
+    out = Path(options.out) if options.out else Path(run_dir) / artifacts.HTML_REPORT
     artifacts.write_text(out, page)
     return ReportResult(out, SECTIONS, images)

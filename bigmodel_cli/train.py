@@ -6,6 +6,6 @@ for it, so the CLI and a reader find `train` where its subcommand says.
 
 from __future__ import annotations
 
-from .training.core import OnEpoch, TrainResult, run
+from .training.core import OnEpoch, TrainOptions, TrainResult, run
 
-__all__ = ["OnEpoch", "TrainResult", "run"]
+__all__ = ["OnEpoch", "TrainOptions", "TrainResult", "run"]

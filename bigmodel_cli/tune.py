@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import artifacts
 from .config import Config, apply_override
@@ -137,142 +137,55 @@ class TuneResult:
                 "trials": self.counts, "seconds": round(self.seconds, 3)}
 
 
-def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials: int | None = None,
-        timeout: float | None = None, storage: str | None = None,
-        on_trial: Callable[[dict[str, Any]], None] | None = None, workers: int = 1) -> TuneResult:
-    """Run the study until it has `trials` finished (complete or pruned) trials, or `timeout` seconds pass.
-    `workers` > 1: that many processes on this host share the study (the others are this module's helper entry
-    point, `python -m bigmodel_cli.tune JOB`)."""
+@dataclass(frozen=True)
+class TuneOptions:
+    """What `tune` is asked to do."""
+
+    prep: Path  # the prep folder
+    out: Path  # the tune folder (the study lives there)
+    config: Config  # resolved (config.resolve): the base of every trial, with its tune section
+    trials: int | None = None  # finished trials to reach; None: tune.trials
+    timeout: float | None = None  # stop starting trials after this many seconds
+    storage: str | None = None  # an Optuna storage URL; None: OUT/study.db (SQLite)
+    workers: int = 1  # processes on this host sharing the study
+    worker: int = 0  # > 0: a helper started by `workers` (it writes no outputs)
+    source: str = "config"  # the config's name in messages
+
+
+@dataclass(frozen=True)
+class _Study:
+    """A tune run's settings, from the options and the config."""
+
+    options: TuneOptions
+    space: dict[str, dict[str, Any]]
+    trials: int
+    direction: Literal["minimize", "maximize"]
+    url: str
+
+    @property
+    def metric(self) -> str:
+        return self.options.config.tune.metric
+
+
+def run(options: TuneOptions, on_event: Callable[[dict[str, Any]], None] | None = None) -> TuneResult:
+    """Run the study until it has `trials` finished (complete or pruned) trials, or `timeout` seconds pass;
+    `on_event` hears every finished trial. `workers` > 1: that many processes on this host share the study (the
+    others are this module's helper entry point, `python -m bigmodel_cli.tune JOB`)."""
     try:
         import optuna
     except ImportError:
         raise ConfigError("tune needs Optuna: pip install 'bigmodel[tune]'") from None
-    from .folders import resolve_config
-    from .training import core
-
     t0 = time.perf_counter()
-    cfg = resolve_config(prep, config, overrides)
-    tc = cfg.tune
-    space = tc.space or default_space(cfg)
-    base = cfg.model_dump(mode="json")
-    check_space(space, base, str(config) if config else "config")
-    n = trials or tc.trials
-    direction = tc.direction if tc.direction != "auto" else ("minimize" if lower_is_better(tc.metric) else "maximize")
-    if not tc.metric.startswith("val_"):
-        raise ConfigError(f"tune.metric: '{tc.metric}' is not a validation metric (val_loss, val_accuracy, ...): "
-                          f"trials are compared on the validation split only")
-    from .folders import open_prep
-
-    logged = ["val_loss", "val_accuracy" if open_prep(prep).schema.is_classification else "val_mae"]
-    if tc.metric not in logged:  # what train's history holds: known before any trial runs
-        raise ConfigError(f"tune.metric: '{tc.metric}' is not logged for this task; choose one of {', '.join(logged)}")
-    out = Path(out)
-    folder = artifacts.Folder(out, "tune")
-    folder.prepare()
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's traceback: ours is one line
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    url = storage or f"sqlite:///{(out / STUDY).resolve()}"
-    # a trial whose process died stops beating: after grace_period it is marked failed and a copy is re-queued
-    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
-              "halving": optuna.pruners.SuccessiveHalvingPruner(),
-              "none": optuna.pruners.NopPruner()}[tc.pruner]
-    try:  # a URL whose driver is not installed, or whose database cannot be reached: one line naming it
-        store = optuna.storages.RDBStorage(
-            url, heartbeat_interval=tc.heartbeat_seconds,
-            grace_period=max(tc.stale_after_seconds, tc.heartbeat_seconds + 1),
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-        study = optuna.create_study(study_name="bigmodel", storage=store, load_if_exists=True,
-                                    direction=direction, pruner=pruner)
-    except Exception as e:  # noqa: BLE001
-        if storage is None:
-            raise
-        shown = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", storage)  # never a password on the screen
-        raise ConfigError(f"--storage {shown}: cannot open the study there: {one_line(e)}") from e
-    # seeded, and by the trials already there: a continued study draws new points, not the first ones again
-    # (and by worker: helpers started by --workers draw their own points)
-    worker = int(os.environ.get("BIGMODEL_TUNE_WORKER", "0"))
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.get_trials(deepcopy=False)) + 7919 * worker)
-    if study.user_attrs.get("space") not in (None, space) or study.user_attrs.get("metric") not in (None, tc.metric):
-        raise ConfigError(f"{out}: the study there tunes another space or metric; use a new --out, or the same "
-                          f"tune section")
-    # the config as given is a trial (trial 0 of a new study): the best is never worse than it
-    start = _current(space, base)
-    kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    if start is not None and not any(t.params == start for t in study.get_trials(deepcopy=False, states=kept)):
-        study.enqueue_trial(start)
-    study.set_user_attr("space", space)
-    study.set_user_attr("metric", tc.metric)
-    trial_root = out / "trials"
-
-    gate = _Gate(out / ".ask.lock")
-
-    def objective(trial: Any) -> float:
-        gate.release()  # this trial is RUNNING in the study now: other workers count it
-        params = {k: _suggest(trial, k, spec) for k, spec in space.items()}
-        trial_cfg = resolve_config(prep, config, [*overrides, *(_override(k, v) for k, v in params.items())])
-        started = time.perf_counter()
-
-        def report(epoch: int, total: int, logs: dict[str, float]) -> None:
-            if tc.metric not in logs:  # the refit's epochs (refit_*): not for comparing trials
-                return
-            trial.report(logs[tc.metric], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-        run_dir = trial_root / f"{trial.number:04d}"
-        try:
-            result = core.run(prep, run_dir, trial_cfg, on_epoch=report)
-        except BaseException:  # pruned, failed or interrupted: its folder is of no use
-            shutil.rmtree(run_dir, ignore_errors=True)
-            trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
-            raise
-        value = result.final.get(tc.metric)
-        if value is None:
-            raise ConfigError(f"tune.metric: '{tc.metric}' is not logged; choose one of {', '.join(result.final)}")
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
-        trial.set_user_attr("run_dir", str(run_dir))
-        return float(value)
-
-    def finished(study: Any, trial: Any) -> None:
-        if on_trial is not None:
-            done = study.get_trials(deepcopy=False, states=counted)
-            try:
-                best = study.best_trial
-            except ValueError:
-                best = None
-            on_trial({"number": trial.number, "state": trial.state.name, "value": trial.value,
-                      "params": trial.params, "done": len(done), "of": n,
-                      "best": None if best is None else {"number": best.number, "value": best.value}})
-
+    plan = _plan(options)
+    out = Path(options.out)
+    artifacts.Folder(out, "tune").prepare()
+    study = _open(plan)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = n - len(study.get_trials(deepcopy=False, states=counted))
-    helpers = _helpers(prep, out, config, overrides, n, timeout, url, workers - 1) if remaining > 1 else []
-    deadline = None if timeout is None else time.monotonic() + timeout
-    running = (*counted, optuna.trial.TrialState.RUNNING)
+    remaining = plan.trials - len(study.get_trials(deepcopy=False, states=counted))
+    helpers = _helpers(plan, options.workers - 1) if remaining > 1 else []
     ok = False
     try:
-        # one trial at a time per worker, each started under a lock held until it is RUNNING in the study, so
-        # that the workers on this host stop at exactly `n` finished trials (a died trial is re-queued as
-        # WAITING by the heartbeat callback and picked up first)
-        while deadline is None or time.monotonic() < deadline:
-            try:
-                gate.acquire()
-                optuna.storages.fail_stale_trials(study)  # a died trial: failed, and a copy queued (WAITING)
-                done = len(study.get_trials(deepcopy=False, states=counted))
-                if done >= n:
-                    break
-                wait = len(study.get_trials(deepcopy=False, states=running)) >= n  # finished + running
-                if not wait:
-                    study.optimize(objective, n_trials=1, catch=(), callbacks=[finished])
-            finally:
-                gate.release()
-            if wait:  # the last trials are running elsewhere (or died: then they go stale and come back)
-                time.sleep(min(1.0, tc.heartbeat_seconds))
+        _work(plan, study, on_event)
         ok = True
     finally:
         if not ok:  # interrupted or failed: the helpers stop too
@@ -284,9 +197,153 @@ def run(prep: Path, out: Path, config: Path | None, overrides: list[str], trials
                 last = log.read_text(encoding="utf-8").strip().splitlines()[-1:] if log.exists() else []
                 raise DataError(f"{out}: tune worker {i + 1} failed (exit {p.returncode}): "
                                 f"{last[0] if last else 'no message'} (see {log})")
-    if worker:  # a helper: the process that started it writes the outputs, once
-        return TuneResult(out, tc.metric, direction, None, {}, None, {}, time.perf_counter() - t0)
-    return _write(study, out, prep, config, overrides, tc.metric, direction, time.perf_counter() - t0)
+    if options.worker:  # a helper: the process that started it writes the outputs, once
+        return TuneResult(out, plan.metric, plan.direction, None, {}, None, {}, time.perf_counter() - t0)
+    return _write(study, plan, time.perf_counter() - t0)
+
+
+def _plan(options: TuneOptions) -> _Study:
+    """The space, the trial count, the direction and the storage, checked before the study is opened."""
+    from .folders import open_prep
+
+    cfg = options.config
+    tc = cfg.tune
+    space = tc.space or default_space(cfg)
+    check_space(space, cfg.model_dump(mode="json"), options.source)
+    direction = tc.direction if tc.direction != "auto" else ("minimize" if lower_is_better(tc.metric) else "maximize")
+    if not tc.metric.startswith("val_"):
+        raise ConfigError(f"tune.metric: '{tc.metric}' is not a validation metric (val_loss, val_accuracy, ...): "
+                          f"trials are compared on the validation split only")
+    logged = ["val_loss", "val_accuracy" if open_prep(options.prep).schema.is_classification else "val_mae"]
+    if tc.metric not in logged:  # what train's history holds: known before any trial runs
+        raise ConfigError(f"tune.metric: '{tc.metric}' is not logged for this task; choose one of {', '.join(logged)}")
+    url = options.storage or f"sqlite:///{(Path(options.out) / STUDY).resolve()}"
+    return _Study(options, space, options.trials or tc.trials, direction, url)
+
+
+def _open(plan: _Study) -> Any:
+    """The study (created, or continued), seeded by the trials already there and by worker, with the config as
+    given queued as a trial of a new study (so the best is never worse than it)."""
+    import warnings
+
+    import optuna
+
+    options, tc = plan.options, plan.options.config.tune
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's traceback: ours is one line
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # a trial whose process died stops beating: after grace_period it is marked failed and a copy is re-queued
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
+              "halving": optuna.pruners.SuccessiveHalvingPruner(),
+              "none": optuna.pruners.NopPruner()}[tc.pruner]
+    try:  # a URL whose driver is not installed, or whose database cannot be reached: one line naming it
+        store = optuna.storages.RDBStorage(
+            plan.url, heartbeat_interval=tc.heartbeat_seconds,
+            grace_period=max(tc.stale_after_seconds, tc.heartbeat_seconds + 1),
+            engine_kwargs={"connect_args": {"timeout": 60}} if plan.url.startswith("sqlite") else {},
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        study = optuna.create_study(study_name="bigmodel", storage=store, load_if_exists=True,
+                                    direction=plan.direction, pruner=pruner)
+    except Exception as e:  # noqa: BLE001
+        if options.storage is None:
+            raise
+        shown = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", options.storage)  # never a password on the screen
+        raise ConfigError(f"--storage {shown}: cannot open the study there: {one_line(e)}") from e
+    # seeded, and by the trials already there: a continued study draws new points, not the first ones again
+    # (and by worker: helpers started by --workers draw their own points)
+    seed = options.config.seed + len(study.get_trials(deepcopy=False)) + 7919 * options.worker
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    if study.user_attrs.get("space") not in (None, plan.space) or \
+            study.user_attrs.get("metric") not in (None, plan.metric):
+        raise ConfigError(f"{options.out}: the study there tunes another space or metric; use a new --out, or the "
+                          f"same tune section")
+    start = _current(plan.space, options.config.model_dump(mode="json"))
+    kept = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    if start is not None and not any(t.params == start for t in study.get_trials(deepcopy=False, states=kept)):
+        study.enqueue_trial(start)
+    study.set_user_attr("space", plan.space)
+    study.set_user_attr("metric", plan.metric)
+    return study
+
+
+def _objective(plan: _Study, gate: _Gate) -> Callable[[Any], float]:
+    """One trial: the sampled config paths applied to the config, trained by the training core with every
+    epoch's validation metric reported to the pruner."""
+    import optuna
+
+    from .config import with_overrides
+    from .training import core
+
+    options = plan.options
+
+    def objective(trial: Any) -> float:
+        gate.release()  # this trial is RUNNING in the study now: other workers count it
+        params = {k: _suggest(trial, k, spec) for k, spec in plan.space.items()}
+        trial_cfg = with_overrides(options.config, [_override(k, v) for k, v in params.items()], options.source)
+        started = time.perf_counter()
+
+        def report(epoch: int, total: int, logs: dict[str, float]) -> None:
+            if plan.metric not in logs:  # the refit's epochs (refit_*): not for comparing trials
+                return
+            trial.report(logs[plan.metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        run_dir = Path(options.out) / "trials" / f"{trial.number:04d}"
+        try:
+            result = core.run(core.TrainOptions(options.prep, run_dir, trial_cfg), report)
+        except BaseException:  # pruned, failed or interrupted: its folder is of no use
+            shutil.rmtree(run_dir, ignore_errors=True)
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+            raise
+        value = result.final.get(plan.metric)
+        if value is None:
+            raise ConfigError(f"tune.metric: '{plan.metric}' is not logged; choose one of {', '.join(result.final)}")
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("run_dir", str(run_dir))
+        return float(value)
+
+    return objective
+
+
+def _work(plan: _Study, study: Any, on_event: Callable[[dict[str, Any]], None] | None) -> None:
+    """This worker's trials, one at a time, each started under a lock held until it is RUNNING in the study, so
+    that the workers on this host stop at exactly `trials` finished trials (a died trial is re-queued as WAITING
+    by the heartbeat callback and picked up first)."""
+    import optuna
+
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    running = (*counted, optuna.trial.TrialState.RUNNING)
+    n, timeout = plan.trials, plan.options.timeout
+
+    def finished(study: Any, trial: Any) -> None:
+        if on_event is not None:
+            done = study.get_trials(deepcopy=False, states=counted)
+            try:
+                best = study.best_trial
+            except ValueError:
+                best = None
+            on_event({"number": trial.number, "state": trial.state.name, "value": trial.value,
+                      "params": trial.params, "done": len(done), "of": n,
+                      "best": None if best is None else {"number": best.number, "value": best.value}})
+
+    gate = _Gate(Path(plan.options.out) / ".ask.lock")
+    objective = _objective(plan, gate)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        try:
+            gate.acquire()
+            optuna.storages.fail_stale_trials(study)  # a died trial: failed, and a copy queued (WAITING)
+            if len(study.get_trials(deepcopy=False, states=counted)) >= n:
+                break
+            wait = len(study.get_trials(deepcopy=False, states=running)) >= n  # finished + running
+            if not wait:
+                study.optimize(objective, n_trials=1, catch=(), callbacks=[finished])
+        finally:
+            gate.release()
+        if wait:  # the last trials are running elsewhere (or died: then they go stale and come back)
+            time.sleep(min(1.0, plan.options.config.tune.heartbeat_seconds))
 
 
 class _Gate:
@@ -298,42 +355,40 @@ class _Gate:
 
     def acquire(self) -> None:
         import fcntl
-        import os
 
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
-        import os
 
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
 
-def _helpers(prep: Path, out: Path, config: Path | None, overrides: list[str], n: int, timeout: float | None,
-             url: str, count: int) -> list[Any]:
+def _helpers(plan: _Study, count: int) -> list[Any]:
     """`count` more worker processes on the same study (each stops when the study has n finished trials)."""
     import subprocess
     import sys
 
-    job = {"prep": str(prep), "out": str(out), "config": str(config) if config else None, "overrides": overrides,
-           "trials": n, "timeout": timeout, "storage": url}
-    args = [sys.executable, "-m", __name__, json.dumps(job)]  # the entry point below, not the CLI
+    o = plan.options
     procs = []
     for i in range(max(0, count)):
-        # its stderr to a file, not a pipe: a pipe could fill
-        with open(Path(out) / artifacts.WORKER_LOG.format(i + 1), "w", encoding="utf-8") as log:
-            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, text=True,
-                                          env={**os.environ, "BIGMODEL_TUNE_WORKER": str(i + 1)}))
+        job = {"prep": str(o.prep), "out": str(o.out), "config": o.config.to_yaml(), "trials": plan.trials,
+               "timeout": o.timeout, "storage": plan.url, "worker": i + 1, "source": o.source}
+        # the entry point below, not the CLI; its stderr to a file, not a pipe: a pipe could fill
+        with open(Path(o.out) / artifacts.WORKER_LOG.format(i + 1), "w", encoding="utf-8") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", __name__, json.dumps(job)],
+                                          stdout=subprocess.DEVNULL, stderr=log, text=True))
     return procs
 
 
-def _write(study: Any, out: Path, prep: Path, config: Path | None, overrides: list[str], metric: str,
-           direction: str, seconds: float) -> TuneResult:
+def _write(study: Any, plan: _Study, seconds: float) -> TuneResult:
     """trials.csv, best.yaml, best/ and the plots, from the study as it stands."""
     import optuna
     import pandas as pd
+
+    o, out, metric, direction = plan.options, Path(plan.options.out), plan.metric, plan.direction
 
     trials = study.get_trials(deepcopy=False)
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,
@@ -348,9 +403,9 @@ def _write(study: Any, out: Path, prep: Path, config: Path | None, overrides: li
     if not complete:
         return TuneResult(out, metric, direction, None, {}, None, counts, seconds)
     best = study.best_trial
-    from .folders import resolve_config
+    from .config import with_overrides
 
-    cfg = resolve_config(prep, config, [*overrides, *(_override(k, v) for k, v in best.params.items())])
+    cfg = with_overrides(o.config, [_override(k, v) for k, v in best.params.items()], o.source)
     artifacts.write_text(out / BEST_CONFIG, cfg.to_yaml())
     source = Path(best.user_attrs.get("run_dir", ""))
     if source.is_dir():
@@ -358,7 +413,7 @@ def _write(study: Any, out: Path, prep: Path, config: Path | None, overrides: li
             shutil.copytree(source, tmp, dirs_exist_ok=True)
     _plots(study, out, len(complete))
     artifacts.Folder(out, "tune").finish({
-        "prep_dir": str(Path(prep).resolve()), "metric": metric, "direction": direction, "trials": counts,
+        "prep_dir": str(Path(o.prep).resolve()), "metric": metric, "direction": direction, "trials": counts,
         "best": {"number": best.number, "value": best.value, "params": best.params}, "created": artifacts.now()})
     return TuneResult(out, metric, direction, float(best.value), dict(best.params), best.number, counts, seconds)
 
@@ -404,8 +459,13 @@ def _helper(job: dict[str, Any]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        run(Path(job["prep"]), Path(job["out"]), Path(job["config"]) if job["config"] else None, job["overrides"],
-            job["trials"], job["timeout"], job["storage"])
+        import yaml
+
+        from .config import validate
+
+        config = validate(yaml.safe_load(job["config"]), job["source"])
+        run(TuneOptions(Path(job["prep"]), Path(job["out"]), config, job["trials"], job["timeout"], job["storage"],
+                        worker=job["worker"], source=job["source"]))
     except BigModelError as e:
         sys.stderr.write(f"error: {' '.join(str(e).split())}\n")
         return 2

@@ -93,7 +93,7 @@ def test_dates_export_to_onnx_and_tflite_with_parity(dated):
 
 def test_predict_and_serve_take_the_date_as_written(dated, tmp_path):
     from bigmodel_cli.schema import Schema
-    from bigmodel_cli.serve import BadRequest, parse
+    from bigmodel_cli.serving.requests import BadRequest, parse
 
     rows = pd.DataFrame({"day": [" 2022-06-04", "2022-06-06 "], "noise": [0.0, 0.0]})  # a Saturday, a Monday
     rows.to_csv(tmp_path / "new.csv", index=False)

@@ -340,3 +340,31 @@ def test_no_import_circles_and_no_verb_imports_another():
 
     crossing = sorted((m, d) for m, deps in graph.items() for d in deps if verb(m) and verb(d) and verb(m) != verb(d))
     assert crossing == []
+
+
+STAGES = {"init": "run", "preprocess": "run", "train": "run", "evaluate": "run", "export": "run", "predict": "run",
+          "explain": "run", "tune": "run", "serve": "run", "compare": "run", "report": "run",
+          "federated.simulation": "run", "federated.deploy": "serve", "federated.deploy ": "join"}
+
+
+@pytest.mark.parametrize("module,function", [(m.strip(), f) for m, f in STAGES.items()])
+def test_every_verb_has_one_contract(module, function):
+    """`run(options, on_event=None) -> Result`: one frozen options dataclass of the verb's own, and a callback for
+    progress; so a caller (the CLI, tune's trials, a later `experiment`) drives every stage the same way."""
+    import dataclasses
+    import importlib
+    import inspect
+    import typing
+
+    mod = importlib.import_module(f"bigmodel_cli.{module}")
+    fn = getattr(mod, function)
+    params = list(inspect.signature(fn).parameters.values())
+    assert [p.name for p in params] == ["options", "on_event"] and params[1].default is None, params
+    hints = typing.get_type_hints(fn)
+    options = hints["options"]
+    assert dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen, options
+    assert options.__name__.endswith("Options") and hasattr(hints["return"], "to_dict"), hints
+    if "config" in {f.name for f in dataclasses.fields(options)}:
+        from bigmodel_cli.config import Config
+
+        assert typing.get_type_hints(options)["config"] is Config  # resolved before the stage: config.resolve

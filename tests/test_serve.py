@@ -177,6 +177,10 @@ def test_unknown_model_bad_json_and_large_bodies(server):
 def test_token_auth_and_network_exposure(penguins_run, tmp_path):
     r = bm("serve", penguins_run, "--host", "0.0.0.0", code=2)
     assert "--token-file" in r.stderr and "--insecure-no-auth" in r.stderr
+    r = bm("serve", penguins_run, "--set", "serve.host=0.0.0.0", code=2)  # the config's serve section, the same rule
+    assert "--token-file" in r.stderr
+    r = bm("serve", penguins_run, "--set", "serve.max_queue=-1", code=2)
+    assert "serve.max_queue" in r.stderr and "\n" not in r.stderr.strip()
     (tmp_path / "token").write_text(TOKEN + "\n")
     s = Server(penguins_run, "--token-file", str(tmp_path / "token"), "-v")
     try:
@@ -257,8 +261,8 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
     """The app's own error path (in-process, Starlette's test client): a model that raises gives one line."""
     from starlette.testclient import TestClient
 
-    from bigmodel_cli import serve
     from bigmodel_cli.schema import Schema
+    from bigmodel_cli.serving import http, models
 
     calls = []
 
@@ -268,24 +272,27 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
             raise RuntimeError("out of memory\nsecond line")
         return np.zeros((len(next(iter(x.values()))), 3))
 
-    state = serve.State("model", None, serve.Limits(max_body=2**20), lambda: None)
-    state.model = serve.Model(Schema.load(penguins_run), flaky)
-    client = TestClient(serve.app(state))
+    state = http.State("model", None, http.Limits(max_body=2**20), lambda: None)
+    state.model = models.Model(Schema.load(penguins_run), flaky)
+    client = TestClient(http.app(state))
     body = {"instances": as_instances(rows(3))}
     r = client.post("/v1/models/model:predict", json=body)
     assert r.status_code == 500 and r.json() == {"error": "the model failed: out of memory"}
     assert client.post("/v1/models/model:predict", json=body).status_code == 200
 
 
-def test_overload_answers_or_refuses_in_time_and_cuts_slow_clients(penguins_run):
+def test_overload_answers_or_refuses_in_time_and_cuts_slow_clients(penguins_run, tmp_path):
     """500 connections on loopback, 100 of them slow loris (headers or body one byte per 0.5 s): every healthy
     request gets 200 or 503 with Retry-After within 10 s, slow clients are cut after --client-timeout, /healthz
-    answers throughout, memory stays bounded, and SIGTERM still exits 0. (`make bench-serve`: the long run.)"""
+    answers throughout, memory stays bounded, and SIGTERM still exits 0. (`make bench-serve`: the long run.)
+    The limits come from the config's serve section, the timeout from the command line, which wins over it."""
     import asyncio
 
     from benchmarks.overload import overload
 
-    s = Server(penguins_run, "--max-concurrency", "2", "--max-queue", "8", "--client-timeout", "2")
+    config = tmp_path / "serve.yaml"
+    config.write_text("serve: {max_concurrency: 2, max_queue: 8, client_timeout: 6}\n")
+    s = Server(penguins_run, "--config", str(config), "--client-timeout", "2")
     try:
         body = json.dumps({"instances": as_instances(rows(8))}).encode()
         report = asyncio.run(overload("127.0.0.1", s.port, body, pid=s.proc.pid, healthy=400, slow=100, seconds=8))

@@ -157,8 +157,11 @@ def test_a_helper_process_says_what_went_wrong_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    job = {"prep": str(tmp_path / "no_prep"), "out": str(tmp_path / "tune"), "config": None, "overrides": [],
-           "trials": 2, "timeout": None, "storage": f"sqlite:///{tmp_path / 'study.db'}"}
+    from bigmodel_cli.config import Config
+
+    job = {"prep": str(tmp_path / "no_prep"), "out": str(tmp_path / "tune"), "config": Config().to_yaml(),
+           "trials": 2, "timeout": None, "storage": f"sqlite:///{tmp_path / 'study.db'}", "worker": 1,
+           "source": "config"}
     done = subprocess.run([sys.executable, "-m", "bigmodel_cli.tune", json.dumps(job)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2, done.stderr

@@ -174,15 +174,17 @@ def _on_sigterm() -> Any:
         return None
 
 
-def load(config: Path | None, sets: list[str] | None, **fixed: Any) -> Any:
-    """The config from --config and --set, plus options that stand for config keys (`data.target`)."""
-    from ..config import load_config
+def resolve(config: Path | None, sets: list[str] | None, prep: Path | None = None,
+            fixed: dict[str, Any] | None = None) -> Any:
+    """The config from --config and --set (over PREP's, where the command reads a prep folder), plus options that
+    stand for config keys (`--target` for data.target): `config.resolve`, the one resolver of every verb."""
+    from .. import config as configs
 
     # an option's text is taken as written (as a JSON string, which YAML reads back whole): `--target on` names
     # the column 'on', not YAML's true
-    overrides = [*(sets or []), *(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fixed.items()
+    overrides = [*(sets or []), *(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in (fixed or {}).items()
                                   if v is not None)]
-    return load_config(config, overrides)
+    return configs.resolve(config, overrides, prep)
 
 
 def render(result: Any, as_json: bool, human: Callable[[], None]) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ..console import err, out, table
-from .app import ConfigOpt, DataArg, JsonOpt, SetOpt, app, guard, load, render
+from .app import ConfigOpt, DataArg, JsonOpt, SetOpt, app, guard, render, resolve
 
 
 @app.command()
@@ -24,9 +24,8 @@ def init(
     """Write a commented starter config inferred from DATA (column kinds, task, defaults)."""
     with guard(ctx):
         from .. import init as stage
-        from ..config import Config
 
-        result = stage.run(data, target, out_path, Config(), force=force)
+        result = stage.run(stage.InitOptions(data, target, out_path, resolve(None, None), force))
         render(result, as_json, lambda: out.print(
             table(f"{result.out}: task {result.task}", ["column", "kind"], [[c, k] for c, k in result.kinds.items()])))
 
@@ -47,8 +46,7 @@ def preprocess(
     with guard(ctx):
         from .. import preprocess as stage
 
-        cfg = load(config, sets, **{"data.target": target})
-        result = stage.run(data, out_dir, cfg)
+        result = stage.run(stage.PreprocessOptions(data, out_dir, resolve(config, sets, fixed={"data.target": target})))
         render(result, as_json, lambda: _show_report(result))
 
 

@@ -10,7 +10,22 @@ from rich.markup import escape
 
 from ..console import emit_json, err, out, table
 from ..errors import BigModelError, GateFailed
-from .app import DataArg, ExportFormat, JsonOpt, RunDirArg, Runtime, UnsafeOpt, app, guard, notes, render, value
+from .app import (
+    ConfigOpt,
+    DataArg,
+    ExportFormat,
+    JsonOpt,
+    RunDirArg,
+    Runtime,
+    SetOpt,
+    UnsafeOpt,
+    app,
+    guard,
+    notes,
+    render,
+    resolve,
+    value,
+)
 from .app import verbose as verbose_of
 
 
@@ -29,7 +44,7 @@ def export(
     with guard(ctx):
         from .. import export as stage
 
-        result = stage.run(run_dir, out_dir, value(fmt), unsafe)
+        result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe))
 
         def human() -> None:
             rows = [[f, ""] for f in result.files] + [
@@ -57,7 +72,7 @@ def predict(
     with guard(ctx):
         from .. import predict as stage
 
-        result = stage.run(run_dir, data, out_path, unsafe)
+        result = stage.run(stage.PredictOptions(run_dir, data, out_path, unsafe))
 
         def human() -> None:
             out.print(f"wrote {result.rows} predictions to {escape(str(result.out))}", highlight=False)
@@ -71,14 +86,16 @@ def serve(
     ctx: typer.Context,
     folder: Annotated[Path, typer.Argument(
         help="A run folder (bigmodel train) or export folder (bigmodel export).", show_default=False)],
-    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token-file "
-                                           "or --insecure-no-auth.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (TF Serving's REST port by default).", min=0,
-                                      max=65535)] = 8501,
-    model_name: Annotated[str, typer.Option(help="NAME in /v1/models/NAME:predict.")] = "model",
-    runtime: Annotated[Runtime, typer.Option(help="tf: a run or export folder; onnx, tflite: an export folder "
-                                                  "with model.onnx / model.tflite (no TensorFlow in the request "
-                                                  "loop).")] = Runtime.tf,
+    host: Annotated[str | None, typer.Option(
+        help="Address to listen on; anything but loopback needs --token-file or --insecure-no-auth "
+             "[default: serve.host, 127.0.0.1].", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [default: serve.port, 8501: TF Serving's REST port].",
+                                             min=0, max=65535, show_default=False)] = None,
+    model_name: Annotated[str | None, typer.Option(help="NAME in /v1/models/NAME:predict [default: "
+                                                        "serve.model_name, model].", show_default=False)] = None,
+    runtime: Annotated[Runtime | None, typer.Option(
+        help="tf: a run or export folder; onnx, tflite: an export folder with model.onnx / model.tflite (no "
+             "TensorFlow in the request loop) [default: serve.runtime, tf].", show_default=False)] = None,
     token_file: Annotated[Path | None, typer.Option(
         help="A file holding a bearer token: every request must send 'Authorization: Bearer TOKEN'.",
         show_default=False)] = None,
@@ -87,13 +104,18 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM), with --tls-key: HTTPS.",
                                                   show_default=False)] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).", show_default=False)] = None,
-    max_body_mb: Annotated[float, typer.Option(help="Larger request bodies get 413.", min=0.001)] = 10.0,
-    max_concurrency: Annotated[int, typer.Option(help="Predictions computed at once.", min=1)] = 4,
-    max_queue: Annotated[int, typer.Option(
-        help="Predict requests that may wait beyond --max-concurrency; more get 503 with Retry-After.", min=0)] = 60,
-    client_timeout: Annotated[float, typer.Option(
-        help="Seconds a client has to send a request's headers, and again its body (slower: closed, or 408).",
-        min=0.1)] = 10.0,
+    max_body_mb: Annotated[float | None, typer.Option(
+        help="Larger request bodies get 413 [default: serve.max_body_mb, 10].", min=0.001, show_default=False)] = None,
+    max_concurrency: Annotated[int | None, typer.Option(
+        help="Predictions computed at once [default: serve.max_concurrency, 4].", min=1, show_default=False)] = None,
+    max_queue: Annotated[int | None, typer.Option(
+        help="Predict requests that may wait beyond --max-concurrency; more get 503 with Retry-After "
+             "[default: serve.max_queue, 60].", min=0, show_default=False)] = None,
+    client_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a client has to send a request's headers, and again its body (slower: closed, or 408) "
+             "[default: serve.client_timeout, 10].", min=0.1, show_default=False)] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -101,24 +123,29 @@ def serve(
 
     POST /v1/models/NAME:predict, GET /v1/models/NAME, /healthz, /readyz. Stops on SIGTERM / Ctrl-C after the
     requests in flight. Under overload: a full queue answers 503 with Retry-After at once, slow clients are cut
-    off after --client-timeout, and /healthz and /readyz skip the queue."""
+    off after --client-timeout, and /healthz and /readyz skip the queue. The options default to the config's
+    serve section (--config, --set serve.port=8080)."""
     with guard(ctx):
         from .. import serve as stage
 
         if (tls_cert is None) != (tls_key is None):
             raise BigModelError("--tls-cert and --tls-key go together")
+        given = {"host": host, "port": port, "model_name": model_name, "runtime": value(runtime),
+                 "max_body_mb": max_body_mb, "max_concurrency": max_concurrency, "max_queue": max_queue,
+                 "client_timeout": client_timeout}
+        s = resolve(config, sets, fixed={f"serve.{k}": v for k, v in given.items()}).serve
 
         def event(what: str, detail: str) -> None:
             if what == "listening":
-                err.print(f"listening on {escape(detail)} (runtime {runtime.value}); loading the model",
+                err.print(f"listening on {escape(detail)} (runtime {s.runtime}); loading the model",
                           highlight=False)
             else:
                 err.print(f"ready: POST {escape(detail)}", highlight=False)
 
         result = stage.run(stage.ServeOptions(
-            folder, host, port, model_name, runtime.value, token_file, insecure_no_auth,
+            folder, s.host, s.port, s.model_name, s.runtime, token_file, insecure_no_auth,
             (tls_cert, tls_key) if tls_cert and tls_key else None,
-            stage.Limits(int(max_body_mb * 2**20), max_concurrency, max_queue, client_timeout),
+            stage.Limits(int(s.max_body_mb * 2**20), s.max_concurrency, s.max_queue, s.client_timeout),
             verbose_of(ctx), unsafe), event)
         busy = f", {result.refused} refused as busy (503)" if result.refused else ""
         err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s)"

@@ -37,7 +37,8 @@ def evaluate(
     with guard(ctx):
         from .. import evaluate as stage
 
-        result = stage.run(run_dir, data, value(split), unsafe, gates=gate, bootstrap=bootstrap, plots=plots)
+        result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap, plots,
+                                                 unsafe))
         render(result, as_json, lambda: _show_metrics(result.doc))
         if result.failed_gates:
             raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "
@@ -97,7 +98,8 @@ def explain(
     with guard(ctx):
         from .. import explain as stage
 
-        result = stage.run(run_dir, data, split.value, rows, row_ids, repeats, steps, unsafe)
+        result = stage.run(stage.ExplainOptions(run_dir, data, split.value, rows, tuple(row_ids or ()), repeats,
+                                                steps, unsafe))
 
         def human() -> None:
             doc = result.doc
@@ -134,7 +136,7 @@ def compare(
     with guard(ctx):
         from .. import compare as stage
 
-        result = stage.run(runs, fail_on)
+        result = stage.run(stage.CompareOptions(tuple(runs), tuple(fail_on or ())))
         doc = result.doc
         if as_json or fmt is CompareFormat.json:
             emit_json(doc)
@@ -166,5 +168,5 @@ def report(
     with guard(ctx):
         from .. import report as stage
 
-        result = stage.run(run_dir, out_path)
+        result = stage.run(stage.ReportOptions(run_dir, out_path))
         render(result, as_json, lambda: out.print(f"wrote {escape(str(result.out))}", highlight=False))

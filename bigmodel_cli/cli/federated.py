@@ -13,7 +13,19 @@ from typer.core import TyperGroup
 
 from ..console import out, table
 from ..errors import GateFailed
-from .app import ConfigOpt, EpochProgress, JsonOpt, PrepDirArg, ResumeOpt, RunOutOpt, SetOpt, app, guard, render
+from .app import (
+    ConfigOpt,
+    EpochProgress,
+    JsonOpt,
+    PrepDirArg,
+    ResumeOpt,
+    RunOutOpt,
+    SetOpt,
+    app,
+    guard,
+    render,
+    resolve,
+)
 from .app import verbose as verbose_of
 
 
@@ -36,9 +48,7 @@ def _federate(prep_dir: Path, config: Path | None, overrides: list[str], as_json
               start: Callable[[Any, EpochProgress], Any]) -> None:
     """Resolve the config, run `start(cfg, progress)` with a progress line per round, print the run.
     A privacy budget that stopped training early still wrote a run: it is printed too, then exit 1."""
-    from ..folders import resolve_config
-
-    cfg = resolve_config(prep_dir, config, overrides)
+    cfg = resolve(config, overrides, prep_dir)
     with contextlib.closing(EpochProgress("round")) as progress:
         result = start(cfg, progress)
 
@@ -73,7 +83,7 @@ def run(
     def start(cfg: Any, progress: EpochProgress) -> Any:
         from ..federated import simulation as stage
 
-        return stage.simulate(prep_dir, out_dir, cfg, progress, verbose_of(ctx), resume)
+        return stage.run(stage.SimulationOptions(prep_dir, out_dir, cfg, resume, verbose_of(ctx)), progress)
 
     with guard(ctx):
         _federate(prep_dir, config, sets or [], as_json, start)
@@ -121,8 +131,9 @@ def serve(
     def start(cfg: Any, progress: EpochProgress) -> Any:
         from ..federated import deploy as stage
 
-        return stage.serve(prep_dir, out_dir, cfg, address or cfg.federated.address, progress,
-                           stage.server_tls(tls_ca, tls_cert, tls_key), verbose_of(ctx), authorized_keys, resume)
+        return stage.serve(stage.ServerOptions(
+            prep_dir, out_dir, cfg, address or cfg.federated.address, stage.server_tls(tls_ca, tls_cert, tls_key),
+            authorized_keys, resume, verbose_of(ctx)), progress)
 
     with guard(ctx):
         _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json, start)
@@ -153,7 +164,7 @@ def join(
     with guard(ctx):
         from ..federated import deploy as stage
 
-        result = stage.join(prep_dir, data, server, seed, wait, tls_ca, verbose_of(ctx), key)
+        result = stage.join(stage.JoinOptions(prep_dir, data, server, seed, wait, tls_ca, key, verbose_of(ctx)))
         render(result, as_json, lambda: out.print(
             f"federation finished; trained in {result.rounds} round(s) on {result.rows} local rows", highlight=False))
 

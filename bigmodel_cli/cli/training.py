@@ -20,6 +20,8 @@ from .app import (
     app,
     guard,
     render,
+    resolve,
+    value,
 )
 
 
@@ -43,13 +45,11 @@ def train(
     """
     with guard(ctx):
         from .. import train as stage
-        from ..folders import resolve_config
 
-        cfg = resolve_config(prep_dir, config, [*(sets or []), *([f"train.strategy={strategy.value}"] if strategy
-                                                                        else [])])
+        cfg = resolve(config, sets, prep_dir, {"train.strategy": value(strategy)})
         progress = EpochProgress()
         try:
-            result = stage.run(prep_dir, out_dir, cfg, on_epoch=progress, resume=resume)
+            result = stage.run(stage.TrainOptions(prep_dir, out_dir, cfg, resume), progress)
         finally:
             progress.close()
 
@@ -95,7 +95,9 @@ def tune(
             err.print(f"trial {t['number']} {t['state'].lower()}{value} [{t['done']}/{t['of']}] ({params}){best}",
                       highlight=False)
 
-        result = stage.run(prep_dir, out_dir, config, sets or [], trials, timeout, storage, trial_line, workers)
+        options = stage.TuneOptions(prep_dir, out_dir, resolve(config, sets, prep_dir), trials, timeout, storage,
+                                    workers, source=str(config) if config else "config")
+        result = stage.run(options, trial_line)
 
         def human() -> None:
             best = "" if result.best_value is None else f"{result.best_value:.5g}"

@@ -3,11 +3,11 @@
 `serve` starts a SuperLink on 127.0.0.1, registers the --authorized-keys with it, opens the front at --address
 (auth.py: only the fleet API passes) and submits the Flower App of app.py to it (as `flwr run` does); each
 `join` encodes its client's own file with the prep folder's preprocessing and starts a SuperNode (with its
-key, if given) that connects to the front. Flower runs the app's two components in processes of its own
-(flwr-serverapp; flwr-clientapp, one per message), which talk to our commands through files: a job file (JSON) each
-reads, and a status file they append JSON records to (rounds, then the result or the error; the rounds a
-client trained in, then "done"). The server side is server.Federation, the client client.KerasClient, the same
-as in simulation, so SecAgg+ and client-level DP work here too.
+key, if given) that connects to the front. This module starts processes and waits on them; what runs inside
+Flower's own processes (flwr-serverapp; flwr-clientapp, one per message) is app.py's. The two sides talk through
+files: a job file (JSON) each reads, and a status file they append JSON records to (rounds, then the result or the
+error; the rounds a client trained in, then "done"). The server side is server.Federation, the client
+client.KerasClient, the same as in simulation, so SecAgg+ and client-level DP work here too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -31,12 +30,12 @@ from .. import __version__, artifacts
 from ..config import Config
 from ..errors import ConfigError, DataError
 from ..folders import open_prep
-from ..schema import Schema
 from . import auth
 from .budget import budget
-from .client import KerasClient, note_status, read_status
+from .client import read_status
 from .processes import follow, job_folder, last_line, process, workdir
-from .server import FederatedResult, Federation, need_flwr
+from .run_folder import FederatedResult
+from .server import need_flwr
 
 
 @dataclass(frozen=True)
@@ -110,11 +109,27 @@ def server_tls(ca: Path | None, cert: Path | None, key: Path | None) -> Tls | No
     return Tls(ca, cert, key)
 
 
-def serve(prep: Path, out: Path, cfg: Config, address: str, on_round: Any = None, tls: Tls | None = None,
-          verbose: bool = False, keys_file: Path | None = None, resume: bool = False) -> FederatedResult:
+@dataclass(frozen=True)
+class ServerOptions:
+    """What `federated serve` is asked to do."""
+
+    prep: Path  # the prep folder (the server evaluates on its validation split)
+    out: Path  # the run folder to write
+    config: Config  # resolved (config.resolve)
+    address: str  # HOST:PORT where clients connect (the front)
+    tls: Tls | None = None
+    authorized_keys: Path | None = None  # admit only the SuperNodes with these public keys
+    resume: bool = False  # continue the interrupted run in `out` from its last complete round
+    verbose: bool = False  # Flower's logs on stderr
+
+
+def serve(options: ServerOptions, on_event: Any = None) -> FederatedResult:
     """`bigmodel federated serve`: a SuperLink on 127.0.0.1 behind the front at `address` (auth.py), with
-    the public keys of `keys_file` registered if given, and our Flower App run on it, which waits for
-    `federated.clients` SuperNodes (`bigmodel federated join`), runs the rounds and writes the run folder."""
+    the authorized public keys registered if given, and our Flower App run on it, which waits for
+    `federated.clients` SuperNodes (`bigmodel federated join`), runs the rounds and writes the run folder;
+    `on_event` hears every round."""
+    prep, out, cfg, address, tls = options.prep, options.out, options.config, options.address, options.tls
+    verbose, keys_file, resume, on_round = options.verbose, options.authorized_keys, options.resume, on_event
     need_flwr()
     host, port = _host_port(address, "--address")
     _check_free(host, port, address)
@@ -164,41 +179,27 @@ def _register(work: Path, k: int, key: str, env: dict[str, str], keys_file: Path
         raise DataError(f"--authorized-keys {keys_file}: Flower did not register key {k + 1}: {last_line(log)}")
 
 
-def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
-    """The ServerApp's main (in Flower's flwr-serverapp process): the rounds with `federated.clients` nodes,
-    the run folder, and the outcome as the status file's last record; "done" to every node at the end."""
-    from ..config import validate
-    from ..errors import BigModelError
+@dataclass(frozen=True)
+class JoinOptions:
+    """What `federated join` is asked to do."""
 
-    status = Path(job["status"])
-    if job["verbose"]:
-        logging.basicConfig(level=logging.INFO)
-    try:
-        import yaml
-
-        cfg = validate(yaml.safe_load(job["config"]), "the server's config")
-        fed = Federation.open(Path(job["prep"]), Path(job["out"]), cfg,
-                              lambda r, n, m: note_status(status, {"round": r, "rounds": n, "metrics": m}),
-                              bool(job["verbose"]), bool(job.get("resume")))
-        n, f = cfg.federated.clients, cfg.federated
-        max_weight = 1.0  # SecAgg+ scales each update by rows / max_weight: ask the nodes for their rows
-        if f.secure_aggregation and f.privacy is None:
-            max_weight = float(max(int(p["rows"]) for p in _ask(grid, {}, wait_for=n).values()))
-        fed.run_rounds(grid, context, n, max_weight)
-        record: dict[str, Any] = {"result": fed.finish({"clients": n, "partition": "deployment"}).to_dict()}
-    except BigModelError as e:
-        record = {"error": str(e)}
-    finally:
-        _ask(grid, {"done": True})  # even after a crash: the clients need not wait for a lost server
-    note_status(status, record)
+    prep: Path  # the prep folder the server uses (its fitted preprocessing encodes `data`)
+    data: Path  # this client's own rows (CSV or Parquet), with the target
+    server: str  # the server's HOST:PORT
+    seed: int = 0  # this client's seed
+    wait: float = 600.0  # seconds to keep retrying to reach the server
+    tls_ca: Path | None = None  # the CA that signed the server's certificate
+    key: Path | None = None  # this client's private key, for a server with authorized keys
+    verbose: bool = False  # Flower's logs on stderr
 
 
-def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
-         tls_ca: Path | None = None, verbose: bool = False, key: Path | None = None) -> JoinResult:
-    """`bigmodel federated join`: a SuperNode connected to the SuperLink at `address`, whose client trains on
+def join(options: JoinOptions, on_event: Any = None) -> JoinResult:
+    """`bigmodel federated join`: a SuperNode connected to the SuperLink at `server`, whose client trains on
     its own CSV or Parquet file encoded with the prep folder's fitted preprocessing; with `key`, it
     authenticates with that private key (the server must have its public key). Returns its row count and the
     rounds it trained in when the server says it is done."""
+    prep, data, address, seed, wait = options.prep, options.data, options.server, options.seed, options.wait
+    tls_ca, verbose, key = options.tls_ca, options.verbose, options.key
     need_flwr()
     _host_port(address, "--server")
     if tls_ca is not None:
@@ -240,13 +241,6 @@ def join(prep: Path, data: Path, address: str, seed: int, wait: float = 600.0,
     return JoinResult(address, len(y), rounds)
 
 
-def node_client(job: dict[str, Any]) -> KerasClient:
-    """The ClientApp's client (in Flower's flwr-clientapp process, one per message): the rows `join` encoded."""
-    schema = Schema.load(Path(job["prep"]))
-    with np.load(job["data"]) as d:
-        return KerasClient(schema, d["x"], d["y"], int(job["seed"]), Path(job["status"]))
-
-
 _APP_TOML = """\
 [project]
 name = "bigmodel-federated"
@@ -265,21 +259,6 @@ clientapp = "bigmodel_cli.federated.app:client_app"
 [tool.flwr.app.config]
 job = {job}
 """
-
-
-def _ask(grid: Any, config: dict[str, Any], wait_for: int = 0, timeout: float = 120.0) -> dict[int, dict[str, Any]]:
-    """Send a get_properties message with `config` to every node (after `wait_for` nodes joined); their answers."""
-    from flwr.common import GetPropertiesIns
-    from flwr.common.constant import MessageTypeLegacy
-    from flwr.compat.common import recorddict_compat as compat
-
-    while len(nodes := list(grid.get_node_ids())) < wait_for:
-        time.sleep(1)
-    content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config=config))
-    replies = grid.send_and_receive([grid.create_message(content, MessageTypeLegacy.GET_PROPERTIES, node, "bigmodel")
-                                     for node in nodes], timeout=timeout)
-    return {r.metadata.src_node_id: compat.recorddict_to_getpropertiesres(r.content).properties
-            for r in replies if not r.has_error()}
 
 
 def _until_done(status: Path, supernode: Any, log: Path, address: str, key: Path | None,

@@ -1,4 +1,5 @@
-"""The server side of `bigmodel federated`: the rounds, the global model, early stopping, the run folder.
+"""The server side of `bigmodel federated`: the round loop over the global model, with early stopping; its
+checkpoint is checkpoint.py's, the run folder it ends with run_folder.py's.
 
 Each client trains the model for `local_epochs` on its own rows and returns its weights with its example
 count; Flower's FedAvg strategy averages them weighted by count (θ = Σ n_k θ_k / Σ n_k). The global model is
@@ -17,12 +18,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,37 +29,12 @@ import pandas as pd
 
 from .. import artifacts
 from ..config import Config
-from ..errors import ConfigError, DataError
-from ..folders import Prep, open_prep, write_run
-from ..training.rules import Stopper, config_sha256, decision_threshold, resume_changes
+from ..errors import ConfigError
+from ..folders import Prep, open_prep
+from ..training.rules import Stopper
+from . import checkpoint
 from .budget import Budget, budget, epsilon
-
-STATE, WEIGHTS = artifacts.FED_STATE, artifacts.FED_WEIGHTS  # in RUN_DIR/checkpoint/
-# what --resume may change: how long the federation trains, never the model, data, optimiser or clients
-RESUMABLE = ("federated.rounds", "train.epochs", "train.early_stopping.patience", "train.checkpoint_seconds",
-             "train.tensorboard")
-
-
-@dataclass(frozen=True)
-class FederatedResult:
-    """A federated run: the run folder, the rounds run, the round whose global model was kept, its metrics.
-    `budget_stop` says why fewer rounds than asked were run when the privacy budget stopped them (exit 1)."""
-
-    out: Path
-    rounds: int
-    kept_round: int
-    final: dict[str, float]
-    seconds: float
-    budget_stop: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "rounds": self.rounds, "kept_round": self.kept_round, "final": self.final,
-                "seconds": round(self.seconds, 3), "budget_stop": self.budget_stop}
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> FederatedResult:
-        return cls(Path(doc["out"]), doc["rounds"], doc["kept_round"], doc["final"], doc["seconds"],
-                   doc.get("budget_stop"))
+from .checkpoint import Progress
 
 
 def need_flwr() -> None:
@@ -99,11 +73,7 @@ class Federation:
     started: str
     t0: float
     on_round: Any = None  # (round, rounds, metrics) after each round, for progress
-    history: list[dict[str, float]] = field(default_factory=list)
-    weights: list[np.ndarray] | None = None  # the last round's global model
-    best_weights: list[np.ndarray] | None = None
-    resumed: bool = False
-    clipping_norm: float | None = None  # adaptive client DP: the norm the resumed run continues from
+    progress: Progress = field(default_factory=Progress)  # the rounds so far: what the checkpoint holds
     cancel: threading.Event = field(default_factory=threading.Event)  # set: the rounds stop (an interrupt)
     _strategy: Any = None
     _round: dict[str, float] = field(default_factory=dict)
@@ -114,7 +84,7 @@ class Federation:
 
     @property
     def first_round(self) -> int:
-        return len(self.history) + 1
+        return len(self.progress.history) + 1
 
     @property
     def stopped(self) -> bool:
@@ -150,7 +120,7 @@ class Federation:
         fed = cls(prepared, folder, cfg, encoder, net, x_val, y_val, plan, Stopper(es.monitor, plan.patience,
                   es.min_delta), started, t0, on_round)
         if resume:
-            fed._load_checkpoint()
+            fed.progress = checkpoint.load(fed.checkpoint_dir, cfg, prepared, len(net.get_weights()), fed.stopper)
         return fed
 
     def encode(self, df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +134,8 @@ class Federation:
         f = self.cfg.federated
         sampled = max(1, min(n_clients, int(f.fraction_fit * n_clients)), min(f.min_clients, n_clients))
         config_yaml = self.cfg.to_yaml()
-        start = self.weights if self.weights is not None else self.model.get_weights()
+        weights = self.progress.weights
+        start = weights if weights is not None else self.model.get_weights()
         base = fs.FedAvg(
             fraction_fit=f.fraction_fit, fraction_evaluate=0.0, min_fit_clients=sampled,
             min_evaluate_clients=0, min_available_clients=max(sampled, min(f.min_clients, n_clients)),
@@ -182,7 +153,7 @@ class Federation:
         adaptive = (fs.DifferentialPrivacyClientSideAdaptiveClipping if client_side
                     else fs.DifferentialPrivacyServerSideAdaptiveClipping)
         return adaptive(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
-                   initial_clipping_norm=self.clipping_norm or p.clipping_norm,
+                   initial_clipping_norm=self.progress.clipping_norm or p.clipping_norm,
                    target_clipped_quantile=p.target_quantile)
 
     def run_rounds(self, grid: Any, context: Any, n_clients: int, max_weight: float) -> None:
@@ -237,108 +208,25 @@ class Federation:
                    "clients": self._round.get("clients", 0)}
             if self.cfg.federated.privacy is not None:
                 row["epsilon"] = epsilon(server_round, self.cfg.federated.privacy)
-            self.history.append(row)
-            self.weights = parameters
+            self.progress.history.append(row)
+            self.progress.weights = parameters
             if self.stopper.patience is not None:
                 if self.stopper.monitor not in row:
                     raise ConfigError(f"train.early_stopping.monitor: '{self.stopper.monitor}' is not logged; "
                                       f"choose one of {', '.join(k for k in row if k != 'clients')}")
                 if self.stopper.update(server_round, row[self.stopper.monitor]):
-                    self.best_weights = parameters
-            self._save_checkpoint()
+                    self.progress.best_weights = parameters
+            if self.cfg.federated.privacy:
+                self.progress.clipping_norm = getattr(self._strategy, "clipping_norm", None)
+            checkpoint.save(self.checkpoint_dir, self.progress, self.stopper, self.cfg, self.prep)
             if self.on_round is not None:
                 self.on_round(server_round, self.budget.rounds, {k: v for k, v in row.items() if k != "clients"})
             self._round = {}
         return float(values["loss"]), {}
 
     @property
-    def _checkpoint(self) -> Path:
+    def checkpoint_dir(self) -> Path:
         return self.folder / artifacts.CHECKPOINT
-
-    def _config_sha256(self) -> str:
-        return config_sha256(self.cfg)
-
-    def _save_checkpoint(self) -> None:
-        """The server's state after a round, written whole (temp folder, then swapped in): the global and best
-        weights, the history, early stopping's counters, adaptive DP's clipping norm."""
-        assert self.weights is not None
-        norm = getattr(self._strategy, "clipping_norm", None) if self.cfg.federated.privacy else None
-        with artifacts.atomic_dir(self._checkpoint) as tmp:
-            arrays: dict[str, Any] = {f"global_{i}": w for i, w in enumerate(self.weights)}
-            arrays |= {f"best_{i}": w for i, w in enumerate(self.best_weights or [])}
-            np.savez(tmp / WEIGHTS, **arrays)
-            s = self.stopper
-            artifacts.write_json(tmp / STATE, {
-                "federated": True, "history": self.history, "columns": list(self.history[0]), "best": s.best,
-                "best_round": s.best_round, "wait": s.wait, "clipping_norm": norm,
-                "config": self.cfg.model_dump(mode="json"), "config_sha256": self._config_sha256(),
-                "splits": self.prep.manifest["splits"]})
-
-    def _load_checkpoint(self) -> None:
-
-        folder = self._checkpoint
-        if not (folder / STATE).exists():
-            old = artifacts.previous_dir(folder)  # killed while swapping two checkpoints: the old one is whole
-            folder = old if (old / STATE).exists() else folder
-        if not (folder / STATE).exists():
-            raise DataError(f"{self._checkpoint}: no federated checkpoint to resume (an interrupted `bigmodel "
-                            f"federated` run leaves one); run without --resume")
-        try:
-            state = artifacts.read_json(folder / STATE)
-            with np.load(folder / WEIGHTS, allow_pickle=False) as saved:
-                n = len(self.model.get_weights())
-                weights = [saved[f"global_{i}"] for i in range(n)]
-                best = [saved[f"best_{i}"] for i in range(n)] if "best_0" in saved else None
-            history = [{c: row[c] for c in state["columns"]} for row in state["history"]]  # in the run's order
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise DataError(f"{folder}: the checkpoint is damaged ({e}); run without --resume") from None
-        if state["splits"] != self.prep.manifest["splits"]:
-            raise DataError(f"{self._checkpoint}: the interrupted run used another prep folder; resume with the same "
-                            f"one, or run without --resume")
-
-        saved = SimpleNamespace(config=state["config"], config_sha256=state["config_sha256"])
-        changed = resume_changes(saved, self.cfg, self._config_sha256(), RESUMABLE)
-        if changed:
-            raise DataError(f"{self._checkpoint}: the interrupted run used another config ({', '.join(changed)} "
-                            f"differ); only {', '.join(RESUMABLE)} may change on --resume")
-        self.weights, self.best_weights, self.history = weights, best, history
-        s = self.stopper
-        s.best, s.best_round, s.wait = state["best"], state["best_round"], state["wait"]
-        self.clipping_norm, self.resumed = state["clipping_norm"], True
-
-    def finish(self, extra: dict[str, Any]) -> FederatedResult:
-        """Write the run folder with the best round's global model (the last round's without early stopping),
-        its decision threshold picked on the validation split as `train` does; remove the checkpoint."""
-
-        if self.weights is None:
-            raise DataError("federated: no round finished, so there is no global model (see the log above)")
-        early = self.stopper.patience is not None and self.best_weights is not None
-        kept = self.stopper.best_round if early else len(self.history)
-        self.model.set_weights(self.best_weights if early else self.weights)
-        hist = pd.DataFrame(self.history)
-        hist.insert(0, "epoch", np.arange(1, len(hist) + 1))  # epoch = round
-        seconds = time.perf_counter() - self.t0
-        f, p = self.cfg.federated, self.cfg.federated.privacy
-        privacy = None if p is None else {  # every round's average was released, so ε is that of all rounds run
-            "level": "client", "epsilon": float(hist["epsilon"].iloc[-1]), "delta": p.delta,
-            "noise_multiplier": p.noise_multiplier, "clipping": p.clipping, "clipping_norm": p.clipping_norm,
-            "max_epsilon": p.max_epsilon, "accountant": "dp-accounting RDP, no sampling amplification"}
-        threshold = decision_threshold(self.cfg, self.schema, self.model, self.x_val, self.y_val)
-        final = write_run(self.folder, self.prep, self.cfg, self.model, hist, kept, {
-            "started": self.started, "seconds": round(seconds, 3), "epochs_run": len(hist), "best_epoch": kept,
-            "threshold": threshold, "privacy": privacy, "resumed": self.resumed,
-            "federated": {"engine": f.engine, "rounds": len(hist), "rounds_asked": self.budget.asked,
-                          "kept_round": kept, "stopped_early": self.stopped, "patience": self.budget.patience,
-                          "secure_aggregation": f.secure_aggregation, **extra}})
-        shutil.rmtree(self._checkpoint, ignore_errors=True)
-        shutil.rmtree(artifacts.previous_dir(self._checkpoint), ignore_errors=True)
-        stop = None
-        if len(hist) < self.budget.asked and not self.stopped and p is not None and p.max_epsilon is not None:
-            stop = (f"federated.privacy.max_epsilon {p.max_epsilon}: stopped after {len(hist)} of {self.budget.asked} "
-                    f"rounds (ε={final['epsilon']:.3g}); round {len(hist) + 1} would spend "
-                    f"ε={epsilon(len(hist) + 1, p):.3g}")
-        return FederatedResult(self.folder.path, len(hist), kept, final, seconds, stop)
-
 
 class Cancelled(RuntimeError):
     """The rounds were stopped from outside (Ctrl-C in the process that runs them)."""

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ import pandas as pd
 from ..config import Config
 from ..errors import ConfigError, DataError
 from ..folders import open_prep
+from . import run_folder
 from .budget import budget
 from .client import KerasClient, client_mod, note_status
 from .processes import follow, job_folder, process
-from .server import FederatedResult, Federation, flwr, need_flwr
+from .run_folder import FederatedResult
+from .server import Federation, flwr, need_flwr
 
 
 def partitions(n_rows: int, n_clients: int, y: np.ndarray | None, groups: pd.Series | None,
@@ -48,12 +51,24 @@ def partitions(n_rows: int, n_clients: int, y: np.ndarray | None, groups: pd.Ser
     return [np.sort(np.array(p, dtype=int)) for p in parts]
 
 
-def simulate(prep: Path, out: Path, cfg: Config, on_round: Any = None, verbose: bool = False,
-             resume: bool = False) -> FederatedResult:
-    """`bigmodel federated`: K simulated clients on Flower's simulation engine, in a child process (Ray's
-    driver takes over its process's signals); with `resume`, continue the interrupted run in `out` from its
-    last complete round. Interrupted, the child gets SIGINT (it stops between messages), then the family
-    SIGTERM / SIGKILL; the checkpoint of the last complete round stays."""
+@dataclass(frozen=True)
+class SimulationOptions:
+    """What `federated run` is asked to do."""
+
+    prep: Path  # the prep folder (its train split is partitioned among the clients)
+    out: Path  # the run folder to write
+    config: Config  # resolved (config.resolve)
+    resume: bool = False  # continue the interrupted run in `out` from its last complete round
+    verbose: bool = False  # Flower's and Ray's logs on stderr
+
+
+def run(options: SimulationOptions, on_event: Any = None) -> FederatedResult:
+    """`bigmodel federated run`: K simulated clients on Flower's simulation engine, in a child process (Ray's
+    driver takes over its process's signals); `on_event` hears every round. Interrupted, the child gets SIGINT
+    (it stops between messages), then the family SIGTERM / SIGKILL; the checkpoint of the last complete round
+    stays."""
+    prep, out, cfg, on_round = options.prep, options.out, options.config, on_event
+    verbose, resume = options.verbose, options.resume
     if cfg.federated.engine == "deployment":
         raise ConfigError("federated.engine is deployment: start `bigmodel federated serve` and a "
                           "`bigmodel federated join` per client instead")
@@ -147,7 +162,7 @@ def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, 
         raise
     finally:
         Path(data_file).unlink(missing_ok=True)
-    return fed.finish({"clients": len(parts), "partition": f.partition, "class_balance": balance})
+    return run_folder.write(fed, {"clients": len(parts), "partition": f.partition, "class_balance": balance})
 
 
 if __name__ == "__main__":

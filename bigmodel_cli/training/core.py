@@ -137,14 +137,26 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
     return ds, set_epoch
 
 
-def run(prep: Path, out: Path, cfg: Config, on_epoch: OnEpoch | None = None, resume: bool = False) -> TrainResult:
-    """Train on PREP_DIR's train split (validation on its val split) and write RUN_DIR.
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `train` (or one of tune's trials) is asked to do."""
 
-    RUN_DIR's previous model stays untouched until the new one is complete; with `resume`, training
-    continues from RUN_DIR/checkpoint (the last complete epoch of an interrupted run).
+    prep: Path  # the prep folder
+    out: Path  # the run folder to write
+    config: Config  # resolved (config.resolve)
+    resume: bool = False  # continue from out/checkpoint
+
+
+def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
+    """Train on the prep folder's train split (validation on its val split) and write the run folder; `on_event`
+    hears every epoch.
+
+    The run folder's previous model stays untouched until the new one is complete; with `resume`, training
+    continues from its checkpoint (the last complete epoch of an interrupted run).
     """
-    prepared = open_prep(Path(prep))
-    folder = artifacts.Folder(Path(out), "run")
+    cfg, on_epoch, resume = options.config, on_event, options.resume
+    prepared = open_prep(Path(options.prep))
+    folder = artifacts.Folder(Path(options.out), "run")
     multi = None
     if cfg.train.strategy == "multi_worker":
         from ..keras_env import import_keras

@@ -1,0 +1,205 @@
+"""The HTTP side of `serve`: a Starlette app of a few routes in TensorFlow Serving's REST API, its limits under
+overload, and the bearer-token check.
+
+Starlette (FastAPI's request validation would answer bad input with its own 422 format, and TF Serving's clients
+expect `{"error": ...}`). At most `max_concurrency` predictions are computed at once and `max_queue` more wait (their
+bodies read, or a slot); beyond that a predict request gets 503 with `Retry-After` at once instead of waiting without
+limit; a body must arrive within `client_timeout` (else 408). `/healthz` and `/readyz` skip the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import one_line
+from .models import Model
+from .requests import BadRequest, compute
+
+VERSION = "1"
+RETRY_AFTER = 1  # seconds, in a 503's Retry-After
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server promises to hold at most (the --max-* and --client-timeout options)."""
+
+    max_body: int = 10 * 2**20  # bytes of one request body
+    max_concurrency: int = 4  # predictions computed at once
+    max_queue: int = 60  # predict requests admitted beyond those (64 in flight at most), waiting for a slot
+    client_timeout: float = 10.0  # seconds for a request's headers, and again for its body
+
+
+@dataclass
+class State:
+    name: str
+    token: str | None
+    limits: Limits
+    loader: Any  # () -> Model
+    model: Model | None = None
+    error: str | None = None
+    answered: int = 0
+    admitted: int = 0  # predict requests between admission and answer (reading, waiting or computing)
+    refused: int = 0  # predict requests answered 503 because the queue was full
+    started: float = field(default_factory=time.monotonic)
+    slots: asyncio.Semaphore | None = None  # made in the server's event loop, on the first request
+
+    def load(self) -> None:
+        try:
+            model = self.loader()
+            warm = {f.key: np.array([[np.nan]], dtype="float32") if f.takes_number else np.array([[""]], dtype=object)
+                    for f in model.schema.features}
+            model.predict(warm)  # traces the graph / allocates the runtime before the first request
+            self.model = model
+        except Exception as e:  # noqa: BLE001  (reported by /readyz and the model status; the process stays up)
+            self.error = one_line(e)
+
+
+def app(state: State) -> Any:
+    """The ASGI app: the routes over `state`, behind the token check when the state has a token."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    api = _Api(state)
+    inner = Starlette(routes=[
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/v1/models/{rest:path}", api.models, methods=["GET", "POST"]),
+    ], exception_handlers={404: api.not_found, 405: api.not_allowed, 500: api.internal})
+    return inner if state.token is None else _with_token(inner, state.token)
+
+
+def _error(message: str, status: int) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _Api:
+    """The routes: health, readiness, and /v1/models/NAME[/versions/N][:predict]."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    async def healthz(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"status": "up"})
+
+    async def readyz(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        state = self.state
+        if state.model is not None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "failed" if state.error else "loading", "error": state.error},
+                            status_code=503)
+
+    async def models(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        state = self.state
+        name, _, verb = request.path_params["rest"].partition(":")
+        name, _, version = name.partition("/versions/")
+        if name != state.name or (version and version != VERSION) or "/" in name:
+            return _error(f"Servable not found for request: {'Specific' if version else 'Latest'}({name}"
+                          f"{', ' + version if version else ''})", 404)
+        if request.method == "GET":
+            if verb:
+                return _error(f"unknown method :{verb}; POST :predict", 404)
+            state_name = "AVAILABLE" if state.model else ("END" if state.error else "LOADING")
+            return JSONResponse({"model_version_status": [{
+                "version": VERSION, "state": state_name,
+                "status": {"error_code": "UNKNOWN" if state.error else "OK", "error_message": state.error or ""}}]})
+        if verb != "predict":
+            return _error(f"unknown method :{verb}; this server answers :predict", 404)
+        return await self.admit(request)
+
+    async def admit(self, request: Any) -> Any:
+        """A predict request: refused at once (413, 503) or admitted to the queue and answered."""
+        from starlette.responses import JSONResponse
+
+        state, limits = self.state, self.state.limits
+        if state.model is None:
+            return _error(state.error or "the model is still loading; GET /readyz says when it is ready", 503)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body:
+            return _error(f"the body is {int(length)} bytes; the limit is {limits.max_body} (--max-body-mb)", 413)
+        if state.admitted >= limits.max_concurrency + limits.max_queue:
+            state.refused += 1
+            return JSONResponse({"error": f"the server is busy ({limits.max_concurrency} predictions at once and "
+                                          f"{limits.max_queue} waiting: --max-concurrency, --max-queue); retry "
+                                          f"after {RETRY_AFTER} s"},
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+        state.admitted += 1
+        try:
+            return await self.answer(request)
+        finally:
+            state.admitted -= 1
+
+    async def answer(self, request: Any) -> Any:
+        """An admitted predict request: its body (within the client timeout), a slot, the prediction."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        state, limits = self.state, self.state.limits
+        body = bytearray()
+        try:
+            async with asyncio.timeout(limits.client_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limits.max_body:
+                        return _error(f"the body is over the limit of {limits.max_body} bytes (--max-body-mb)", 413)
+        except TimeoutError:
+            return JSONResponse({"error": f"the request body did not arrive within {limits.client_timeout:g} s "
+                                          f"(--client-timeout)"}, status_code=408, headers={"Connection": "close"})
+        model = state.model
+        assert model is not None  # admitted only once loaded; a model is never unloaded
+        if state.slots is None:
+            state.slots = asyncio.Semaphore(limits.max_concurrency)
+        async with state.slots:
+            try:  # parsing too, off the event loop: /healthz answers while a large body is read into arrays
+                fmt, out = await run_in_threadpool(compute, model, bytes(body))
+            except BadRequest as e:
+                return _error(str(e), e.status)
+            except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
+                return _error(f"the model failed: {one_line(e)}", 500)
+        values = np.asarray(out, dtype="float64")
+        # JSON has no NaN or inf (a value far outside the training range can overflow the scaling): null
+        values = np.where(np.isfinite(values), values, np.array(None)).tolist()
+        state.answered += 1
+        return JSONResponse({"predictions" if fmt == "instances" else "outputs": values})
+
+    async def not_found(self, request: Any, exc: Exception) -> Any:
+        return _error(f"no such endpoint: {request.method} {request.url.path}", 404)
+
+    async def not_allowed(self, request: Any, exc: Exception) -> Any:
+        return _error(f"{request.method} is not allowed on {request.url.path}", 405)
+
+    async def internal(self, request: Any, exc: Exception) -> Any:
+        return _error(f"internal error: {type(exc).__name__}", 500)
+
+
+def _with_token(inner: Any, token: str) -> Any:
+    """`inner` behind a check that every HTTP request carries `Authorization: Bearer TOKEN` (compared in
+    constant time)."""
+    from starlette.responses import JSONResponse
+
+    expected = token.encode()
+
+    async def with_token(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), expected):
+                response = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await inner(scope, receive, send)
+
+    return with_token
