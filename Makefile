@@ -9,7 +9,7 @@ OUT    ?= build
 # make test's pytest workers (pytest-xdist): both cores of the CI machine
 TEST_JOBS ?= 2
 
-.PHONY: demo test fuzz lint install dev bench bench-quality bench-serve federated-table clean help report-check docs
+.PHONY: demo test fuzz lint install dev bench bench-quality bench-serve bench-startup federated-table clean help report-check docs
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -24,6 +24,7 @@ help:
 	@echo "                     (BEFORE=REV adds bigmodel at git revision REV, run the same way, as a column;"
 	@echo "                     REPEATS=N seeded runs of each model, default 5)"
 	@echo "make bench-serve - bigmodel serve (tf / onnx runtime) vs a hand-written Starlette service, under load"
+	@echo "make bench-startup - start-up times, and the lifecycle as five commands vs one bigmodel experiment"
 	@echo "make federated-table - centralized vs federated training with the defaults on the samples (docs/federated.md)"
 	@echo "make docs   - the manual in docs/ as a site in $(OUT)/site/ (mkdocs build --strict; CLI reference regenerated)"
 	@echo "make clean  - remove $(OUT)/"
@@ -81,6 +82,10 @@ bench-quality: $(VENV)/.installed-bench
 # The serving table of docs/deployment.md: bigmodel serve (tf, onnx) vs a hand-written Starlette + Keras service (~2 minutes).
 bench-serve: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_serve.py
+
+# Start-up, and the lifecycle as five commands vs one `experiment` (docs/performance.md; ~5 minutes).
+bench-startup: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_startup.py
 
 # The federated table of docs/federated.md: centralized vs FedAvg / SecAgg+ / client DP / deployment on penguins (~8 minutes).
 federated-table: $(VENV)/.installed-dev

@@ -340,11 +340,16 @@ def test_no_import_circles_and_no_verb_imports_another():
 
     crossing = sorted((m, d) for m, deps in graph.items() for d in deps if verb(m) and verb(d) and verb(m) != verb(d))
     assert crossing == []
+    # but one: `experiment` composes the stages, each through its own contract (and nothing imports it)
+    assert {"bigmodel_cli.preprocess", "bigmodel_cli.train", "bigmodel_cli.report"} <= graph["bigmodel_cli.experiment"]
+    assert not [m for m, deps in graph.items() if "bigmodel_cli.experiment" in deps and not m.startswith(
+        "bigmodel_cli.cli")]
 
 
 STAGES = {"init": "run", "preprocess": "run", "train": "run", "evaluate": "run", "export": "run", "predict": "run",
           "explain": "run", "tune": "run", "serve": "run", "compare": "run", "report": "run",
-          "federated.simulation": "run", "federated.deploy": "serve", "federated.deploy ": "join"}
+          "federated.simulation": "run", "federated.deploy": "serve", "federated.deploy ": "join",
+          "experiment": "run"}
 
 
 @pytest.mark.parametrize("module,function", [(m.strip(), f) for m, f in STAGES.items()])

@@ -39,7 +39,7 @@ def evaluate(
 
         result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap, plots,
                                                  unsafe))
-        render(result, as_json, lambda: _show_metrics(result.doc))
+        render(result, as_json, lambda: show_metrics(result.doc))
         if result.failed_gates:
             raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "
                              + ", ".join(f"{g['gate']} (got {_number(g['value'])})" for g in result.failed_gates))
@@ -53,7 +53,7 @@ def _interval(iv: list[float] | None) -> str:
     return "n/a" if iv is None else f"[{iv[0]:.4f}, {iv[1]:.4f}]"
 
 
-def _show_metrics(doc: dict[str, Any]) -> None:
+def show_metrics(doc: dict[str, Any]) -> None:
     d = doc["data"]
     title = f"{doc['task']} on '{doc['target']}': {d['split'] or d['source']} ({d['rows']} rows)"
     ci = (doc.get("bootstrap") or {}).get("intervals")

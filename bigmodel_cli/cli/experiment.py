@@ -1,0 +1,88 @@
+"""`experiment`: the whole lifecycle in one process, for a first look or a one-line Makefile target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ..console import err, out, table
+from ..errors import GateFailed
+from .app import (
+    ConfigOpt,
+    DataArg,
+    EpochProgress,
+    ExportFormat,
+    JsonOpt,
+    SetOpt,
+    app,
+    guard,
+    render,
+    resolve,
+    value,
+)
+from .evaluation import show_metrics
+
+STAGES = ("preprocess", "train", "evaluate", "export", "report")
+
+
+@app.command()
+def experiment(
+    ctx: typer.Context,
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="DIR: writes DIR/prep, DIR/run (with report.html) and "
+                                                              "DIR/export.", show_default=False)],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="The column to predict (or data.target).",
+                                               show_default=False)] = None,
+    test: Annotated[Path | None, typer.Option(
+        "--test", help="Evaluate on this CSV/Parquet file instead of the test split.", show_default=False)] = None,
+    fmt: Annotated[ExportFormat | None, typer.Option(
+        "--format", "-f", help="Export in this format too (savedmodel, keras, onnx, tflite); default: no export.",
+        show_default=False)] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        "--gate", "-g", metavar="METRIC>=VALUE", help="Fail (exit 1, after everything is written) unless this holds "
+        "(repeatable; adds to evaluate.gates).")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Preprocess, train, evaluate, export and report in one process (one TensorFlow start-up).
+
+    Writes the folders the single commands write (DIR/prep, DIR/run, DIR/export), so every later command works on
+    them; --json prints one document with each stage's result."""
+    with guard(ctx):
+        from .. import experiment as stage
+
+        cfg = resolve(config, sets, fixed={"data.target": target})
+        progress = EpochProgress()
+        asked = [s for s in STAGES if s != "export" or fmt is not None]
+
+        def event(kind: str, *args: Any) -> None:
+            if kind == "stage":
+                progress.close()
+                err.print(f"[{asked.index(args[0]) + 1}/{len(asked)}] {args[0]}", highlight=False)
+            else:
+                progress(*args)
+
+        try:
+            result = stage.run(stage.ExperimentOptions(data, out_dir, cfg, test, value(fmt), tuple(gate or ())),
+                               event)
+        finally:
+            progress.close()
+
+        def human() -> None:
+            show_metrics(result.evaluate.doc)
+            rows: list[list[Any]] = [
+                ["prep folder", escape(str(result.preprocess.out))], ["run folder", escape(str(result.train.out))],
+                ["epochs run", result.train.epochs_run], ["report", escape(str(result.report.out))]]
+            if result.export is not None:
+                rows.insert(2, ["export folder", escape(str(result.export.out)) if result.export.passed
+                                else "not exported (parity)"])
+            out.print(table(f"experiment {escape(str(result.out))}", ["", ""], rows))
+
+        render(result, as_json, human)
+        if result.failed:
+            raise GateFailed("; ".join(result.failed))
+
