@@ -175,6 +175,9 @@ class TrainConfig(_Section):
     # (as AutoGluon's refit_full): 4 seeds, breast cancer 0.956 vs 0.947, anes96 0.892 vs 0.890, slid RMSE +0.3%;
     # hpc_jobs +0.6 points (3 seeds); about +40% training time
     refit: bool = True
+    # model.onnx in the run folder, parity-checked, so predict / evaluate / serve run without TensorFlow; auto: when
+    # tf2onnx and onnxruntime are installed (the onnx extra) and no column is free text
+    portable: bool | Literal["auto"] = "auto"
 
     def budget(self, rows: int) -> tuple[int, int]:
         """(epochs, patience) for `rows` training rows. `auto` epochs: enough for AUTO_STEPS optimiser steps,

@@ -129,7 +129,7 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
     from . import gates as gate_checks
     from . import plots as draw
 
-    loaded = load_run(run_dir, unsafe)
+    loaded = load_run(run_dir, unsafe, portable=True)
     cfg = loaded.config.evaluate
     split = split or cfg.split
     frames, source = _source(loaded, data, split)
@@ -147,8 +147,10 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
         "schema_version": artifacts.SCHEMA_VERSION, "task": s.task, "target": s.target,
         "data": {**source, "rows": rows}, **body,
         "unseen_categories": preds.unseen_categories, "ignored_columns": preds.ignored_columns,
-        "gates": [v.to_dict() for v in verdicts],
+        "gates": [v.to_dict() for v in verdicts], "engine": loaded.engine,
     }
+    if loaded.why_tensorflow:
+        doc["why_tensorflow"] = loaded.why_tensorflow
     if s.task == "binary":
         doc["threshold"] = loaded.threshold
     if loaded.manifest.get("privacy"):

@@ -14,10 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, portable
 from .errors import ConfigError, DataError
 from .folders import load_run
+from .portable import Mismatch as _Mismatch
+from .portable import check as _check
+from .portable import hostile
 
+FORMATS = ("savedmodel", "keras", "onnx", "tflite")
+PORTABLE_FILES = portable.FILES
+ONE_BY_ONE = portable.ONE_BY_ONE
 CHUNK = 4096
 
 
@@ -39,29 +45,6 @@ class ExportResult:
         return {"out": str(self.out), "format": self.format, "files": self.files, "passed": self.passed,
                 "mismatch": self.mismatch, "max_abs_diff": self.max_abs_diff, "rows_checked": self.rows_checked,
                 "tolerance": self.tolerance}
-
-
-class _Mismatch(Exception):
-    """A reloaded file does not reproduce `bigmodel predict`: leave the atomic write without keeping it."""
-
-
-def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, diffs: dict[str, float]) -> None:
-    got = got.reshape(want.shape)
-    # relative where |value| > 1 (a regression in raw units: float32 carries ~7 digits of 4000 g as of 0.4), and
-    # NaN where predict gives NaN is agreement; NaN anywhere else is the largest difference there is
-    gap = np.abs(got - want) / np.maximum(1.0, np.abs(np.nan_to_num(want)))
-    gap = np.where(np.isnan(got) & np.isnan(want), 0.0, np.where(np.isnan(gap), np.inf, gap))
-    diff = float(gap.max()) if want.size else 0.0
-    diffs[name] = diff
-    if not diff <= tolerance:
-        raise _Mismatch(f"export parity: the reloaded {name} differs from `bigmodel predict` by {diff:.3g} "
-                        f"(> {tolerance:g}); nothing was written")
-
-
-FORMATS = ("savedmodel", "keras", "onnx", "tflite")
-ONNX_OPSET = 17  # tf2onnx 1.17 writes up to 18; 17 is what onnxruntime >= 1.14 and most other runtimes load
-PORTABLE_FILES = {"onnx": artifacts.ONNX, "tflite": artifacts.TFLITE}
-ONE_BY_ONE = 64  # rows also checked one per call (batch 1)
 
 
 @dataclass(frozen=True)
@@ -115,8 +98,8 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
                 _savedmodel(loaded.serving, work / artifacts.SAVEDMODEL, x, want, tol, diffs)
                 files.append(artifacts.SAVEDMODEL + "/")
             elif fmt in PORTABLE_FILES:
-                portable = features.serving_model(loaded.schema, loaded.network, portable=True)
-                extra = _portable(fmt, portable, work, x, want, tol, diffs)
+                graph = features.serving_model(loaded.schema, loaded.network, portable=True)
+                extra = portable.write(fmt, graph, work, x, want, tol, diffs)
                 files.append(PORTABLE_FILES[fmt])
             loaded.schema.save(work)
             files.append(artifacts.SCHEMA)
@@ -155,22 +138,6 @@ def _output_doc(schema: Any) -> str:
     return f"(n, 1) {schema.target} in its own units"
 
 
-def hostile(x: dict[str, np.ndarray], schema: Any) -> dict[str, np.ndarray]:
-    """The checked rows plus, per column, copies of the first row with that column NaN / +inf / -inf (numbers)
-    or '' / unseen (strings): every format must treat missing values and new categories as predict does."""
-    if not len(next(iter(x.values()))):
-        return x
-    parts = {k: [v.astype(object) if v.dtype.kind in "OUS" else v] for k, v in x.items()}
-    for f in schema.features:
-        for value in [np.nan, np.inf, -np.inf] if f.takes_number else ["", "unseen category \u00e9\u2603"]:
-            for k, v in x.items():
-                row = v[:1].astype(object) if v.dtype.kind in "OUS" else v[:1].copy()
-                if k == f.key:
-                    row[0, 0] = value
-                parts[k].append(row)
-    return {k: np.concatenate(p) for k, p in parts.items()}
-
-
 def _keras(loaded: Any, path: Path, x: dict, want: np.ndarray, tol: float, diffs: dict, unsafe: bool) -> None:
     from . import features
     from .keras_env import import_keras
@@ -190,67 +157,3 @@ def _savedmodel(serving: Any, path: Path, x: dict, want: np.ndarray, tol: float,
     parts = [serve(**{k: tf.constant(v[i:i + CHUNK]) for k, v in x.items()})["output_0"].numpy()
              for i in range(0, n, CHUNK)]
     _check("savedmodel", np.concatenate(parts) if parts else want, want, tol, diffs)
-
-
-def _portable(fmt: str, model: Any, work: Path, x: dict, want: np.ndarray, tol: float,
-              diffs: dict) -> dict[str, Any]:
-    """SavedModel of the portable graph -> model.onnx (tf2onnx) or model.tflite (TFLite builtins only), then
-    reloaded in onnxruntime / LiteRT and checked on all rows at once and on the first rows one by one."""
-    import tempfile
-
-    from . import runtimes
-
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
-        saved = Path(tmp) / "portable"
-        model.export(str(saved), format="tf_saved_model", verbose=False)
-        path = work / PORTABLE_FILES[fmt]
-        extra = _to_onnx(saved, path) if fmt == "onnx" else _to_tflite(saved, path)
-    runtime = runtimes.load(path)
-    _check(fmt, runtime(x), want, tol, diffs)
-    n = min(ONE_BY_ONE, len(want))
-    if n:
-        one = np.concatenate([runtime({k: v[i:i + 1] for k, v in x.items()}) for i in range(n)])
-        _check(f"{fmt} (batch 1)", one, want[:n], tol, diffs)
-    return extra
-
-
-def _to_onnx(saved: Path, path: Path) -> dict[str, Any]:
-    import logging
-
-    import tf2onnx
-    from tf2onnx import convert, tf_loader
-
-    from .keras_env import tensorflow
-
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    # tf2onnx's own saved-model path (what `python -m tf2onnx.convert --saved-model` runs): it is the one that
-    # carries lookup tables into ONNX (CategoryMapper); from_function / from_keras lose them (tf2onnx#1867)
-    try:
-        graph, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-            str(saved), None, None, None, None, None, False, return_initialized_tables=True,
-            return_tensors_to_rename=True)
-        with tensorflow().device("/cpu:0"):
-            convert._convert_common(graph, name="bigmodel", opset=ONNX_OPSET, input_names=inputs,
-                                    output_names=outputs, tensors_to_rename=renames, initialized_tables=tables,
-                                    output_path=str(path))
-    except (ValueError, TypeError, KeyError, RuntimeError) as e:  # an op tf2onnx cannot write: say which
-        raise ConfigError(f"export --format onnx: the model does not convert to ONNX (tf2onnx "
-                          f"{tf2onnx.__version__}): {str(e).strip().splitlines()[0][:200]}") from None
-    return {"onnx": {"opset": ONNX_OPSET, "tf2onnx": tf2onnx.__version__}}
-
-
-def _to_tflite(saved: Path, path: Path) -> dict[str, Any]:
-    from .keras_env import tensorflow
-
-    tf = tensorflow()
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no select TF ops: LiteRT runs it
-    try:
-        data = converter.convert()
-    except Exception as e:  # noqa: BLE001  (TF's ConverterError, by name: TF is imported through keras_env only)
-        if type(e).__name__ != "ConverterError":
-            raise
-        raise ConfigError(f"export --format tflite: the model does not convert to TFLite builtins: "
-                          f"{str(e).strip().splitlines()[0][:200]}") from None
-    path.write_bytes(data)
-    return {"tflite": {"ops": "TFLITE_BUILTINS"}}

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from . import layers as _layers  # noqa: F401  (registers the network's own layers for loading)
 from .keras_env import import_keras, tensorflow
 from .layers import Cycles, PiecewiseLinear, SmoothClip, smooth_clip
-from .schema import FLOAT32_MAX, Feature, Schema, as_str, to_inputs  # noqa: F401  (to_inputs: TF-free, in schema)
+from .schema import FLOAT32_MAX, Feature, Schema, as_str, to_inputs, unseen_categories  # noqa: F401  (TF-free)
 
 keras: Any
 tf: Any
@@ -230,13 +229,3 @@ def apply(model: Any, x: dict[str, np.ndarray], chunk: int = 65536) -> np.ndarra
     return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), dtype="float32")
 
 
-def unseen_categories(df: pd.DataFrame, schema: Schema) -> dict[str, int]:
-    """How many values of each categorical column fall outside the fitted vocabulary (the OOV bucket)."""
-    counts = {}
-    for f in schema.features:
-        if f.kind in ("categorical", "boolean"):
-            text = as_str(df[f.name])
-            n = int((~text.isin(f.vocabulary) & (text != "")).sum())
-            if n:
-                counts[f.name] = n
-    return counts

@@ -19,7 +19,7 @@ import pandas as pd
 from . import artifacts
 from .config import Config, load_config
 from .errors import DataError, one_line
-from .schema import Schema
+from .schema import Schema, to_inputs, unseen_categories
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, histo
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         net.save(tmp)
+    if (extra.get("portable") or {}).get("onnx"):  # the graph is of this model.keras: a changed one voids it
+        extra = {**extra, "portable": {**extra["portable"], "model_sha256": artifacts.sha256(folder / artifacts.MODEL)}}
     folder.finish({
         "prep_dir": str(prep.path.resolve()), "data": prep.manifest["data"], "splits": prep.manifest["splits"],
         "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
@@ -129,8 +131,10 @@ class LoadedRun:
     manifest: dict[str, Any]
     schema: Schema
     config: Config
-    serving: Any  # keras.Model: raw columns -> network output
-    network: Any = None  # the trained network alone (encoded features in)
+    serving: Any  # raw columns -> network output: a keras.Model, or (engine onnxruntime) the run's model.onnx
+    network: Any = None  # the trained network alone (encoded features in); None on onnxruntime
+    engine: str = "tensorflow"  # or "onnxruntime": the run's portable graph, without TensorFlow
+    why_tensorflow: str | None = None  # asked for the portable graph, but it could not be used: why
 
     @property
     def threshold(self) -> float:
@@ -143,11 +147,15 @@ class LoadedRun:
 
     def predict(self, df: pd.DataFrame, source: str, first_row: int = 0) -> Predictions:
         """Predictions for a frame (`first_row`: its first row's position in `source`, a chunk's, for errors)."""
-        from . import features
-
         ignored = self.schema.check_columns(df, source, need_target=False)
-        out = features.apply(self.serving, features.to_inputs(df, self.schema, source, first_row))
-        unseen = features.unseen_categories(df, self.schema)
+        inputs = to_inputs(df, self.schema, source, first_row)
+        if self.engine == "onnxruntime":
+            out = self.serving(inputs)
+        else:
+            from . import features
+
+            out = features.apply(self.serving, inputs)
+        unseen = unseen_categories(df, self.schema)
         if not self.schema.is_classification:
             return Predictions(None, out[:, 0], unseen, ignored)
         if self.schema.task == "binary":
@@ -197,12 +205,19 @@ def load_network(path: Path, unsafe: bool = False) -> Any:
         raise DataError(f"{path}: cannot load the model: {msg}") from None
 
 
-def load_run(run_dir: Path, unsafe: bool = False) -> LoadedRun:
-    """Read a complete run folder; the model is loaded with Keras safe_mode=True unless `unsafe`."""
+def load_run(run_dir: Path, unsafe: bool = False, portable: bool = False) -> LoadedRun:
+    """Read a complete run folder; the model is loaded with Keras safe_mode=True unless `unsafe`. With `portable`
+    (predict, evaluate), the run's model.onnx in onnxruntime where it has one, checked when it was trained: no
+    TensorFlow in the process; else the Keras model, and `why_tensorflow` says why."""
     folder = artifacts.Folder(Path(run_dir), "run")
     manifest = folder.manifest()
     schema = Schema.load(folder.path)
     config = load_config(folder / artifacts.CONFIG)
+    why = None
+    if portable:
+        graph, why = _portable_graph(folder, manifest)
+        if graph is not None:
+            return LoadedRun(folder.path, manifest, schema, config, graph, engine="onnxruntime")
     from . import features
     from .keras_env import import_keras
 
@@ -213,4 +228,34 @@ def load_run(run_dir: Path, unsafe: bool = False) -> LoadedRun:
     except ValueError as e:
         raise DataError(f"{folder / artifacts.MODEL}: the model does not fit the run's schema.json "
                         f"(was it copied from another run?): {str(e).splitlines()[0]}") from None
-    return LoadedRun(folder.path, manifest, schema, config, serving, network)
+    return LoadedRun(folder.path, manifest, schema, config, serving, network, why_tensorflow=why)
+
+
+def checked_graph(run: Path, manifest: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """The run's model.onnx if it is the one its training wrote and checked, of the model.keras that is there now;
+    else None and why not."""
+    entry = manifest.get("portable")
+    if entry is None:
+        return None, "the run was trained before portable graphs (train it again for one)"
+    if not entry.get("onnx"):
+        return None, f"the run has no portable graph: {entry.get('why')}"
+    path = Path(run) / entry["onnx"]
+    if not path.exists() or artifacts.sha256(path) != entry.get("sha256"):
+        return None, f"{path} is missing or is not the one trained with the run"
+    if artifacts.sha256(Path(run) / artifacts.MODEL) != entry.get("model_sha256"):
+        return None, f"{Path(run) / artifacts.MODEL} is not the model its portable graph was made from"
+    return path, None
+
+
+def _portable_graph(folder: artifacts.Folder, manifest: dict[str, Any]) -> tuple[Any, str | None]:
+    """The run's model.onnx in onnxruntime, or None and why not."""
+    import importlib.util
+
+    path, why = checked_graph(folder.path, manifest)
+    if path is None:
+        return None, why
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None, "onnxruntime is not installed (pip install 'bigmodel[onnx]')"
+    from . import runtimes
+
+    return runtimes.load(path), None

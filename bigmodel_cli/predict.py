@@ -36,10 +36,12 @@ class PredictResult:
     rows: int
     unseen_categories: dict[str, int]
     ignored_columns: list[str]
+    engine: str = "tensorflow"  # or "onnxruntime" (the run's portable graph)
+    why_tensorflow: str | None = None  # why the run's portable graph could not be used
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "rows": self.rows, "unseen_categories": self.unseen_categories,
-                "ignored_columns": self.ignored_columns}
+                "ignored_columns": self.ignored_columns, "engine": self.engine, "why_tensorflow": self.why_tensorflow}
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class PredictOptions:
 def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
     """The run's predictions for every row of the data file, with its id columns, written whole or not at all."""
     run_dir, data, out, unsafe = options.run, options.data, options.out, options.unsafe
-    loaded = load_run(run_dir, unsafe)
+    loaded = load_run(run_dir, unsafe, portable=True)
+    engine, why = loaded.engine, loaded.why_tensorflow
     # the id columns of a CSV as written: the same in every chunk as read whole ('x9' late in a column of
     # numbers cannot change a streamed Parquet output's column type), and '007' stays '007'
     ids = tuple(loaded.schema.id_columns)
@@ -68,7 +71,7 @@ def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
                 write_table(table, tmp)
         except OSError as e:
             raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
-        return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns)
+        return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns, engine, why)
     # data.streaming: chunk by chunk, appended to the output
     from .data import is_parquet, read_chunks
 
@@ -96,7 +99,7 @@ def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
     except OSError as e:
         raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
     summary = merge(parts)
-    return PredictResult(Path(out), rows, summary.unseen_categories, summary.ignored_columns)
+    return PredictResult(Path(out), rows, summary.unseen_categories, summary.ignored_columns, engine, why)
 
 
 def _as_first(table: pd.DataFrame, schema: Any, data: Path, first_row: int) -> Any:

@@ -234,3 +234,15 @@ def to_inputs(df: pd.DataFrame, schema: Schema, source: str, first_row: int = 0)
             v = as_str(df[f.name]).to_numpy(dtype=str)
         out[f.key] = v.reshape(-1, 1)
     return out
+
+
+def unseen_categories(df: pd.DataFrame, schema: Schema) -> dict[str, int]:
+    """How many values of each categorical column fall outside the fitted vocabulary (the OOV bucket)."""
+    counts = {}
+    for f in schema.features:
+        if f.kind in ("categorical", "boolean"):
+            text = as_str(df[f.name])
+            n = int((~text.isin(f.vocabulary) & (text != "")).sum())
+            if n:
+                counts[f.name] = n
+    return counts

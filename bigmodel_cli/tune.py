@@ -290,7 +290,7 @@ def _objective(plan: _Study, gate: _Gate) -> Callable[[Any], float]:
 
         run_dir = Path(options.out) / "trials" / f"{trial.number:04d}"
         try:
-            result = core.run(core.TrainOptions(options.prep, run_dir, trial_cfg), report)
+            result = core.run(core.TrainOptions(options.prep, run_dir, trial_cfg, portable=False), report)
         except BaseException:  # pruned, failed or interrupted: its folder is of no use
             shutil.rmtree(run_dir, ignore_errors=True)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))

@@ -81,6 +81,64 @@ def test_portable_export_matches_predict_in_its_own_runtime(portable_exports, ru
                                   for f in loaded.schema.features}
 
 
+@pytest.mark.parametrize("run", RUNS)
+def test_a_run_predicts_in_onnxruntime_as_it_does_in_tensorflow(run, request):
+    """`train` writes model.onnx, checked as an export is; predict and evaluate run it in onnxruntime (no
+    TensorFlow), with the Keras path's predictions to 1e-5: every task kind, embedded categoricals, hostile rows."""
+    from bigmodel_cli.folders import load_run
+
+    folder = request.getfixturevalue(run)
+    entry = read_json(folder / "manifest.json")["portable"]
+    assert entry["onnx"] == "model.onnx" and entry["parity"]["max_abs_diff"]["onnx"] <= 1e-5, entry
+    fast, slow = load_run(folder, portable=True), load_run(folder)
+    assert (fast.engine, fast.network, fast.why_tensorflow) == ("onnxruntime", None, None)
+    assert slow.engine == "tensorflow" and slow.network is not None
+    df = fast.split("test")
+    odd = df.head(2).copy()  # a missing number, an empty and an unseen category
+    for f in fast.schema.features:
+        odd[f.name] = odd[f.name].astype(object)
+        odd.loc[odd.index[0], f.name] = None
+        odd.loc[odd.index[1], f.name] = "never seen" if f.kind in ("categorical", "boolean") else np.nan
+    rows = pd.concat([df, odd], ignore_index=True)
+    a, b = fast.predict(rows, "rows"), slow.predict(rows, "rows")
+    got, want = (a.values, b.values) if a.probabilities is None else (a.probabilities, b.probabilities)
+    assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert a.unseen_categories == b.unseen_categories
+
+
+NO_TF = """
+import json, sys
+from bigmodel_cli.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    assert not e.code, e.code
+print(json.dumps({"tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def test_predict_and_evaluate_start_no_tensorflow(penguins_run, tmp_path):
+    """In a process of their own, predict and evaluate on a run with its portable graph never import TensorFlow;
+    a graph that is not the one trained (here: changed on disk) is not used: TensorFlow, with a one-line note."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-c", NO_TF, *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])["tensorflow"], done.stderr
+
+    assert cli("predict", penguins_run, PENGUINS, "--out", tmp_path / "p.csv") == (False, "")
+    assert cli("evaluate", penguins_run, "--data", PENGUINS, "--no-plots")[0] is False
+    run = tmp_path / "run"
+    shutil.copytree(penguins_run, run)
+    with open(run / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    used_tf, stderr = cli("predict", run, PENGUINS, "--out", tmp_path / "q.csv")
+    assert used_tf and "note: using TensorFlow" in stderr and "not the one trained" in stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "q.csv"), atol=1e-5)
+
+
 def test_failed_parity_keeps_the_previous_export(penguins_run, tmp_path):
     """A mismatch (here: a tolerance no float32 model meets) is exit 1, and the export folder that was there
     stays byte for byte: the new one is built aside and swapped in only when every check passed."""

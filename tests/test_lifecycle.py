@@ -301,8 +301,13 @@ def test_text_and_boolean_columns(tmp_path):
     kinds = {f["name"]: f["kind"] for f in read_json(tmp_path / "prep" / "schema.json")["features"]}
     assert kinds == {"review": "text", "verified": "boolean", "stars": "numeric"}
     bm("train", tmp_path / "prep", "--out", tmp_path / "run", "--set", "train.epochs=30")
-    doc = json.loads(bm("evaluate", tmp_path / "run", "--json").stdout)
+    r = bm("evaluate", tmp_path / "run", "--json")
+    doc = json.loads(r.stdout)
     assert doc["metrics"]["accuracy"] >= 0.9
+    # free text has no portable graph: evaluate takes TensorFlow's path and says why, in one line
+    assert doc["engine"] == "tensorflow" and "'review' is free text" in doc["why_tensorflow"]
+    assert "note: using TensorFlow" in r.stderr and "'review' is free text" in r.stderr
+    assert not (tmp_path / "run" / "model.onnx").exists()
     bm("export", tmp_path / "run", "--out", tmp_path / "export")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -240,10 +241,14 @@ def test_sigterm_finishes_the_request_in_flight(penguins_run, tmp_path):
         httpx.get(f"{s.url}/healthz", timeout=2)
 
 
-def test_onnx_runtime_serves_without_tensorflow(penguins_run, tmp_path):
-    export = tmp_path / "export"
-    bm("export", penguins_run, "--format", "onnx", "--out", export)
-    s = Server(export, "--runtime", "onnx")
+@pytest.mark.parametrize("what", ["export", "run"])
+def test_onnx_runtime_serves_without_tensorflow(penguins_run, tmp_path, what):
+    """An ONNX export, or a run folder's own portable graph (train writes it), served without TensorFlow."""
+    folder = penguins_run
+    if what == "export":
+        folder = tmp_path / "export"
+        bm("export", penguins_run, "--format", "onnx", "--out", folder)
+    s = Server(folder, "--runtime", "onnx")
     try:
         df = rows()
         r = httpx.post(f"{s.url}/v1/models/model:predict", json={"instances": as_instances(df)})
@@ -253,8 +258,12 @@ def test_onnx_runtime_serves_without_tensorflow(penguins_run, tmp_path):
         assert "onnxruntime" in maps and "tensorflow" not in maps  # TensorFlow never loaded in this process
     finally:
         assert s.stop()[0] == 0
-    r = bm("serve", penguins_run, "--runtime", "onnx", code=2)
-    assert "needs an export folder with model.onnx" in r.stderr
+    if what == "run":  # a run without its graph (here: removed) is refused before listening
+        run = tmp_path / "run"
+        shutil.copytree(penguins_run, run)
+        (run / "model.onnx").unlink()
+        r = bm("serve", run, "--runtime", "onnx", code=2)
+        assert "needs an export folder with model.onnx (or a run folder with its portable graph)" in r.stderr
 
 
 def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):

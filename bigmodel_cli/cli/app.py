@@ -222,6 +222,12 @@ class EpochProgress:
             self.progress.stop()
 
 
+def slow_path(why: str | None) -> None:
+    """The one-line note when a run's portable graph could not be used and TensorFlow was started instead."""
+    if why:
+        err.print(f"note: using TensorFlow (a slower start): {escape(why)}", soft_wrap=True, highlight=False)
+
+
 def notes(unseen: dict[str, int], ignored: list[str]) -> None:
     """evaluate's and predict's notes on stderr: values outside the training vocabulary, extra columns."""
     for col, n in unseen.items():

@@ -24,6 +24,7 @@ from .app import (
     notes,
     render,
     resolve,
+    slow_path,
     value,
 )
 from .app import verbose as verbose_of
@@ -73,6 +74,7 @@ def predict(
         from .. import predict as stage
 
         result = stage.run(stage.PredictOptions(run_dir, data, out_path, unsafe))
+        slow_path(result.why_tensorflow)
 
         def human() -> None:
             out.print(f"wrote {result.rows} predictions to {escape(str(result.out))}", highlight=False)

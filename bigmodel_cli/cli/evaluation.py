@@ -11,7 +11,7 @@ from rich.markup import escape
 from .. import artifacts
 from ..console import emit_json, err, out, table
 from ..errors import GateFailed
-from .app import CompareFormat, JsonOpt, RunDirArg, Split, UnsafeOpt, app, guard, notes, render, value
+from .app import CompareFormat, JsonOpt, RunDirArg, Split, UnsafeOpt, app, guard, notes, render, slow_path, value
 
 
 @app.command()
@@ -39,6 +39,7 @@ def evaluate(
 
         result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap, plots,
                                                  unsafe))
+        slow_path(result.doc.get("why_tensorflow"))
         render(result, as_json, lambda: show_metrics(result.doc))
         if result.failed_gates:
             raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "

@@ -41,10 +41,19 @@ def check(path: Path, runtime: str) -> str:
     artifacts.Folder(path, kind).manifest()  # of this version
     if runtime in ("onnx", "tflite"):
         file = path / (artifacts.ONNX if runtime == "onnx" else artifacts.TFLITE)
-        if kind != "export" or not file.exists():
-            raise ConfigError(f"--runtime {runtime} needs an export folder with {file.name}: bigmodel export RUN_DIR "
-                              f"--format {runtime} --out EXPORT_DIR")
+        portable = kind == "run" and runtime == "onnx" and _checked_graph(path)
+        if not portable and (kind != "export" or not file.exists()):
+            raise ConfigError(f"--runtime {runtime} needs an export folder with {file.name}"
+                              f"{' (or a run folder with its portable graph)' if runtime == 'onnx' else ''}: "
+                              f"bigmodel export RUN_DIR --format {runtime} --out EXPORT_DIR")
     return kind
+
+
+def _checked_graph(run: Path) -> bool:
+    """Whether a run folder holds the model.onnx its training wrote and checked (train.portable)."""
+    from ..folders import checked_graph
+
+    return checked_graph(run, artifacts.read_json(run / artifacts.MANIFEST))[0] is not None
 
 
 def load(path: Path, runtime: str, unsafe: bool = False) -> Model:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts
+from .. import artifacts, portable
 from ..config import Config
 from ..errors import BigModelError, ConfigError, DataError
 from ..folders import Prep, open_prep, write_run
@@ -64,6 +64,7 @@ class _Run:
     multi: Any  # the MultiWorkerMirroredStrategy, or None
     started: str
     t0: float
+    portable: bool = True  # write model.onnx as train.portable asks
 
     @functools.cached_property
     def config_sha256(self) -> str:
@@ -145,6 +146,7 @@ class TrainOptions:
     out: Path  # the run folder to write
     config: Config  # resolved (config.resolve)
     resume: bool = False  # continue from out/checkpoint
+    portable: bool = True  # model.onnx as train.portable asks (tune's trials: not)
 
 
 def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
@@ -175,7 +177,8 @@ def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
         if not resume:
             shutil.rmtree(partial, ignore_errors=True)  # an interrupted run's logs, not resumed
         try:
-            return _train(_Run(prepared, folder, cfg, on_epoch, resume, multi, artifacts.now(), time.perf_counter()))
+            return _train(_Run(prepared, folder, cfg, on_epoch, resume, multi, artifacts.now(), time.perf_counter(),
+                               options.portable))
         except BaseException as e:  # a failed or interrupted run leaves RUN_DIR as it was (its checkpoint aside)
             shutil.rmtree(partial, ignore_errors=True)
             if isinstance(e, BigModelError) and not resume:  # nothing worth resuming (a bad config, divergence)
@@ -405,7 +408,9 @@ def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
         "best_epoch": fit.best_epoch, "resumed": ctx.resume, "refit": fit.refit,
         "privacy": _privacy(cfg, len(data.y["train"]), len(history)),
         "threshold": fit.threshold if fit.threshold is not None else decision_threshold(
-            cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]), **extra})
+            cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]),
+        "portable": portable.for_run(ctx.folder.path, ctx.prep, cfg, fit.net) if ctx.portable else
+        {"onnx": None, "why": "a tune trial"}, **extra})
     if (ctx.folder / artifacts.LOGS_PARTIAL).exists():
         artifacts.replace_dir(ctx.folder / artifacts.LOGS_PARTIAL, ctx.folder / artifacts.LOGS)
     shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
