@@ -167,11 +167,14 @@ def _bind(host: str, port: int, url: str) -> Any:
 def _with_deadlines(seconds: float) -> Any:
     """uvicorn's HTTP protocol (httptools, else h11) with a deadline for each request's headers: a connection that
     sends nothing, or trickles its headers (slow loris), is closed `seconds` after it opened or after its last
-    answer. uvicorn alone waits for them forever (its keep-alive timeout stops at the first byte)."""
+    answer. uvicorn alone waits for them forever (its keep-alive timeout stops at the first byte). The deadline counts
+    time the server was running: a timer that fires late (the server stalled) waits as long again, so a request that
+    arrived during the stall is read before it is judged."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class Protocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         deadline: asyncio.TimerHandle | None = None
+        due = 0.0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -186,14 +189,19 @@ def _with_deadlines(seconds: float) -> Any:
                 self.deadline.cancel()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
+        def _arm(self, after: float = seconds) -> None:
             if self.deadline is not None:
                 self.deadline.cancel()
             if not self.transport.is_closing():
-                self.deadline = self.loop.call_later(seconds, self._expire)
+                self.due = self.loop.time() + after
+                self.deadline = self.loop.call_later(after, self._expire)
 
         def _expire(self) -> None:
             self.deadline = None
+            late = self.loop.time() - self.due
+            if late > 0.05:  # the server stalled (starved of CPU, stopped): the client may have sent in time, and
+                self._arm(min(late, seconds))  # libuv runs due timers before it reads, so read first, then judge
+                return
             busy = self.cycle is not None and not self.cycle.response_complete  # headers in: the app's to time
             if not busy and not self.transport.is_closing():
                 self.transport.close()

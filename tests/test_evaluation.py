@@ -81,6 +81,7 @@ def test_compare_regression_beyond_and_within_tolerance(cancer_run, worse_run):
 
 
 def test_compare_warns_on_different_data(cancer_run, tmp_path):
+    bm("evaluate", cancer_run, "--no-plots")  # the test split: this test must not rely on another having run first
     other = tmp_path / "run"
     shutil.copytree(cancer_run, other)
     bm("evaluate", other, "--split", "val", "--no-plots")

@@ -290,6 +290,30 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
     assert client.post("/v1/models/model:predict", json=body).status_code == 200
 
 
+def answers_after_a_stall(s: Server, body: bytes, seconds: float) -> int:
+    """A request sent on a keep-alive connection while the server is stopped (SIGSTOP) for longer than its client
+    timeout, the way a starved server stalls: it is in the socket, so the server owes it an answer when it runs again
+    (its deadline timers fire late, before it reads). The status of that answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/models/model:predict", body, {"Content-Type": "application/json"})
+        assert conn.getresponse().read() and True
+        os.kill(s.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.2)
+            conn.request("POST", "/v1/models/model:predict", body, {"Content-Type": "application/json"})
+            time.sleep(seconds)
+        finally:
+            os.kill(s.proc.pid, signal.SIGCONT)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        conn.close()
+
+
 def test_overload_answers_or_refuses_in_time_and_cuts_slow_clients(penguins_run, tmp_path):
     """500 connections on loopback, 100 of them slow loris (headers or body one byte per 0.5 s): every healthy
     request gets 200 or 503 with Retry-After within 10 s, slow clients are cut after --client-timeout, /healthz
@@ -304,6 +328,7 @@ def test_overload_answers_or_refuses_in_time_and_cuts_slow_clients(penguins_run,
     s = Server(penguins_run, "--config", str(config), "--client-timeout", "2")
     try:
         body = json.dumps({"instances": as_instances(rows(8))}).encode()
+        assert answers_after_a_stall(s, body, seconds=3) == 200
         report = asyncio.run(overload("127.0.0.1", s.port, body, pid=s.proc.pid, healthy=400, slow=100, seconds=8))
     finally:
         code, stderr = s.stop()
