@@ -8,6 +8,7 @@ does not is not kept (the result says so, and the CLI exits 1).
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import artifacts, portable
 from .errors import ConfigError, DataError
-from .folders import load_run
+from .folders import checked_graph, load_run
 from .portable import Mismatch as _Mismatch
 from .portable import check as _check
 from .portable import hostile
@@ -98,8 +99,7 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
                 _savedmodel(loaded.serving, work / artifacts.SAVEDMODEL, x, want, tol, diffs)
                 files.append(artifacts.SAVEDMODEL + "/")
             elif fmt in PORTABLE_FILES:
-                graph = features.serving_model(loaded.schema, loaded.network, portable=True)
-                extra = portable.write(fmt, graph, work, x, want, tol, diffs)
+                extra = _portable(fmt, loaded, work, x, want, tol, diffs)
                 files.append(PORTABLE_FILES[fmt])
             loaded.schema.save(work)
             files.append(artifacts.SCHEMA)
@@ -120,6 +120,22 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
     except _Mismatch as e:
         return ExportResult(folder.path, fmt, [], diffs, rows, tol, str(e))
     return ExportResult(folder.path, fmt, files, diffs, rows, tol)
+
+
+def _portable(fmt: str, loaded: Any, work: Path, x: dict, want: np.ndarray, tol: float, diffs: dict) -> dict:
+    """model.onnx / model.tflite in `work`, checked. ONNX: the run's own portable graph where training wrote one
+    for the model.keras that is there now (no second conversion; checked again here on these rows, at this
+    tolerance), else converted."""
+    from . import features
+
+    if fmt == "onnx":
+        graph, _ = checked_graph(loaded.path, loaded.manifest)
+        if graph is not None:
+            shutil.copyfile(graph, work / PORTABLE_FILES[fmt])
+            portable.verify(fmt, work / PORTABLE_FILES[fmt], x, want, tol, diffs)
+            return {"onnx": {**loaded.manifest["portable"]["converter"], "from": "the run's model.onnx"}}
+    network = features.serving_model(loaded.schema, loaded.network, portable=True)
+    return portable.write(fmt, network, work, x, want, tol, diffs)
 
 
 def _needs(*modules: str, extra: str) -> None:

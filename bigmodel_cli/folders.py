@@ -78,10 +78,11 @@ def write_prep(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema
 
 
 def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, history: pd.DataFrame, best: int,
-              extra: dict[str, Any]) -> dict[str, float]:
-    """Write a complete run folder (model.keras last but the manifest); return the best row's metrics.
-    Shared by `train` and `federated`, so that evaluate / export / predict / compare read either."""
-    from . import plots
+              extra: dict[str, Any], graph: bool = True) -> dict[str, float]:
+    """Write a complete run folder (model.keras, then its portable graph where `graph` and train.portable ask,
+    then the manifest); return the best row's metrics. Shared by `train` and `federated`, so that evaluate /
+    export / predict / compare read either."""
+    from . import plots, portable
 
     with artifacts.atomic_path(folder / artifacts.HISTORY) as tmp:
         history.to_csv(tmp, index=False)
@@ -91,8 +92,8 @@ def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, histo
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         net.save(tmp)
-    if (extra.get("portable") or {}).get("onnx"):  # the graph is of this model.keras: a changed one voids it
-        extra = {**extra, "portable": {**extra["portable"], "model_sha256": artifacts.sha256(folder / artifacts.MODEL)}}
+    extra = {**extra, "portable": portable.for_run(folder.path, prep, cfg, net) if graph else
+             {"onnx": None, "why": "a tune trial"}}
     folder.finish({
         "prep_dir": str(prep.path.resolve()), "data": prep.manifest["data"], "splits": prep.manifest["splits"],
         "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,

@@ -59,20 +59,26 @@ def write(fmt: str, model: Any, work: Path, x: dict, want: np.ndarray, tol: floa
     reloaded in onnxruntime / LiteRT and checked on all rows at once and on the first rows one by one."""
     import tempfile
 
-    from . import runtimes
-
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         saved = Path(tmp) / "portable"
         model.export(str(saved), format="tf_saved_model", verbose=False)
         path = work / FILES[fmt]
         extra = _to_onnx(saved, path) if fmt == "onnx" else _to_tflite(saved, path)
+    verify(fmt, path, x, want, tol, diffs)
+    return extra
+
+
+def verify(fmt: str, path: Path, x: dict, want: np.ndarray, tol: float, diffs: dict) -> None:
+    """`path` (model.onnx / model.tflite) reloaded in its runtime and checked against `want` on all rows at once and
+    on the first rows one by one; a Mismatch names the first that differs."""
+    from . import runtimes
+
     runtime = runtimes.load(path)
     check(fmt, runtime(x), want, tol, diffs)
     n = min(ONE_BY_ONE, len(want))
     if n:
         one = np.concatenate([runtime({k: v[i:i + 1] for k, v in x.items()}) for i in range(n)])
         check(f"{fmt} (batch 1)", one, want[:n], tol, diffs)
-    return extra
 
 
 def _to_onnx(saved: Path, path: Path) -> dict[str, Any]:
@@ -117,25 +123,33 @@ def _to_tflite(saved: Path, path: Path) -> dict[str, Any]:
     return {"tflite": {"ops": "TFLITE_BUILTINS"}}
 
 
-def for_run(folder: Path, prep: Any, cfg: Any, network: Any) -> dict[str, Any]:
-    """model.onnx in a run folder being written (train.portable): the serving graph of `network` converted, reloaded
-    in onnxruntime and checked as an export is, on the prep folder's test split (else val) plus the hostile rows.
-    Returns the manifest's "portable" entry: the file, its hash and parity, or why there is none (training never
-    fails for it; a model.onnx left from an earlier run is removed)."""
+def why_not(cfg: Any, schema: Any) -> str | None:
+    """Why `train` would write no portable graph for this config and prep folder (None: it will try). With
+    `train.portable: true` any reason is a ConfigError: `train` and `federated` call this before they train."""
     import importlib.util
 
-    schema = prep.schema
-    path = Path(folder) / artifacts.ONNX
-    path.unlink(missing_ok=True)
     mode = cfg.train.portable
     text = [f.name for f in schema.features if f.kind == "text"]
     missing = [m for m in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     why = ("train.portable is false" if mode is False else
            "tf2onnx and onnxruntime are not installed (pip install 'bigmodel[onnx]')" if missing else
            f"column '{text[0]}' is free text, which ONNX cannot carry" if text else None)
+    if why is not None and mode is True:
+        raise ConfigError(f"train.portable: {why}")
+    return why
+
+
+def for_run(folder: Path, prep: Any, cfg: Any, network: Any) -> dict[str, Any]:
+    """model.onnx in a run folder being written (train.portable), after its model.keras: the serving graph of
+    `network` converted, reloaded in onnxruntime and checked as an export is, on the prep folder's test split (else
+    val) plus the hostile rows. Returns the manifest's "portable" entry: the file, its hash, model.keras's hash (the
+    graph is of that model: a changed one voids it) and parity, or why there is none (a graph that does not convert
+    or check never fails training; a model.onnx left from an earlier run is removed)."""
+    schema = prep.schema
+    path = Path(folder) / artifacts.ONNX
+    path.unlink(missing_ok=True)  # the folder is marked incomplete while it is written: no run refers to it now
+    why = why_not(cfg, schema)
     if why is not None:
-        if mode is True:
-            raise ConfigError(f"train.portable: {why}")
         return {"onnx": None, "why": why}
     from . import features
     from .schema import to_inputs
@@ -152,4 +166,6 @@ def for_run(folder: Path, prep: Any, cfg: Any, network: Any) -> dict[str, Any]:
         path.unlink(missing_ok=True)
         return {"onnx": None, "why": one_line(e)}
     parity = {"rows": len(want), "hostile_rows": len(want) - len(rows), "max_abs_diff": diffs, "tolerance": tol}
-    return {"onnx": artifacts.ONNX, "sha256": artifacts.sha256(path), "converter": extra["onnx"], "parity": parity}
+    return {"onnx": artifacts.ONNX, "sha256": artifacts.sha256(path),
+            "model_sha256": artifacts.sha256(Path(folder) / artifacts.MODEL), "converter": extra["onnx"],
+            "parity": parity}

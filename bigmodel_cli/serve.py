@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .errors import ConfigError, DataError
 from .serving.http import Limits, State, app
 from .serving.models import RUNTIMES, check, load
@@ -33,24 +34,27 @@ MAX_CONNECTIONS = 2048  # open connections (uvicorn's limit_concurrency); each h
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """What `serve` is asked to do: the folder and runtime, where to listen, who may ask, how much to hold."""
+    """What `serve` is asked to do: the folder, the resolved config (its `serve` section: where to listen, the
+    runtime, how much to hold), who may ask."""
 
     folder: Path  # a run or export folder
-    host: str = "127.0.0.1"
-    port: int = 8501
-    name: str = "model"  # NAME in /v1/models/NAME:predict
-    runtime: str = "tf"  # one of RUNTIMES
+    config: Config = field(default_factory=Config)
     token_file: Path | None = None  # a bearer token every request must send
     insecure: bool = False  # a non-loopback host without a token
     tls: tuple[Path, Path] | None = None  # (certificate, key), PEM
-    limits: Limits = field(default_factory=Limits)
     verbose: bool = False  # uvicorn's access log on stderr
     unsafe: bool = False  # load a model with code in it
 
     @property
+    def limits(self) -> Limits:
+        s = self.config.serve
+        return Limits(int(s.max_body_mb * 2**20), s.max_concurrency, s.max_queue, s.client_timeout)
+
+    @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        s = self.config.serve
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        return f"{'https' if self.tls else 'http'}://{host}:{s.port}"
 
 
 def is_loopback(host: str) -> bool:
@@ -94,24 +98,24 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
         import uvicorn
     except ImportError:
         raise ConfigError("serve needs starlette and uvicorn: pip install 'bigmodel[serve]'") from None
-    o = options
+    o, s = options, options.config.serve
     token = read_token(o.token_file)
-    if not is_loopback(o.host) and token is None and not o.insecure:
-        raise ConfigError(f"--host {o.host} is reachable from the network: pass --token-file FILE (clients send "
+    if not is_loopback(s.host) and token is None and not o.insecure:
+        raise ConfigError(f"--host {s.host} is reachable from the network: pass --token-file FILE (clients send "
                           f"'Authorization: Bearer TOKEN'), or --insecure-no-auth to serve without authentication")
     if o.tls is not None:
         _check_tls(o.tls)
-    check(o.folder, o.runtime)
+    check(o.folder, s.runtime)
     url = o.url
-    sock = _bind(o.host, o.port, url)
-    state = State(o.name, token, o.limits, lambda: load(o.folder, o.runtime, o.unsafe))
+    sock = _bind(s.host, s.port, url)
+    state = State(s.model_name, token, o.limits, lambda: load(o.folder, s.runtime, o.unsafe))
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for results; uvicorn logs access there
     tls = o.tls
     config = uvicorn.Config(app(state), log_level="info" if o.verbose else "warning", access_log=o.verbose,
                             log_config=logs,
                             lifespan="off", timeout_graceful_shutdown=30, limit_concurrency=MAX_CONNECTIONS,
-                            http=_with_deadlines(o.limits.client_timeout),
+                            http=_with_deadlines(s.client_timeout),
                             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)
     server = _Server(config)
 
@@ -124,7 +128,7 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
         if state.error is not None:
             server.should_exit = True  # a model that cannot load: stop, and say why
         elif on_event is not None:
-            on_event("ready", f"{url}/v1/models/{o.name}:predict")
+            on_event("ready", f"{url}/v1/models/{s.model_name}:predict")
 
     threading.Thread(target=start_loading, daemon=True).start()
     try:

@@ -68,8 +68,9 @@ def test_portable_export_matches_predict_in_its_own_runtime(portable_exports, ru
     manifest = read_json(folder / "manifest.json")
     assert (folder / f"model.{fmt}").stat().st_size > 0 and manifest["format"] == fmt
     assert manifest["parity"]["hostile_rows"] > 0 and manifest["parity"]["one_by_one"] > 0
-    if fmt == "onnx":
-        assert manifest["onnx"]["opset"] == 17
+    if fmt == "onnx":  # the run's own graph, checked again, not converted a second time
+        assert manifest["onnx"]["opset"] == 17 and manifest["onnx"]["from"] == "the run's model.onnx"
+        assert (folder / "model.onnx").read_bytes() == (request.getfixturevalue(run) / "model.onnx").read_bytes()
     # the test split plus NaN / ±inf / '' / unseen rows, through onnxruntime or LiteRT, against predict's model
     loaded = load_run(request.getfixturevalue(run))
     x = hostile(features.to_inputs(loaded.split("test"), loaded.schema, "test"), loaded.schema)
@@ -137,6 +138,10 @@ def test_predict_and_evaluate_start_no_tensorflow(penguins_run, tmp_path):
     used_tf, stderr = cli("predict", run, PENGUINS, "--out", tmp_path / "q.csv")
     assert used_tf and "note: using TensorFlow" in stderr and "not the one trained" in stderr
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "q.csv"), atol=1e-5)
+    bm("export", run, "--format", "onnx", "--out", tmp_path / "export")  # that graph is not reused: converted anew
+    manifest = read_json(tmp_path / "export" / "manifest.json")
+    assert "from" not in manifest["onnx"] and (tmp_path / "export" / "model.onnx").read_bytes() != \
+        (run / "model.onnx").read_bytes()
 
 
 def test_failed_parity_keeps_the_previous_export(penguins_run, tmp_path):

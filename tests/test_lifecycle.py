@@ -309,6 +309,9 @@ def test_text_and_boolean_columns(tmp_path):
     assert "note: using TensorFlow" in r.stderr and "'review' is free text" in r.stderr
     assert not (tmp_path / "run" / "model.onnx").exists()
     bm("export", tmp_path / "run", "--out", tmp_path / "export")
+    # asked for a graph it cannot have: said before training, no run folder made
+    r = bm("train", tmp_path / "prep", "--out", tmp_path / "run2", "--set", "train.portable=true", code=2)
+    assert "train.portable: column 'review' is free text" in r.stderr and not (tmp_path / "run2").exists()
 
 
 def test_later_stage_refuses_incomplete_folder(penguins_prep, tmp_path):

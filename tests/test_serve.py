@@ -281,7 +281,8 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
             raise RuntimeError("out of memory\nsecond line")
         return np.zeros((len(next(iter(x.values()))), 3))
 
-    state = http.State("model", None, http.Limits(max_body=2**20), lambda: None)
+    limits = http.Limits(max_body=2**20, max_concurrency=4, max_queue=60, client_timeout=10)
+    state = http.State("model", None, limits, lambda: None)
     state.model = models.Model(Schema.load(penguins_run), flaky)
     client = TestClient(http.app(state))
     body = {"instances": as_instances(rows(3))}

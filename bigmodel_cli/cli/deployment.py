@@ -135,7 +135,8 @@ def serve(
         given = {"host": host, "port": port, "model_name": model_name, "runtime": value(runtime),
                  "max_body_mb": max_body_mb, "max_concurrency": max_concurrency, "max_queue": max_queue,
                  "client_timeout": client_timeout}
-        s = resolve(config, sets, fixed={f"serve.{k}": v for k, v in given.items()}).serve
+        cfg = resolve(config, sets, fixed={f"serve.{k}": v for k, v in given.items()})
+        s = cfg.serve
 
         def event(what: str, detail: str) -> None:
             if what == "listening":
@@ -145,9 +146,7 @@ def serve(
                 err.print(f"ready: POST {escape(detail)}", highlight=False)
 
         result = stage.run(stage.ServeOptions(
-            folder, s.host, s.port, s.model_name, s.runtime, token_file, insecure_no_auth,
-            (tls_cert, tls_key) if tls_cert and tls_key else None,
-            stage.Limits(int(s.max_body_mb * 2**20), s.max_concurrency, s.max_queue, s.client_timeout),
+            folder, cfg, token_file, insecure_no_auth, (tls_cert, tls_key) if tls_cert and tls_key else None,
             verbose_of(ctx), unsafe), event)
         busy = f", {result.refused} refused as busy (503)" if result.refused else ""
         err.print(f"stopped ({result.stopped_by or 'shut down'}) after {result.predictions} prediction request(s)"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts, portable
+from .. import artifacts
 from ..errors import DataError
 from ..folders import write_run
 from ..training.rules import decision_threshold
@@ -65,7 +65,6 @@ def write(fed: Federation, extra: dict[str, Any]) -> FederatedResult:
     final = write_run(fed.folder, fed.prep, fed.cfg, fed.model, hist, kept, {
         "started": fed.started, "seconds": round(seconds, 3), "epochs_run": len(hist), "best_epoch": kept,
         "threshold": threshold, "privacy": privacy, "resumed": done.resumed,
-        "portable": portable.for_run(fed.folder.path, fed.prep, fed.cfg, fed.model),
         "federated": {"engine": f.engine, "rounds": len(hist), "rounds_asked": fed.budget.asked,
                       "kept_round": kept, "stopped_early": fed.stopped, "patience": fed.budget.patience,
                       "secure_aggregation": f.secure_aggregation, **extra}})

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts
+from .. import artifacts, portable
 from ..config import Config
 from ..errors import ConfigError
 from ..folders import Prep, open_prep
@@ -100,6 +100,7 @@ class Federation:
         if not verbose:  # Flower logs every message at INFO (and deprecations at WARNING); one line per round instead
             logging.getLogger("flwr").setLevel(logging.ERROR)
         prepared = open_prep(Path(prep))
+        portable.why_not(cfg, prepared.schema)  # train.portable: true that cannot be kept: say so before any round
         folder = artifacts.Folder(Path(out), "run")
         folder.prepare()
         import_keras(cfg.seed)

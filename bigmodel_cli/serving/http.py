@@ -27,12 +27,13 @@ RETRY_AFTER = 1  # seconds, in a 503's Retry-After
 
 @dataclass(frozen=True)
 class Limits:
-    """What one server promises to hold at most (the --max-* and --client-timeout options)."""
+    """What one server promises to hold at most (the config's serve section: the --max-* and --client-timeout
+    options)."""
 
-    max_body: int = 10 * 2**20  # bytes of one request body
-    max_concurrency: int = 4  # predictions computed at once
-    max_queue: int = 60  # predict requests admitted beyond those (64 in flight at most), waiting for a slot
-    client_timeout: float = 10.0  # seconds for a request's headers, and again for its body
+    max_body: int  # bytes of one request body
+    max_concurrency: int  # predictions computed at once
+    max_queue: int  # predict requests admitted beyond those, waiting for a slot
+    client_timeout: float  # seconds for a request's headers, and again for its body
 
 
 @dataclass

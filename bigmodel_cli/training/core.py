@@ -158,6 +158,8 @@ def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
     """
     cfg, on_epoch, resume = options.config, on_event, options.resume
     prepared = open_prep(Path(options.prep))
+    if options.portable:
+        portable.why_not(cfg, prepared.schema)  # train.portable: true that cannot be kept: say so before training
     folder = artifacts.Folder(Path(options.out), "run")
     multi = None
     if cfg.train.strategy == "multi_worker":
@@ -409,8 +411,7 @@ def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
         "privacy": _privacy(cfg, len(data.y["train"]), len(history)),
         "threshold": fit.threshold if fit.threshold is not None else decision_threshold(
             cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]),
-        "portable": portable.for_run(ctx.folder.path, ctx.prep, cfg, fit.net) if ctx.portable else
-        {"onnx": None, "why": "a tune trial"}, **extra})
+        **extra}, graph=ctx.portable)
     if (ctx.folder / artifacts.LOGS_PARTIAL).exists():
         artifacts.replace_dir(ctx.folder / artifacts.LOGS_PARTIAL, ctx.folder / artifacts.LOGS)
     shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
