@@ -236,3 +236,32 @@ def test_resume_keeps_the_learning_rate_schedule(penguins_prep, tmp_path):
         proc.wait()
     bm("train", penguins_prep, "--out", run, *LONG, *SCHEDULE, "--resume")
     pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv"), want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_signal_swallowed_where_it_was_raised_is_raised_again(monkeypatch):
+    """Python raises a signal's exception wherever the main thread is; in a __del__ (TensorFlow has many) it is
+    printed as "ignored" and lost. The handlers remember it, and each epoch's end (interrupts.check) raises it."""
+    import os
+
+    from bigmodel_cli import interrupts
+    from bigmodel_cli.errors import Terminated
+
+    class Sink:
+        def __init__(self, sig: int) -> None:
+            self.sig = sig
+
+        def __del__(self) -> None:
+            os.kill(os.getpid(), self.sig)  # the handler runs here, and its exception is ignored
+
+    lost: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: lost.append(u.exc_type))
+    for sig, exc in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
+        restore = interrupts.install()
+        try:
+            Sink(sig)
+            assert lost[-1] is exc  # raised in __del__ and "ignored": the way it was lost
+            with pytest.raises(exc):
+                interrupts.check()
+        finally:
+            restore()
+        interrupts.check()  # nothing pending once restored

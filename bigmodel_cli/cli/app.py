@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -20,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from .. import __version__
+from .. import __version__, interrupts
 from ..console import emit_json, err, out
 from ..errors import BigModelError, GateFailed, Terminated
 
@@ -135,7 +134,7 @@ def main_callback(
 def guard(ctx: typer.Context) -> Iterator[None]:
     """The one place where exceptions become exit codes."""
     debug = bool(ctx.obj and ctx.obj.debug)
-    previous = _on_sigterm()
+    restore = interrupts.install()
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -158,20 +157,7 @@ def guard(ctx: typer.Context) -> Iterator[None]:
         err.print("[red]internal error[/red]: this is a bug in bigmodel; please report it with the traceback above.")
         raise typer.Exit(3) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _on_sigterm() -> Any:
-    """Turn SIGTERM into `Terminated` (main thread only); return the previous handler."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
+        restore()
 
 
 def resolve(config: Path | None, sets: list[str] | None, prep: Path | None = None,

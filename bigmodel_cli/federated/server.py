@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts, portable
+from .. import artifacts, interrupts, portable
 from ..config import Config
 from ..errors import ConfigError
 from ..folders import Prep, open_prep
@@ -187,6 +187,7 @@ class Federation:
             for server_round in range(self.first_round, self.budget.rounds + 1):
                 if self.stopped:
                     break
+                interrupts.check()  # a Ctrl-C / SIGTERM whose exception was swallowed in the last round
                 state[Key.CURRENT_ROUND] = server_round
                 fit(grid, legacy)
                 flow.default_centralized_evaluation_workflow(grid, legacy)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import artifacts
+from .. import artifacts, interrupts
 from ..errors import DataError
 from ..keras_env import import_keras
 from . import privacy  # noqa: F401  (registers DPSequential for loading)
@@ -100,6 +100,7 @@ class Checkpoint(keras.callbacks.Callback):
         self._saved_at: float | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupts.check()  # a Ctrl-C / SIGTERM whose exception was swallowed mid-epoch ends the run here
         s = self.progress
         s.epoch = epoch + 1
         s.history.append({k: float(v) for k, v in (logs or {}).items()})

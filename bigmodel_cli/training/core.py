@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts, portable
+from .. import artifacts, interrupts, portable
 from ..config import Config
 from ..errors import BigModelError, ConfigError, DataError
 from ..folders import Prep, open_prep, write_run
@@ -287,6 +287,7 @@ def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
         report, total = ctx.on_epoch, fit.best_epoch
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: report(
             epoch + 1, total, {f"refit_{k}": float(v) for k, v in logs.items()})))
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: interrupts.check()))
     net.fit(batches, epochs=fit.best_epoch, verbose=0, callbacks=callbacks, shuffle=False,
             class_weight=class_weights(cfg, ctx.prep.schema, y))
     return dataclasses.replace(fit, net=net, refit=True)
