@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts
-from .data import read_table, streams
+from .data import is_parquet, read_table, streams
 from .errors import DataError
-from .folders import LoadedRun, Predictions, load_run, merge, open_prep
+from .folders import LoadedRun, Predictions, RowCount, load_run, merge, open_prep, parquet_rows
 from .schema import Schema
 
 
@@ -59,6 +59,13 @@ def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[Iterable[pd.
 
         return (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk)), source
     return [pd.read_parquet(path)], source
+
+
+def _total(frames: Iterable[pd.DataFrame], source: str) -> int | None:
+    """The rows `frames` will give, where that is known before reading them all."""
+    if isinstance(frames, list):
+        return sum(len(f) for f in frames)
+    return parquet_rows(Path(source)) if is_parquet(Path(source)) else None
 
 
 def _same_features(run: LoadedRun, other: Schema, where: Path) -> None:
@@ -135,10 +142,11 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
     frames, source = _source(loaded, data, split)
     s = loaded.schema
     labels, parts, rows = [], [], 0
+    count = RowCount(on_event, _total(frames, source["source"])) if on_event else None
     for df in frames:
         s.check_columns(df, source["source"], need_target=True)
         labels.append(s.labels(df, source["source"], rows))  # (errors name the row in the file, not the chunk)
-        parts.append(loaded.predict(df, source["source"], rows))
+        parts.append(loaded.predict_rows(df, source["source"], rows, count))
         rows += len(df)
     y, preds = np.concatenate(labels), merge(parts)
     body = classification_metrics(y, preds, s.classes) if s.is_classification else regression_metrics(y, preds)

@@ -59,7 +59,8 @@ class ExportOptions:
 
 
 def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
-    """Write the export folder whole (a temp folder swapped in at the end: a failed check keeps the old one)."""
+    """Write the export folder whole (a temp folder swapped in at the end: a failed check keeps the old one).
+    `on_event("step", what, rows)` hears each step (rows: those checked)."""
     from . import features
 
     run_dir, fmt, unsafe = options.run, options.format, options.unsafe
@@ -92,13 +93,17 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
     files = [artifacts.MODEL]
     extra: dict[str, Any] = {}
     rows = len(want)
+    step = on_event or (lambda *_: None)
     try:
         with artifacts.atomic_dir(folder.path) as work:
+            step("step", "model.keras: saving and checking it", rows)
             _keras(loaded, work / artifacts.MODEL, x, want, tol, diffs, unsafe)
             if fmt == "savedmodel":
+                step("step", "SavedModel: writing and checking it", rows)
                 _savedmodel(loaded.serving, work / artifacts.SAVEDMODEL, x, want, tol, diffs)
                 files.append(artifacts.SAVEDMODEL + "/")
             elif fmt in PORTABLE_FILES:
+                step("step", f"{PORTABLE_FILES[fmt]}: converting and checking it", rows)
                 extra = _portable(fmt, loaded, work, x, want, tol, diffs)
                 files.append(PORTABLE_FILES[fmt])
             loaded.schema.save(work)

@@ -9,6 +9,7 @@ names (artifacts.py), the manifest and its schema_version check live in one plac
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,20 @@ from . import artifacts
 from .config import Config, load_config
 from .errors import DataError, one_line
 from .schema import Schema, to_inputs, unseen_categories
+
+SLICE_ROWS = 50_000  # rows per model call when progress is reported (predict, evaluate)
+
+
+class RowCount:
+    """Rows done so far, told to `on_event("rows", done, total)` (total None: unknown), for progress."""
+
+    def __init__(self, on_event: Callable[..., None] | None, total: int | None = None) -> None:
+        self.on_event, self.total, self.done = on_event, total, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.on_event is not None:
+            self.on_event("rows", self.done, self.total)
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,20 @@ class LoadedRun:
             probs = np.hstack([1 - out, out])
             return Predictions(probs, (out[:, 0] >= self.threshold).astype(int), unseen, ignored)
         return Predictions(out, out.argmax(axis=1), unseen, ignored)
+
+    def predict_rows(self, df: pd.DataFrame, source: str, first_row: int = 0,
+                     on_rows: Callable[[int], None] | None = None) -> Predictions:
+        """`predict` in slices of SLICE_ROWS rows, calling `on_rows(n)` after each (progress on a large frame)."""
+        if on_rows is None or len(df) <= SLICE_ROWS:
+            p = self.predict(df, source, first_row)
+            if on_rows is not None:
+                on_rows(len(df))
+            return p
+        parts = []
+        for i in range(0, len(df), SLICE_ROWS):
+            parts.append(self.predict(df.iloc[i:i + SLICE_ROWS], source, first_row + i))
+            on_rows(len(parts[-1].values))
+        return merge(parts)
 
     def split_path(self, name: str) -> Path:
         path = self.prep_dir / artifacts.SPLIT_FILES[name]

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from . import artifacts
-from .data import read_table, streams, write_table
+from .data import is_parquet, read_table, streams, write_table
 from .errors import DataError
-from .folders import LoadedRun, Predictions, load_run, merge
+from .folders import LoadedRun, Predictions, RowCount, load_run, merge, parquet_rows
 
 
 def frame(run: LoadedRun, df: pd.DataFrame, preds: Predictions) -> pd.DataFrame:
@@ -55,7 +55,8 @@ class PredictOptions:
 
 
 def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
-    """The run's predictions for every row of the data file, with its id columns, written whole or not at all."""
+    """The run's predictions for every row of the data file, with its id columns, written whole or not at all.
+    `on_event("rows", done, total)` hears the progress (total None: a streamed CSV)."""
     run_dir, data, out, unsafe = options.run, options.data, options.out, options.unsafe
     loaded = load_run(run_dir, unsafe, portable=True)
     engine, why = loaded.engine, loaded.why_tensorflow
@@ -64,7 +65,7 @@ def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
     ids = tuple(loaded.schema.id_columns)
     if not streams(data, loaded.config.data):
         df = read_table(data, loaded.config.data, text=ids)
-        preds = loaded.predict(df, str(data))
+        preds = loaded.predict_rows(df, str(data), on_rows=RowCount(on_event, len(df)) if on_event else None)
         table = frame(loaded, df, preds)
         try:
             with artifacts.atomic_path(Path(out)) as tmp:
@@ -73,14 +74,15 @@ def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
             raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
         return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns, engine, why)
     # data.streaming: chunk by chunk, appended to the output
-    from .data import is_parquet, read_chunks
+    from .data import read_chunks
 
     parts, rows = [], 0
+    count = RowCount(on_event, parquet_rows(data) if is_parquet(data) else None) if on_event else None
     try:
         with artifacts.atomic_path(Path(out)) as tmp, contextlib.ExitStack() as stack:
             writer = None
             for df in read_chunks(data, loaded.config.data, loaded.config.data.chunk_rows, text=ids):
-                preds = loaded.predict(df, str(data), rows)  # (errors name the row in the file, not the chunk)
+                preds = loaded.predict_rows(df, str(data), rows, count)  # (errors name the file's row)
                 table = frame(loaded, df, preds)
                 if is_parquet(Path(out)):
                     import pyarrow as pa

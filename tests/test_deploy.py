@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,25 @@ def test_predict_and_evaluate_start_no_tensorflow(penguins_run, tmp_path):
     manifest = read_json(tmp_path / "export" / "manifest.json")
     assert "from" not in manifest["onnx"] and (tmp_path / "export" / "model.onnx").read_bytes() != \
         (run / "model.onnx").read_bytes()
+
+
+def test_large_files_show_rows_done_and_rows_per_second(penguins_run, tmp_path, monkeypatch):
+    """predict, evaluate and export report progress on stderr when a file is larger than one model call
+    (folders.SLICE_ROWS, made small here), and the predictions made slice by slice equal those made at once."""
+    from bigmodel_cli import folders
+
+    big = tmp_path / "big.csv"
+    pd.concat([pd.read_csv(PENGUINS)] * 3).to_csv(big, index=False)
+    r = bm("predict", penguins_run, big, "--out", tmp_path / "whole.csv")
+    assert r.stderr == ""  # one model call: nothing to report
+    monkeypatch.setattr(folders, "SLICE_ROWS", 10)
+    r = bm("predict", penguins_run, big, "--out", tmp_path / "sliced.csv")
+    assert re.search(r"^predict: 1,032 of 1,032 rows, [\d,]+ rows/s$", r.stderr, re.M), r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sliced.csv"), pd.read_csv(tmp_path / "whole.csv"))
+    r = bm("evaluate", penguins_run, "--data", big, "--no-plots")
+    assert re.search(r"^evaluate: 1,032 of 1,032 rows, [\d,]+ rows/s$", r.stderr, re.M), r.stderr
+    r = bm("export", penguins_run, "--format", "onnx", "--out", tmp_path / "export")
+    assert re.search(r"^export: model.onnx: converting and checking it \(\d+ rows\)$", r.stderr, re.M), r.stderr
 
 
 def test_failed_parity_keeps_the_previous_export(penguins_run, tmp_path):

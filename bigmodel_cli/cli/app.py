@@ -208,6 +208,55 @@ class EpochProgress:
             self.progress.stop()
 
 
+class RowProgress:
+    """predict's, evaluate's and export's progress on stderr, on large files only (more rows than one model call
+    takes, folders.SLICE_ROWS; a small file prints nothing): rows done and rows/s, a live line on a terminal, else
+    a line at most every EVERY seconds and the last one; export's steps as lines."""
+
+    EVERY = 5.0
+
+    def __init__(self, verb: str) -> None:
+        import time
+
+        self.verb, self.clock = verb, time.monotonic
+        self.t0 = self.shown = self.clock()
+        self.status: Any = None
+        self.last, self.printed = "", True
+
+    def __call__(self, what: str, *args: Any) -> None:
+        from ..folders import SLICE_ROWS
+
+        if what == "step":
+            text, rows = args
+            if rows > SLICE_ROWS:
+                self._line(f"{self.verb}: {text} ({rows:,} rows)", force=True)
+            return
+        done, total = args
+        if (total or done) <= SLICE_ROWS and not self.last:
+            return
+        rate = done / max(self.clock() - self.t0, 1e-9)
+        of = f" of {total:,}" if total else ""
+        self._line(f"{self.verb}: {done:,}{of} rows, {rate:,.0f} rows/s", force=total is not None and done >= total)
+
+    def _line(self, text: str, force: bool = False) -> None:
+        self.last, self.printed = text, False
+        if err.is_terminal:
+            if self.status is None:
+                self.status = err.status(text)
+                self.status.start()
+            self.status.update(text)
+        elif force or self.clock() - self.shown >= self.EVERY:
+            err.print(text, soft_wrap=True, highlight=False)
+            self.shown, self.printed = self.clock(), True
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+        if not self.printed:  # the final count
+            err.print(self.last, soft_wrap=True, highlight=False)
+            self.printed = True
+
+
 def slow_path(why: str | None) -> None:
     """The one-line note when a run's portable graph could not be used and TensorFlow was started instead."""
     if why:

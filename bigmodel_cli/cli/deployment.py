@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from .app import (
     DataArg,
     ExportFormat,
     JsonOpt,
+    RowProgress,
     RunDirArg,
     Runtime,
     SetOpt,
@@ -45,7 +47,8 @@ def export(
     with guard(ctx):
         from .. import export as stage
 
-        result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe))
+        with contextlib.closing(RowProgress("export")) as progress:
+            result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe), progress)
 
         def human() -> None:
             rows = [[f, ""] for f in result.files] + [
@@ -73,7 +76,8 @@ def predict(
     with guard(ctx):
         from .. import predict as stage
 
-        result = stage.run(stage.PredictOptions(run_dir, data, out_path, unsafe))
+        with contextlib.closing(RowProgress("predict")) as progress:
+            result = stage.run(stage.PredictOptions(run_dir, data, out_path, unsafe), progress)
         slow_path(result.why_tensorflow)
 
         def human() -> None:

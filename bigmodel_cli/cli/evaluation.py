@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,20 @@ from rich.markup import escape
 from .. import artifacts
 from ..console import emit_json, err, out, table
 from ..errors import GateFailed
-from .app import CompareFormat, JsonOpt, RunDirArg, Split, UnsafeOpt, app, guard, notes, render, slow_path, value
+from .app import (
+    CompareFormat,
+    JsonOpt,
+    RowProgress,
+    RunDirArg,
+    Split,
+    UnsafeOpt,
+    app,
+    guard,
+    notes,
+    render,
+    slow_path,
+    value,
+)
 
 
 @app.command()
@@ -37,8 +51,9 @@ def evaluate(
     with guard(ctx):
         from .. import evaluate as stage
 
-        result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap, plots,
-                                                 unsafe))
+        with contextlib.closing(RowProgress("evaluate")) as progress:
+            result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap,
+                                                     plots, unsafe), progress)
         slow_path(result.doc.get("why_tensorflow"))
         render(result, as_json, lambda: show_metrics(result.doc))
         if result.failed_gates:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import Config, FederatedPrivacyConfig
+from ..config import AUTO_PATIENCE, Config, FederatedPrivacyConfig
 from ..errors import ConfigError
 
 
@@ -32,6 +32,8 @@ def budget(cfg: Config, train_rows: int) -> Budget:
         raise ConfigError("train.optimizer.schedule: a learning-rate schedule applies to `bigmodel train`, not to "
                           "federated rounds; set train.optimizer.schedule: constant")
     epochs, patience = t.budget(train_rows)
+    if t.early_stopping.patience == "auto":  # measured for `train` (#28), not yet for federations: 10 epochs
+        patience = AUTO_PATIENCE[0]
     asked = f.rounds if f.rounds != "auto" else math.ceil(epochs / f.local_epochs)
     rounds = affordable_rounds(asked, f.privacy) if f.privacy else asked
     if rounds == 0 and (p := f.privacy) is not None:
