@@ -68,40 +68,42 @@ def infer_kinds(df: pd.DataFrame, target: str, cfg: Config, source: str = "data"
             else:
                 inf.kinds[col] = "numeric"
         else:
-            # the heuristics look at the distinct values (a sample of them when there are many)
-            distinct = pd.Series(values.unique()).astype(str).str.strip()
-            inf.distinct[col] = len(distinct)
-            sample = distinct if len(distinct) <= INFER_SAMPLE else distinct.sample(INFER_SAMPLE, random_state=0)
-            if len(distinct) <= len(BOOLEAN_WORDS) and set(distinct.str.lower()) <= BOOLEAN_WORDS:
-                inf.kinds[col] = "boolean"
-                continue
-            if len(distinct) == len(values) > 1 and _looks_like_id(col):  # (before the numbers: an id named
-                inf.kinds[col] = "id"  # so, of numbers with a word past the first chunk, is an id read either way)
-                inf.notes.append(f"'{col}' has a distinct value on every row: treated as an id, not a feature")
-                continue
-            if pd.to_numeric(sample, errors="coerce").notna().mean() >= 0.9:
-                numeric_column(s, col, source)  # raises naming the first non-numeric row
-            if sample.str.fullmatch(ISO_DATE).mean() >= 0.9:  # a value that is no date: the error names it
-                inf.kinds[col] = "date"
-                inf.notes.append(f"'{col}' holds ISO 8601 dates: encoded as the time since 1970 and the day of "
-                                 f"the week and of the year")
-                continue
-            words = sample.str.split().str.len().mean()
-            near_unique = len(values) > MAX_CLASSES and len(distinct) >= NEAR_UNIQUE * len(values)
-            if near_unique and words < TEXT_ID_WORDS:  # names, tickets, codes: nothing a network can generalise
-                inf.kinds[col] = "id"
-                inf.notes.append(f"'{col}' has a distinct short value on (almost) every row ({len(distinct)} "
-                                 f"distinct in {len(values)} rows): treated as an id, not a feature")
-            elif words >= TEXT_MIN_WORDS:
-                inf.kinds[col] = "text"
-            elif len(distinct) == len(values) > 1 and (_looks_like_id(col) or len(values) > MAX_CLASSES):
-                inf.kinds[col] = "id"
-                inf.notes.append(f"'{col}' has a distinct value on every row: treated as an id, not a feature")
-            else:
-                inf.kinds[col] = "categorical"
+            inf.kinds[col] = _kind_of_strings(col, s, values, inf, source)
         if inf.kinds.get(col) == "numeric" and values.min() == values.max():
             inf.notes.append(f"'{col}' is constant: it carries no information")
     return inf
+
+
+def _kind_of_strings(col: str, s: pd.Series, values: pd.Series, inf: Inference, source: str) -> str:
+    """The kind of a column of strings (`values`: its non-missing ones), from its distinct values (a sample of them
+    when there are many); notes on `inf`. A column of numbers with a word in it is refused, naming the row."""
+    distinct = pd.Series(values.unique()).astype(str).str.strip()
+    inf.distinct[col] = len(distinct)
+    sample = distinct if len(distinct) <= INFER_SAMPLE else distinct.sample(INFER_SAMPLE, random_state=0)
+    if len(distinct) <= len(BOOLEAN_WORDS) and set(distinct.str.lower()) <= BOOLEAN_WORDS:
+        return "boolean"
+    every_row = f"'{col}' has a distinct value on every row: treated as an id, not a feature"
+    if len(distinct) == len(values) > 1 and _looks_like_id(col):  # (before the numbers: an id named so, of
+        inf.notes.append(every_row)  # numbers with a word past the first chunk, is an id read either way)
+        return "id"
+    if pd.to_numeric(sample, errors="coerce").notna().mean() >= 0.9:
+        numeric_column(s, col, source)  # raises naming the first non-numeric row
+    if sample.str.fullmatch(ISO_DATE).mean() >= 0.9:  # a value that is no date: the error names it
+        inf.notes.append(f"'{col}' holds ISO 8601 dates: encoded as the time since 1970 and the day of the week "
+                         f"and of the year")
+        return "date"
+    words = sample.str.split().str.len().mean()
+    near_unique = len(values) > MAX_CLASSES and len(distinct) >= NEAR_UNIQUE * len(values)
+    if near_unique and words < TEXT_ID_WORDS:  # names, tickets, codes: nothing a network can generalise
+        inf.notes.append(f"'{col}' has a distinct short value on (almost) every row ({len(distinct)} distinct in "
+                         f"{len(values)} rows): treated as an id, not a feature")
+        return "id"
+    if words >= TEXT_MIN_WORDS:
+        return "text"
+    if len(distinct) == len(values) > 1 and (_looks_like_id(col) or len(values) > MAX_CLASSES):
+        inf.notes.append(every_row)
+        return "id"
+    return "categorical"
 
 
 def infer_task(y: pd.Series, cfg: Config) -> str:

@@ -63,26 +63,12 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
     `on_event("step", what, rows)` hears each step (rows: those checked)."""
     from . import features
 
-    run_dir, fmt, unsafe = options.run, options.format, options.unsafe
-    out = Path(options.out).resolve()  # `--out .` has no name to put a temp folder beside
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / artifacts.MANIFEST).is_file():
-        raise DataError(f"{out}: exists and is not an export folder; export into a new or empty folder (an "
-                        f"export folder is replaced whole)")
-    if (out / artifacts.MANIFEST).is_file():
-        artifacts.Folder(out, "export").manifest()  # a run or prep folder is never replaced by an export
-    loaded = load_run(run_dir, unsafe)
-    fmt = fmt or loaded.config.export.format
+    out = _replaceable(Path(options.out).resolve())  # `--out .` has no name to put a temp folder beside
+    loaded = load_run(options.run, options.unsafe)
+    fmt = options.format or loaded.config.export.format
     tol = loaded.config.export.parity_tolerance
-    if fmt == "onnx":
-        _needs("tf2onnx", "onnxruntime", extra="onnx")
-    elif fmt == "tflite":
-        _needs("ai_edge_litert", extra="tflite")
-    if fmt in PORTABLE_FILES:
-        text = [f.name for f in loaded.schema.features if f.kind == "text"]
-        if text:
-            raise ConfigError(f"export --format {fmt}: column '{text[0]}' is free text (TextVectorization), which "
-                              f"{fmt} cannot carry; export as savedmodel, or set data.columns: {{{text[0]}: ignore}}")
-    folder = artifacts.Folder(Path(out), "export")
+    _can_write(fmt, loaded.schema)
+    folder = artifacts.Folder(out, "export")
     folder.prepare()
 
     checked = "test" if loaded.split_rows("test") else "val"  # data.split.test 0: check on the val split
@@ -97,7 +83,7 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
     try:
         with artifacts.atomic_dir(folder.path) as work:
             step("step", "model.keras: saving and checking it", rows)
-            _keras(loaded, work / artifacts.MODEL, x, want, tol, diffs, unsafe)
+            _keras(loaded, work / artifacts.MODEL, x, want, tol, diffs, options.unsafe)
             if fmt == "savedmodel":
                 step("step", "SavedModel: writing and checking it", rows)
                 _savedmodel(loaded.serving, work / artifacts.SAVEDMODEL, x, want, tol, diffs)
@@ -108,23 +94,52 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
                 files.append(PORTABLE_FILES[fmt])
             loaded.schema.save(work)
             files.append(artifacts.SCHEMA)
-            artifacts.Folder(work, "export").finish({
-                "run_dir": str(loaded.path.resolve()), "format": fmt, "created": artifacts.now(),
-                "task": loaded.schema.task, "classes": loaded.schema.classes,
-                "threshold": loaded.threshold if loaded.schema.task == "binary" else None,
-                "parity": {"rows": rows, "split": checked, "hostile_rows": rows - len(test),
-                           "one_by_one": min(ONE_BY_ONE, rows), "max_abs_diff": diffs, "tolerance": tol},
-                "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.takes_number else "string",
-                                   **({"unit": "days since 1970-01-01 UTC"} if f.kind == "date" else {})}
-                           for f in loaded.schema.features},
-                "input_contract": "one (n, 1) tensor per input: float32 numbers with NaN for missing (a date: "
-                                  "its days since 1970-01-01 UTC, a time of day as the fraction); strings "
-                                  "with leading/trailing whitespace stripped, '' for missing",
-                "output": _output_doc(loaded.schema), **extra,
-                "versions": artifacts.versions()})
+            parity = {"rows": rows, "split": checked, "hostile_rows": rows - len(test),
+                      "one_by_one": min(ONE_BY_ONE, rows), "max_abs_diff": diffs, "tolerance": tol}
+            artifacts.Folder(work, "export").finish({**_manifest(loaded, fmt, parity), **extra,
+                                                     "versions": artifacts.versions()})
     except _Mismatch as e:
         return ExportResult(folder.path, fmt, [], diffs, rows, tol, str(e))
     return ExportResult(folder.path, fmt, files, diffs, rows, tol)
+
+
+def _replaceable(out: Path) -> Path:
+    """`out` if an export may be written there: new, empty, or an export folder (replaced whole)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / artifacts.MANIFEST).is_file():
+        raise DataError(f"{out}: exists and is not an export folder; export into a new or empty folder (an "
+                        f"export folder is replaced whole)")
+    if (out / artifacts.MANIFEST).is_file():
+        artifacts.Folder(out, "export").manifest()  # a run or prep folder is never replaced by an export
+    return out
+
+
+def _can_write(fmt: str, schema: Any) -> None:
+    """The format's extra is installed, and the format can carry every column."""
+    if fmt == "onnx":
+        _needs("tf2onnx", "onnxruntime", extra="onnx")
+    elif fmt == "tflite":
+        _needs("ai_edge_litert", extra="tflite")
+    if fmt in PORTABLE_FILES:
+        text = [f.name for f in schema.features if f.kind == "text"]
+        if text:
+            raise ConfigError(f"export --format {fmt}: column '{text[0]}' is free text (TextVectorization), which "
+                              f"{fmt} cannot carry; export as savedmodel, or set data.columns: {{{text[0]}: ignore}}")
+
+
+def _manifest(loaded: Any, fmt: str, parity: dict[str, Any]) -> dict[str, Any]:
+    """The export's manifest: where it came from, the parity check, and the contract of its inputs and output."""
+    s = loaded.schema
+    return {
+        "run_dir": str(loaded.path.resolve()), "format": fmt, "created": artifacts.now(),
+        "task": s.task, "classes": s.classes, "threshold": loaded.threshold if s.task == "binary" else None,
+        "parity": parity,
+        "inputs": {f.key: {"column": f.name, "dtype": "float32" if f.takes_number else "string",
+                           **({"unit": "days since 1970-01-01 UTC"} if f.kind == "date" else {})}
+                   for f in s.features},
+        "input_contract": "one (n, 1) tensor per input: float32 numbers with NaN for missing (a date: its days "
+                          "since 1970-01-01 UTC, a time of day as the fraction); strings with leading/trailing "
+                          "whitespace stripped, '' for missing",
+        "output": _output_doc(s)}
 
 
 def _portable(fmt: str, loaded: Any, work: Path, x: dict, want: np.ndarray, tol: float, diffs: dict) -> dict:

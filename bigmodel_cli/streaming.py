@@ -284,21 +284,27 @@ def _route(plan: _Plan, staged: _Staged, positions: dict[str, np.ndarray], class
                     for vc in rows.column(plan.target).value_counts().to_pylist():
                         stats.balance[name][vc["values"]] += int(vc["counts"])
                 if name == "train":
-                    for c in num_cols:
-                        if kinds[c] == "date":
-                            values = date_column(rows.column(c).to_pandas(), c, "train split",
-                                                 plan.cfg.data.date_formats.get(c))
-                        elif c not in plan.numeric:  # numbers first seen after the first chunk: staged as text
-                            values = numeric_column(rows.column(c).to_pandas(), c, "train split")
-                        else:
-                            values = rows.column(c).to_numpy()  # nulls as NaN
-                        numeric_out[c].write(np.asarray(values, dtype="float64").tobytes())
-                    for c in cat_cols:
-                        stats.counts[c] = stats.counts[c].add(columns.category_counts(rows.column(c).to_pandas()),
-                                                              fill_value=0).astype("int64")
+                    _train_stats(plan, rows, stats, numeric_out)
         for done in writing:
             done.result()
     return stats
+
+
+def _train_stats(plan: _Plan, rows: Any, stats: _TrainStats, numeric_out: dict[str, Any]) -> None:
+    """A row group's train rows: their numeric columns appended to their files (as float64), their categories
+    added to the running counts."""
+    kinds = plan.inf.kinds
+    for c, out in numeric_out.items():
+        if kinds[c] == "date":
+            values = date_column(rows.column(c).to_pandas(), c, "train split", plan.cfg.data.date_formats.get(c))
+        elif c not in plan.numeric:  # numbers first seen after the first chunk: staged as text
+            values = numeric_column(rows.column(c).to_pandas(), c, "train split")
+        else:
+            values = rows.column(c).to_numpy()  # nulls as NaN
+        out.write(np.asarray(values, dtype="float64").tobytes())
+    for c in stats.counts:
+        stats.counts[c] = stats.counts[c].add(columns.category_counts(rows.column(c).to_pandas()),
+                                              fill_value=0).astype("int64")
 
 
 def _write(writer: Any, rows: Any, final: Path) -> None:

@@ -13,7 +13,8 @@ from .conftest import PENGUINS, bm
 def test_zero_config_defaults():
     cfg = load_config()
     assert cfg == Config()
-    assert cfg.train.budget(240) == (100, 10) and cfg.data.split.train == 0.8
+    # patience auto (#28): 100 steps of batch 128 within 10..30 epochs: 240 rows (2 steps an epoch) get 30
+    assert cfg.train.budget(240) == (100, 30) and cfg.train.budget(2_000) == (100, 10) and cfg.data.split.train == 0.8
     auto = load_config(None, ["train.epochs=auto", "train.early_stopping.patience=auto", "train.batch_size=32"]).train
     assert auto.budget(240) == (250, 13) and auto.budget(90) == (500, 30) and auto.budget(100_000) == (100, 10)
     assert cfg.model.layers == [{"type": "Dense", "units": 128, "activation": "relu"}] * 2

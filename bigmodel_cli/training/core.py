@@ -322,31 +322,38 @@ def _encoded(ctx: _Run) -> Iterator[_Encoded]:
             x["train"].close()
 
 
+def _network(ctx: _Run, width: int) -> tuple[Any, Any, list[Any] | None]:
+    """A new network for `width` encoded features, or (resuming) the checkpoint's, with the progress so far and
+    early stopping's best weights; a checkpoint of another prep folder or config is refused."""
+    from .. import model
+    from . import checkpoint
+
+    cfg = ctx.cfg
+    progress = checkpoint.Progress(config_sha256=ctx.config_sha256, splits=ctx.prep.manifest["splits"],
+                                   config=cfg.model_dump(mode="json"))
+    with _precision(cfg), distribution(cfg).scope():  # the network's layers take the policy as they are made
+        if not ctx.resume:
+            return model.build(cfg, ctx.prep.schema, width), progress, None
+        net, progress, best_weights = checkpoint.load(ctx.checkpoint_dir)
+    if progress.splits != ctx.prep.manifest["splits"]:
+        raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another prep folder; resume with "
+                        f"the same one, or train without --resume")
+    changed = resume_changes(progress, cfg, ctx.config_sha256)
+    if changed:
+        raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another config ({', '.join(changed)} "
+                        f"differ); only {', '.join(RESUMABLE)} may change on --resume")
+    progress.config, progress.config_sha256 = cfg.model_dump(mode="json"), ctx.config_sha256
+    return net, progress, best_weights
+
+
 def _fit(ctx: _Run, data: _Encoded) -> _Fit:
     """Build (or, resuming, reload) the network and run the epochs with early stopping and checkpoints."""
-    from .. import model
     from ..keras_env import import_keras
     from . import checkpoint
 
     keras = import_keras()
     cfg, es = ctx.cfg, ctx.cfg.train.early_stopping
-    progress = checkpoint.Progress(config_sha256=ctx.config_sha256, splits=ctx.prep.manifest["splits"],
-                                   config=cfg.model_dump(mode="json"))
-    best_weights = None
-    with _precision(cfg), distribution(cfg).scope():  # the network's layers take the policy as they are made
-        if ctx.resume:
-            net, progress, best_weights = checkpoint.load(ctx.checkpoint_dir)
-            if progress.splits != ctx.prep.manifest["splits"]:
-                raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another prep folder; resume with "
-                                f"the same one, or train without --resume")
-            changed = resume_changes(progress, cfg, ctx.config_sha256)
-            if changed:
-                raise DataError(f"{ctx.checkpoint_dir}: the interrupted run used another config ({', '.join(changed)} "
-                                f"differ); only {', '.join(RESUMABLE)} may change on --resume")
-            progress.config, progress.config_sha256 = cfg.model_dump(mode="json"), ctx.config_sha256
-        else:
-            net = model.build(cfg, ctx.prep.schema, data.x["train"].shape[1])
-
+    net, progress, best_weights = _network(ctx, data.x["train"].shape[1])
     monitor = monitored(cfg, data.has_val)
     epochs, patience = cfg.train.budget(len(data.y["train"]))
     stopper = None

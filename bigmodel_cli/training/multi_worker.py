@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import interrupts
 from ..config import Config
 from ..errors import ConfigError
 from ..schema import Schema
@@ -50,26 +51,13 @@ def is_chief(strat: Any) -> bool:
     return bool(strat.extended.should_checkpoint)
 
 
-def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
-        monitor: str, on_epoch: Callable[[int, int, dict[str, float]], None] | None) -> tuple[Any, list[dict], int]:
-    """Train; return a plain (undistributed) copy of the network with the kept weights, the history and the
-    epoch (1-based) those weights are from: early stopping's best, else the last."""
-    from .. import model
+def _step(strat: Any, net: Any, batch: int) -> Any:
+    """One synchronous training step on a global batch: each replica's loss (averaged over the global batch, plus
+    the regularisation losses) and gradients, applied on every replica; the summed loss."""
     from ..keras_env import import_keras, tensorflow
 
     keras, tf = import_keras(), tensorflow()
-    n_inputs = x["train"].shape[1]
-    with strat.scope():
-        net = model.build(cfg, schema, n_inputs)
-    plain = model.build(cfg, schema, n_inputs)  # same architecture, outside the strategy: for evaluation
-    loss_fn = net.loss
-    per_example = loss_fn.call if isinstance(loss_fn, keras.losses.Loss) else loss_fn
-    column = schema.task != "multiclass"  # binary / regression outputs have shape (batch, 1)
-    y_train = y["train"].reshape(-1, 1).astype("float32") if column else y["train"]
-    x_train = np.asarray(x["train"])  # a streamed split is read into memory here
-    batch = cfg.train.batch_size
-    opts = tf.data.Options()
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    per_example = net.loss.call if isinstance(net.loss, keras.losses.Loss) else net.loss
 
     @tf.function
     def step(batch_xy: Any) -> Any:
@@ -84,6 +72,29 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
 
         return strat.reduce("SUM", strat.run(replica, args=batch_xy), axis=None)
 
+    return step
+
+
+def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
+        monitor: str, on_epoch: Callable[[int, int, dict[str, float]], None] | None) -> tuple[Any, list[dict], int]:
+    """Train; return a plain (undistributed) copy of the network with the kept weights, the history and the
+    epoch (1-based) those weights are from: early stopping's best, else the last."""
+    from .. import model
+    from ..keras_env import import_keras, tensorflow
+
+    import_keras()
+    tf = tensorflow()
+    n_inputs = x["train"].shape[1]
+    with strat.scope():
+        net = model.build(cfg, schema, n_inputs)
+    plain = model.build(cfg, schema, n_inputs)  # same architecture, outside the strategy: for evaluation
+    column = schema.task != "multiclass"  # binary / regression outputs have shape (batch, 1)
+    y_train = y["train"].reshape(-1, 1).astype("float32") if column else y["train"]
+    x_train = np.asarray(x["train"])  # a streamed split is read into memory here
+    batch = cfg.train.batch_size
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    step = _step(strat, net, batch)
     es = cfg.train.early_stopping
     history: list[dict] = []
     epochs, patience = cfg.train.budget(len(y_train))
@@ -94,6 +105,7 @@ def fit(strat: Any, cfg: Config, schema: Schema, x: dict[str, np.ndarray], y: di
                 .shuffle(len(y_train), seed=cfg.seed + epoch, reshuffle_each_iteration=False)
                 .batch(batch, drop_remainder=True).with_options(opts))
         losses = [float(step(b)) for b in strat.experimental_distribute_dataset(data)]
+        interrupts.check()  # a Ctrl-C / SIGTERM whose exception was swallowed mid-epoch
         plain.set_weights(net.get_weights())
         row = {"loss": float(np.mean(losses)) if losses else float("nan")}
         if len(y["val"]):
