@@ -119,11 +119,9 @@ def _can_write(fmt: str, schema: Any) -> None:
         _needs("tf2onnx", "onnxruntime", extra="onnx")
     elif fmt == "tflite":
         _needs("ai_edge_litert", extra="tflite")
-    if fmt in PORTABLE_FILES:
-        text = [f.name for f in schema.features if f.kind == "text"]
-        if text:
-            raise ConfigError(f"export --format {fmt}: column '{text[0]}' is free text (TextVectorization), which "
-                              f"{fmt} cannot carry; export as savedmodel, or set data.columns: {{{text[0]}: ignore}}")
+    if fmt in PORTABLE_FILES and (text := portable.free_text(schema)):
+        raise ConfigError(f"export --format {fmt}: column '{text}' is free text (TextVectorization), which "
+                          f"{fmt} cannot carry; export as savedmodel, or set data.columns: {{{text}: ignore}}")
 
 
 def _manifest(loaded: Any, fmt: str, parity: dict[str, Any]) -> dict[str, Any]:

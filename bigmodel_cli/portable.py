@@ -123,17 +123,22 @@ def _to_tflite(saved: Path, path: Path) -> dict[str, Any]:
     return {"tflite": {"ops": "TFLITE_BUILTINS"}}
 
 
+def free_text(schema: Any) -> str | None:
+    """The first free-text column (TextVectorization), which neither ONNX nor TFLite can carry; None if none."""
+    return next((f.name for f in schema.features if f.kind == "text"), None)
+
+
 def why_not(cfg: Any, schema: Any) -> str | None:
     """Why `train` would write no portable graph for this config and prep folder (None: it will try). With
     `train.portable: true` any reason is a ConfigError: `train` and `federated` call this before they train."""
     import importlib.util
 
     mode = cfg.train.portable
-    text = [f.name for f in schema.features if f.kind == "text"]
+    text = free_text(schema)
     missing = [m for m in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     why = ("train.portable is false" if mode is False else
            "tf2onnx and onnxruntime are not installed (pip install 'bigmodel[onnx]')" if missing else
-           f"column '{text[0]}' is free text, which ONNX cannot carry" if text else None)
+           f"column '{text}' is free text, which ONNX cannot carry" if text else None)
     if why is not None and mode is True:
         raise ConfigError(f"train.portable: {why}")
     return why
