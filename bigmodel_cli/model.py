@@ -168,3 +168,19 @@ def build(cfg: Config, schema: Schema, n_inputs: int) -> Any:
         jit_compile=cfg.train.jit_compile,
     )
     return net
+
+
+def initial_state(net: Any) -> list[Any]:
+    """The values of a compiled, untrained network's variables — its weights, the dropout layers' random states,
+    and its optimizer's (built here: Adam's moments, the step count, the learning rate) — for `reset`."""
+    import numpy as np
+
+    net.optimizer.build(net.trainable_variables)
+    return [np.array(v) for v in (*net.variables, *net.optimizer.variables)]
+
+
+def reset(net: Any, state: list[Any]) -> None:
+    """Put `net` back as `initial_state` found it, so it trains as a fresh build would, but with the train step
+    Keras has already traced (~1-3 s a fit saved, most of a small table's training time)."""
+    for v, value in zip((*net.variables, *net.optimizer.variables), state, strict=True):
+        v.assign(value)

@@ -110,6 +110,32 @@ def test_refit_trains_on_train_and_val_for_the_chosen_epochs(penguins_prep, tmp_
     assert all(np.array_equal(x, y) for x, y in zip(b, again, strict=True))
 
 
+def test_a_reset_network_trains_as_a_fresh_one(penguins_prep):
+    """The refit reuses the first fit's network (its train step is traced already): model.reset puts back the
+    weights, the dropout layers' random states and the optimizer's moments and step count, so a second fit gives
+    bit for bit the first one's weights."""
+    from bigmodel_cli import model
+    from bigmodel_cli.config import load_config
+    from bigmodel_cli.folders import open_prep
+    from bigmodel_cli.keras_env import import_keras
+
+    import_keras(0)
+    cfg = load_config(None, ["train.batch_size=16", "model.dropout=0.3"])
+    schema = open_prep(penguins_prep).schema
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 9)).astype("float32"), rng.integers(0, 3, 64)
+    net = model.build(cfg, schema, 9)
+    initial = model.initial_state(net)
+    start = net.get_weights()
+    net.fit(x, y, epochs=2, verbose=0, shuffle=False)
+    first = net.get_weights()
+    model.reset(net, initial)
+    assert all(np.array_equal(a, b) for a, b in zip(start, net.get_weights(), strict=True))
+    net.fit(x, y, epochs=2, verbose=0, shuffle=False)
+    assert all(np.array_equal(a, b) for a, b in zip(first, net.get_weights(), strict=True))
+    assert not np.array_equal(first[0], start[0])
+
+
 def test_reduce_lr_on_plateau_lowers_the_learning_rate(penguins_prep, tmp_path):
     bm("train", penguins_prep, "--out", tmp_path / "run", "--set", "train.epochs=8",
        "--set", "train.reduce_lr={factor: 0.5, patience: 0}", "--set", "train.early_stopping.monitor=val_accuracy",

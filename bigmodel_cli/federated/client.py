@@ -62,7 +62,7 @@ class KerasClient:
         return _Client().to_client()
 
 
-_cached: list[Any] = []  # [key, network, its optimizer's initial values]: the last network this process built
+_cached: list[Any] = []  # [key, network, model.initial_state]: the last network this process built
 
 
 def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> Any:
@@ -80,12 +80,10 @@ def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> A
     if not _cached or _cached[0] != key:
         import_keras(seed)
         net = model.build(cfg, schema, n_inputs)
-        net.optimizer.build(net.trainable_variables)
-        _cached[:] = [key, net, [np.array(v) for v in net.optimizer.variables]]
+        _cached[:] = [key, net, model.initial_state(net)]
     net, start = _cached[1], _cached[2]
     import_keras(seed)
-    for v, value in zip(net.optimizer.variables, start, strict=True):
-        v.assign(value)
+    model.reset(net, start)
     weights = {id(v) for v in net.weights}
     rng = np.random.default_rng(seed)
     for v in net.variables:  # beyond the weights: the seed generators' states (dropout's)

@@ -96,6 +96,7 @@ class _Fit:
     best_epoch: int
     refit: bool = False  # net was refitted on train + val
     threshold: float | None = None  # binary: the decision threshold, picked on val before any refit
+    initial: list[Any] | None = None  # model.initial_state of net before it trained (a new network, a refit ahead)
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
@@ -265,7 +266,8 @@ def refits(ctx: _Run, data: _Encoded) -> bool:
 
 def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
     """A fresh network (same seed) trained on train + val for the epochs early stopping chose (as AutoGluon's
-    refit_full): every labelled row the user gave trains the model that is kept."""
+    refit_full): every labelled row the user gave trains the model that is kept. The fresh network is the first
+    fit's, reset to its initial state (model.reset): its train step is traced already."""
     from .. import model
     from ..keras_env import import_keras
 
@@ -273,8 +275,12 @@ def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
     cfg = ctx.cfg
     x = np.concatenate([data.x["train"], data.x["val"]])
     y = np.concatenate([data.y["train"], data.y["val"]])
-    with _precision(cfg), distribution(cfg).scope():
-        net = model.build(cfg, ctx.prep.schema, x.shape[1])
+    if fit.initial is not None:  # the first fit's network, as it was built: its traced train step is kept
+        net = fit.net
+        model.reset(net, fit.initial)
+    else:  # (a resumed run's network came from its checkpoint)
+        with _precision(cfg), distribution(cfg).scope():
+            net = model.build(cfg, ctx.prep.schema, x.shape[1])
     batches, set_epoch = train_dataset(x, y, cfg.train.batch_size, cfg.seed)
     callbacks: list[Any] = [set_epoch]
     if (scheduler := schedule(cfg, cfg.train.budget(len(data.y["train"]))[0])) is not None:  # the first fit's curve
@@ -290,7 +296,7 @@ def _refit(ctx: _Run, data: _Encoded, fit: _Fit) -> _Fit:
     callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: interrupts.check()))
     net.fit(batches, epochs=fit.best_epoch, verbose=0, callbacks=callbacks, shuffle=False,
             class_weight=class_weights(cfg, ctx.prep.schema, y))
-    return dataclasses.replace(fit, net=net, refit=True)
+    return dataclasses.replace(fit, net=net, refit=True, initial=None)
 
 
 @contextlib.contextmanager
@@ -348,12 +354,14 @@ def _network(ctx: _Run, width: int) -> tuple[Any, Any, list[Any] | None]:
 
 def _fit(ctx: _Run, data: _Encoded) -> _Fit:
     """Build (or, resuming, reload) the network and run the epochs with early stopping and checkpoints."""
+    from .. import model
     from ..keras_env import import_keras
     from . import checkpoint
 
     keras = import_keras()
     cfg, es = ctx.cfg, ctx.cfg.train.early_stopping
     net, progress, best_weights = _network(ctx, data.x["train"].shape[1])
+    initial = model.initial_state(net) if not ctx.resume and refits(ctx, data) else None
     monitor = monitored(cfg, data.has_val)
     epochs, patience = cfg.train.budget(len(data.y["train"]))
     stopper = None
@@ -394,7 +402,7 @@ def _fit(ctx: _Run, data: _Encoded) -> _Fit:
         best = int(progress.early_stopping["best_epoch"]) + 1
     else:
         best = len(progress.history)
-    return _Fit(net, progress.history, best)
+    return _Fit(net, progress.history, best, initial=initial)
 
 
 def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
