@@ -12,6 +12,9 @@ import pytest
 
 from .conftest import bm, read_json
 
+# under `make test` (pytest -n 2 --dist loadgroup) one worker runs this module, so its module fixtures are made once
+pytestmark = pytest.mark.xdist_group("dates")
+
 
 def _days_table(n: int = 420, seed: int = 0) -> pd.DataFrame:
     """A busy/quiet label that only the day of the week decides (weekends are quiet), with a little noise column."""

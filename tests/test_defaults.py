@@ -10,6 +10,9 @@ import pytest
 
 from .conftest import PENGUINS, bm, read_json
 
+# under `make test` (pytest -n 2 --dist loadgroup) one worker runs this module, so its module fixtures are made once
+pytestmark = pytest.mark.xdist_group("defaults")
+
 
 @pytest.fixture(scope="module")
 def regression_run(tmp_path_factory):

@@ -18,6 +18,9 @@ from bigmodel_cli import bootstrap
 
 from .conftest import CANCER, FAST, PENGUINS, bm, read_json
 
+# under `make test` (pytest -n 2 --dist loadgroup) one worker runs this module, so its module fixtures are made once
+pytestmark = pytest.mark.xdist_group("evaluation")
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,6 +16,9 @@ import pytest
 
 from .conftest import bm, read_json
 
+# under `make test` (pytest -n 2 --dist loadgroup) one worker runs this module, so its module fixtures are made once
+pytestmark = pytest.mark.xdist_group("kill")
+
 EPOCHS = 24
 LONG = ["--set", f"train.epochs={EPOCHS}", "--set", "train.early_stopping.enabled=false",
         "--set", "train.checkpoint_seconds=0"]  # a checkpoint every epoch: the kills land between known epochs

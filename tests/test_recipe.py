@@ -12,6 +12,9 @@ import pytest
 
 from .conftest import PENGUINS, bm, read_json
 
+# under `make test` (pytest -n 2 --dist loadgroup) one worker runs this module, so its module fixtures are made once
+pytestmark = pytest.mark.xdist_group("recipe")
+
 RECIPE = ["--set", "preprocess.scaling=robust",
           "--set", "model.layers=[{type: PeriodicEmbeddings}, {type: Dense, units: 32, activation: relu}]",
           "--set", "train.label_smoothing=0.1", "--set", "train.optimizer.beta_2=0.95",

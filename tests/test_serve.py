@@ -19,6 +19,9 @@ import pytest
 
 from .conftest import PENGUINS, bm
 
+# under `make test` (pytest -n 2 --dist loadgroup) one worker runs this module, so its module fixtures are made once
+pytestmark = pytest.mark.xdist_group("serve")
+
 TOKEN = "s3cret-token-of-some-length"
 
 
