@@ -255,6 +255,15 @@ class ServeConfig(_Section):
     client_timeout: float = Field(10.0, ge=0.1)  # seconds for a request's headers, and again for its body
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking (bigmodel_cli/tracking.py; `train --track` sets mlflow: true)."""
+
+    # true: log train (and evaluate) to the server, a server that is down or refuses is a warning; required: an error
+    mlflow: bool | Literal["required"] = False
+    uri: str | None = None  # the tracking server; None: MLFLOW_TRACKING_URI
+    experiment: str | None = None  # None: MLFLOW_EXPERIMENT_NAME, else "bigmodel"
+
+
 class TuneConfig(_Section):
     """`bigmodel tune`: an Optuna study over config paths, selected on the validation split.
 
@@ -325,6 +334,7 @@ class Config(_Section):
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -20,6 +20,7 @@ from .schema import Schema
 @dataclass(frozen=True)
 class EvaluateResult:
     doc: dict[str, Any]  # the metrics.json document
+    warnings: tuple[str, ...] = ()  # e.g. a tracking server that did not take the metrics
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -170,4 +171,9 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
         doc["plots"] = [f"{artifacts.EVAL}/{name}" for name in draw.evaluation(
             loaded.path / artifacts.EVAL, s.task, y, preds.values, preds.probabilities, s.classes)]
     artifacts.write_json(loaded.path / artifacts.METRICS, doc)
+    if loaded.manifest.get("tracking"):  # the run was logged to MLflow (train --track): its metrics go there too
+        from . import tracking
+
+        return EvaluateResult(doc, tuple(tracking.log_evaluation(loaded.manifest, doc, loaded.path,
+                                                                 source["split"] or "data")))
     return EvaluateResult(doc)

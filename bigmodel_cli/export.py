@@ -37,6 +37,7 @@ class ExportResult:
     rows_checked: int
     tolerance: float
     mismatch: str | None = None  # the parity check that failed: nothing was written
+    registered: dict[str, Any] | None = None  # --register: MLflow's model URI, the name and version
 
     @property
     def passed(self) -> bool:
@@ -45,7 +46,7 @@ class ExportResult:
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "format": self.format, "files": self.files, "passed": self.passed,
                 "mismatch": self.mismatch, "max_abs_diff": self.max_abs_diff, "rows_checked": self.rows_checked,
-                "tolerance": self.tolerance}
+                "tolerance": self.tolerance, "registered": self.registered}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ExportOptions:
     out: Path  # the export folder (replaced whole)
     format: str | None = None  # one of FORMATS; None: export.format of the run's config
     unsafe: bool = False  # load a model with code in it
+    register: str | None = None  # after the export, log the run to its MLflow run as a model registered by this name
 
 
 def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
@@ -100,7 +102,13 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
                                                      "versions": artifacts.versions()})
     except _Mismatch as e:
         return ExportResult(folder.path, fmt, [], diffs, rows, tol, str(e))
-    return ExportResult(folder.path, fmt, files, diffs, rows, tol)
+    registered = None
+    if options.register:
+        from . import tracking
+
+        step("step", f"MLflow: logging the model and registering it as {options.register}", rows)
+        registered = tracking.register(loaded.path, loaded.manifest, options.register)
+    return ExportResult(folder.path, fmt, files, diffs, rows, tol, registered=registered)
 
 
 def _replaceable(out: Path) -> Path:

@@ -83,6 +83,10 @@ def render(cfg: Config, data: Path, task: str, kinds: dict[str, str], notes: lis
         "# serve: `bigmodel serve` only: where to listen and what one server holds (its options override these).",
         _block({"serve": d["serve"]}),
         "",
+        "# tracking: MLflow (`train --track` sets mlflow: true; required: a server that is down is an error);",
+        "# uri null: MLFLOW_TRACKING_URI, experiment null: MLFLOW_EXPERIMENT_NAME, else bigmodel.",
+        _block({"tracking": d["tracking"]}),
+        "",
     ]
     return "\n".join(lines)
 

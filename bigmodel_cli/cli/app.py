@@ -96,6 +96,9 @@ UnsafeOpt = Annotated[bool, typer.Option(
     "--unsafe-load", help="Load a model that contains code (e.g. a Lambda layer). Only for files you trust.")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete epoch, or round).")]
+TrackOpt = Annotated[bool, typer.Option(
+    "--track", help="Log the run to an MLflow tracking server (tracking.uri or MLFLOW_TRACKING_URI); same as --set "
+                    "tracking.mlflow=true. A server that is down is a warning (tracking.mlflow=required: an error).")]
 PrepDirArg = Annotated[Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.",
                                             show_default=False)]
 RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)]

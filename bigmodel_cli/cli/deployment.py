@@ -40,6 +40,10 @@ def export(
     fmt: Annotated[ExportFormat | None, typer.Option(
         "--format", "-f", help="savedmodel: SavedModel + .keras; keras; onnx: model.onnx + .keras; tflite: "
                                "model.tflite + .keras (default: export.format).", show_default=False)] = None,
+    register: Annotated[str | None, typer.Option(
+        "--register", metavar="NAME", help="Also log the run as an MLflow model (pyfunc: raw columns in, predict's "
+        "columns out) into the MLflow run of its training (train --track) and register it as NAME.",
+        show_default=False)] = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -48,12 +52,15 @@ def export(
         from .. import export as stage
 
         with contextlib.closing(RowProgress("export")) as progress:
-            result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe), progress)
+            result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe, register), progress)
 
         def human() -> None:
             rows = [[f, ""] for f in result.files] + [
                 [f"parity {k} (max diff, {result.rows_checked} rows)", f"{v:.2e}"]
                 for k, v in result.max_abs_diff.items()]
+            if result.registered:
+                rows.append([f"registered {result.registered['name']} version {result.registered['version']}",
+                             result.registered["model_uri"]])
             out.print(table(f"exported {result.out}" if result.passed else f"not exported: {result.out}",
                             ["file", ""], rows))
 

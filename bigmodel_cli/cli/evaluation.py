@@ -55,6 +55,8 @@ def evaluate(
             result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap,
                                                      plots, unsafe), progress)
         slow_path(result.doc.get("why_tensorflow"))
+        for w in result.warnings:
+            err.print(f"warning: {escape(w)}", soft_wrap=True)
         render(result, as_json, lambda: show_metrics(result.doc))
         if result.failed_gates:
             raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "

@@ -17,6 +17,7 @@ from .app import (
     ExportFormat,
     JsonOpt,
     SetOpt,
+    TrackOpt,
     app,
     guard,
     render,
@@ -46,6 +47,7 @@ def experiment(
         "(repeatable; adds to evaluate.gates).")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Preprocess, train, evaluate, export and report in one process (one TensorFlow start-up).
@@ -55,7 +57,7 @@ def experiment(
     with guard(ctx):
         from .. import experiment as stage
 
-        cfg = resolve(config, sets, fixed={"data.target": target})
+        cfg = resolve(config, sets, fixed={"data.target": target, "tracking.mlflow": True if track else None})
         progress = EpochProgress()
         asked = [s for s in STAGES if s != "export" or fmt is not None]
 
@@ -82,6 +84,8 @@ def experiment(
                                 else "not exported (parity)"])
             out.print(table(f"experiment {escape(str(result.out))}", ["", ""], rows))
 
+        for w in (*result.train.warnings, *result.evaluate.warnings):
+            err.print(f"warning: {escape(w)}", soft_wrap=True)
         render(result, as_json, human)
         if result.failed:
             raise GateFailed("; ".join(result.failed))

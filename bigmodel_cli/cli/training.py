@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..console import err, out, table
 from .app import (
@@ -17,6 +18,7 @@ from .app import (
     RunOutOpt,
     SetOpt,
     Strategy,
+    TrackOpt,
     app,
     guard,
     render,
@@ -36,6 +38,7 @@ def train(
     strategy: Annotated[Strategy | None, typer.Option(
         "--strategy", help="default (one device) | mirrored (all GPUs of this host) | multi_worker (a cluster, by "
                            "TF_CONFIG); same as --set train.strategy=...", show_default=False)] = None,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the configured keras.Sequential and train it on PREP_DIR's train split.
@@ -46,7 +49,8 @@ def train(
     with guard(ctx):
         from .. import train as stage
 
-        cfg = resolve(config, sets, prep_dir, {"train.strategy": value(strategy)})
+        cfg = resolve(config, sets, prep_dir, {"train.strategy": value(strategy),
+                                               "tracking.mlflow": True if track else None})
         progress = EpochProgress()
         try:
             result = stage.run(stage.TrainOptions(prep_dir, out_dir, cfg, resume), progress)
@@ -59,6 +63,11 @@ def train(
             where = result.out if result.out is not None else "(a worker: the chief writes the run folder)"
             out.print(table(f"trained {where}", ["", "value"], rows))
 
+        for w in result.warnings:
+            err.print(f"warning: {escape(w)}", soft_wrap=True)
+        if result.tracking:
+            err.print(f"MLflow run {result.tracking['mlflow']['run_id']} at {result.tracking['mlflow']['uri']}",
+                      highlight=False, soft_wrap=True)
         render(result, as_json, human)
 
 

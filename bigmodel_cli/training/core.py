@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts, interrupts, portable
+from .. import artifacts, interrupts, portable, tracking
 from ..config import Config
 from ..errors import BigModelError, ConfigError, DataError
 from ..folders import Prep, open_prep, write_run
@@ -46,10 +46,13 @@ class TrainResult:
     best_epoch: int
     final: dict[str, float]
     seconds: float
+    tracking: dict[str, Any] | None = None  # the MLflow run logged to (train --track)
+    warnings: tuple[str, ...] = ()  # e.g. a tracking server that stopped answering
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": None if self.out is None else str(self.out), "epochs_run": self.epochs_run,
-                "best_epoch": self.best_epoch, "final": self.final, "seconds": round(self.seconds, 3)}
+                "best_epoch": self.best_epoch, "final": self.final, "seconds": round(self.seconds, 3),
+                "tracking": self.tracking, "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class _Run:
     started: str
     t0: float
     portable: bool = True  # write model.onnx as train.portable asks
+    tracking: dict[str, Any] | None = None  # the manifest's "tracking" entry (tracking.Tracker.record)
 
     @functools.cached_property
     def config_sha256(self) -> str:
@@ -179,10 +183,20 @@ def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
         partial = folder / artifacts.LOGS_PARTIAL
         if not resume:
             shutil.rmtree(partial, ignore_errors=True)  # an interrupted run's logs, not resumed
+        tracker = None
         try:
-            return _train(_Run(prepared, folder, cfg, on_epoch, resume, multi, artifacts.now(), time.perf_counter(),
-                               options.portable))
+            tracker = tracking.start(cfg, prepared, folder.path, "train")  # (required and down: refused here)
+            result = _train(_Run(prepared, folder, cfg, tracker.epochs(on_epoch) if tracker else on_epoch, resume,
+                                 multi, artifacts.now(), time.perf_counter(), options.portable,
+                                 tracker.record() if tracker else None))
+            if tracker is None:
+                return result
+            tracker.finish(folder.path)
+            return dataclasses.replace(result, tracking=tracker.record(), warnings=tuple(tracker.warnings))
         except BaseException as e:  # a failed or interrupted run leaves RUN_DIR as it was (its checkpoint aside)
+            if tracker is not None:
+                tracker.required = False  # (the error to report is this one)
+                tracker.finish(None, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             shutil.rmtree(partial, ignore_errors=True)
             if isinstance(e, BigModelError) and not resume:  # nothing worth resuming (a bad config, divergence)
                 shutil.rmtree(folder / artifacts.CHECKPOINT, ignore_errors=True)
@@ -427,7 +441,7 @@ def _finish(ctx: _Run, data: _Encoded, fit: _Fit) -> TrainResult:
         "privacy": _privacy(cfg, len(data.y["train"]), len(history)),
         "threshold": fit.threshold if fit.threshold is not None else decision_threshold(
             cfg, ctx.prep.schema, fit.net, data.x["val"], data.y["val"]),
-        **extra}, graph=ctx.portable)
+        **({"tracking": ctx.tracking} if ctx.tracking else {}), **extra}, graph=ctx.portable)
     if (ctx.folder / artifacts.LOGS_PARTIAL).exists():
         artifacts.replace_dir(ctx.folder / artifacts.LOGS_PARTIAL, ctx.folder / artifacts.LOGS)
     shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""MLflow tracking against a real `mlflow server` (SQLite backend, local artifact root) on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import bm, read_json
+
+pytest.importorskip("mlflow", reason="the dev extras (mlflow) are not installed")
+pytestmark = pytest.mark.xdist_group("tracking")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    log = open(root / "server.log", "w")  # noqa: SIM115  (open while the server runs)
+    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                             "--artifacts-destination", str(root / "artifacts")],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+            time.sleep(0.3)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_train_and_evaluate_log_to_one_mlflow_run(server, penguins_prep, tmp_path, monkeypatch):
+    """train --track: the config as params, every epoch's metrics, tags and the run folder's files; evaluate: its
+    metrics and bootstrap intervals into the same MLflow run, read back through MLflow's client."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "penguins")
+    run = tmp_path / "run"
+    r = bm("train", penguins_prep, "--out", run, "--set", "train.epochs=4", "--set", "train.early_stopping.patience=2",
+           "--track", "--json")
+    result = json.loads(r.stdout)  # MLflow's own "View run" lines are not on stdout
+    run_id = result["tracking"]["mlflow"]["run_id"]
+    manifest = read_json(run / "manifest.json")
+    assert manifest["tracking"]["mlflow"] == {"uri": server, "experiment_id": result["tracking"]["mlflow"][
+        "experiment_id"], "run_id": run_id} and not result["warnings"]
+    client = MlflowClient(server)
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED" and client.get_experiment(logged.info.experiment_id).name == "penguins"
+    params = logged.data.params
+    assert params["train.epochs"] == "4" and params["seed"] == "42" and params["model.dropout"] == "auto"
+    tags = logged.data.tags
+    assert tags["bigmodel.data_sha256"] == manifest["data"]["sha256"] and tags["bigmodel.seed"] == "42"
+    assert tags["bigmodel.run_dir"] == str(run.resolve())
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
+    import pandas as pd
+
+    local = pd.read_csv(run / "history.csv")
+    assert [s for s, _ in history] == local["epoch"].tolist() == list(range(1, manifest["epochs_run"] + 1))
+    assert [v for _, v in history] == pytest.approx(local["val_loss"].tolist(), rel=1e-6)
+    assert len(client.get_metric_history(run_id, "refit_loss")) == manifest["best_epoch"]  # the refit's epochs
+    files = {f.path for f in client.list_artifacts(run_id)}
+    assert {"model.keras", "config.yaml", "history.csv", "report.json", "manifest.json", "model.onnx"} <= files
+
+    doc = json.loads(bm("evaluate", run, "--bootstrap", "30", "--no-plots", "--json").stdout)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(doc["metrics"]["accuracy"])
+    assert metrics["test_accuracy_ci_low"] == pytest.approx(doc["bootstrap"]["intervals"]["accuracy"][0])
+    assert "metrics.json" in {f.path for f in client.list_artifacts(run_id)}
+
+    # export --register: the run as a pyfunc model in its MLflow run, registered; loaded back, it answers as predict
+    r = bm("export", run, "--format", "keras", "--out", tmp_path / "export", "--register", "penguins-species", "--json")
+    registered = json.loads(r.stdout)["registered"]
+    assert registered["name"] == "penguins-species" and str(registered["version"]) == "1"
+    assert client.get_registered_model("penguins-species").latest_versions[0].run_id == run_id
+    import mlflow.pyfunc
+
+    from .conftest import PENGUINS
+
+    raw = pd.read_csv(PENGUINS).drop(columns="species").head(25)
+    got = mlflow.pyfunc.load_model("models:/penguins-species/1").predict(raw)
+    raw.to_csv(tmp_path / "raw.csv", index=False)
+    bm("predict", run, tmp_path / "raw.csv", "--out", tmp_path / "p.csv")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), pd.read_csv(tmp_path / "p.csv"), check_dtype=False,
+                                  atol=1e-6)
+
+
+def test_register_needs_a_tracked_run(penguins_run, tmp_path):
+    r = bm("export", penguins_run, "--format", "keras", "--out", tmp_path / "export", "--register", "x", code=2)
+    assert "was not tracked; train it with --track" in r.stderr
+    assert (tmp_path / "export" / "manifest.json").exists()  # the export itself is written
+
+
+def test_a_server_that_is_down_is_a_warning_or_with_required_an_error(penguins_prep, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    fast = ["--set", "train.epochs=2", "--set", "train.portable=false", "--set", f"tracking.uri={down}"]
+    r = bm("train", penguins_prep, "--out", tmp_path / "run", *fast, "--track", "--json")
+    assert json.loads(r.stdout)["tracking"] is None
+    assert f"warning: MLflow tracking at {down} stopped" in r.stderr
+    m = read_json(tmp_path / "run" / "manifest.json")  # trained and written all the same
+    assert "tracking" not in m and (tmp_path / "run" / "model.keras").exists()
+    r = bm("train", penguins_prep, "--out", tmp_path / "strict", *fast, "--set", "tracking.mlflow=required", code=2)
+    line = r.stderr.strip()
+    assert line.startswith("error: tracking: MLflow at " + down) and len(line.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "strict").exists()  # refused before training
+    r = bm("train", penguins_prep, "--out", tmp_path / "nowhere", "--track", code=2)
+    assert "set tracking.uri or MLFLOW_TRACKING_URI" in r.stderr
+
+
+def test_experiment_track_logs_train_and_evaluate(server, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from .conftest import PENGUINS
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    r = bm("experiment", PENGUINS, "--target", "species", "--out", tmp_path / "exp", "--set", "train.epochs=2",
+           "--set", f"tracking.uri={server}", "--set", "tracking.experiment=experiments", "--track", "--json")
+    doc = json.loads(r.stdout)
+    logged = MlflowClient(server).get_run(doc["train"]["tracking"]["mlflow"]["run_id"])
+    assert logged.data.params["data.target"] == "species" and logged.data.params["tracking.experiment"] == "experiments"
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(doc["evaluate"]["metrics"]["accuracy"])
