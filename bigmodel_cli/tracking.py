@@ -102,6 +102,14 @@ class Tracker:
                 on_epoch(epoch, total, logs)
         return hook
 
+    def note(self, folder: Path) -> None:
+        """Add the MLflow run's address to a complete run folder's manifest (a federation's: its child process
+        wrote the folder), so evaluate logs to the same run."""
+        record = self.record()
+        if record is not None:
+            manifest = artifacts.read_json(Path(folder) / artifacts.MANIFEST)
+            artifacts.write_json(Path(folder) / artifacts.MANIFEST, {**manifest, "tracking": record})
+
     def _artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 

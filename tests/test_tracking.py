@@ -145,3 +145,27 @@ def test_experiment_track_logs_train_and_evaluate(server, tmp_path, monkeypatch)
     logged = MlflowClient(server).get_run(doc["train"]["tracking"]["mlflow"]["run_id"])
     assert logged.data.params["data.target"] == "species" and logged.data.params["tracking.experiment"] == "experiments"
     assert logged.data.metrics["test_accuracy"] == pytest.approx(doc["evaluate"]["metrics"]["accuracy"])
+
+
+def test_federated_rounds_are_logged_as_the_run_s_epochs(server, penguins_prep, tmp_path, monkeypatch):
+    """A simulated federation with --track: each round's global metrics at step = the round, as history.csv has
+    them; the manifest (written by the simulation's own process) gets the MLflow run, so evaluate logs to it."""
+    pytest.importorskip("flwr", reason="the federated extra is not installed")
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    run = tmp_path / "fed"
+    r = bm("federated", penguins_prep, "--out", run, "--set", "federated.clients=3", "--set", "federated.rounds=2",
+           "--set", "federated.local_epochs=1", "--set", "train.early_stopping.enabled=false",
+           "--set", "train.tensorboard=false", "--track", "--json")
+    run_id = json.loads(r.stdout)["tracking"]["mlflow"]["run_id"]
+    assert read_json(run / "manifest.json")["tracking"]["mlflow"]["run_id"] == run_id
+    client = MlflowClient(server)
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED" and logged.data.tags["bigmodel.command"] == "federated"
+    series = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
+    local = pd.read_csv(run / "history.csv")
+    assert [s for s, _ in series] == [1, 2] and [v for _, v in series] == pytest.approx(local["val_loss"].tolist())
+    bm("evaluate", run, "--no-plots")
+    assert "test_accuracy" in client.get_run(run_id).data.metrics

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ..console import out, table
+from ..console import err, out, table
 from ..errors import GateFailed
 from .app import (
     ConfigOpt,
@@ -21,6 +21,7 @@ from .app import (
     ResumeOpt,
     RunOutOpt,
     SetOpt,
+    TrackOpt,
     app,
     guard,
     render,
@@ -57,6 +58,8 @@ def _federate(prep_dir: Path, config: Path | None, overrides: list[str], as_json
                 *[[k, v] for k, v in result.final.items()], ["seconds", round(result.seconds, 1)]]
         out.print(table(f"federated {result.out}", ["", "value"], rows))
 
+    for w in result.warnings:
+        err.print(f"warning: {escape(w)}", soft_wrap=True)
     render(result, as_json, human)
     if result.budget_stop:
         raise GateFailed(result.budget_stop)
@@ -70,6 +73,7 @@ def run(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: ResumeOpt = False,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate clients on one machine (Flower's simulation engine); writes a run folder.
@@ -86,7 +90,7 @@ def run(
         return stage.run(stage.SimulationOptions(prep_dir, out_dir, cfg, resume, verbose_of(ctx)), progress)
 
     with guard(ctx):
-        _federate(prep_dir, config, sets or [], as_json, start)
+        _federate(prep_dir, config, [*(sets or []), *(["tracking.mlflow=true"] if track else [])], as_json, start)
 
 
 AddressOpt = Annotated[str | None, typer.Option(

@@ -33,10 +33,13 @@ class FederatedResult:
     final: dict[str, float]
     seconds: float
     budget_stop: str | None = None
+    tracking: dict[str, Any] | None = None  # the MLflow run logged to (tracking.mlflow)
+    warnings: tuple[str, ...] = ()  # e.g. a tracking server that stopped answering
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "rounds": self.rounds, "kept_round": self.kept_round, "final": self.final,
-                "seconds": round(self.seconds, 3), "budget_stop": self.budget_stop}
+                "seconds": round(self.seconds, 3), "budget_stop": self.budget_stop, "tracking": self.tracking,
+                "warnings": list(self.warnings)}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> FederatedResult:
