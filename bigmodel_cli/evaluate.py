@@ -124,10 +124,11 @@ class EvaluateOptions:
     bootstrap: int | None = None
     plots: bool | None = None
     unsafe: bool = False  # load a model with code in it
+    out: Path | None = None  # where metrics.json and eval/ go; None: the run folder (a pipeline gives its own)
 
 
 def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
-    """Evaluate the run's model; write RUN_DIR/metrics.json (and plots under RUN_DIR/eval/).
+    """Evaluate the run's model; write RUN_DIR/metrics.json (and plots under RUN_DIR/eval/), or OUT/... with `out`.
 
     Gates and bootstrap resamples add to those in the run's config (evaluate.gates, evaluate.bootstrap).
     """
@@ -167,13 +168,17 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
     resamples = cfg.bootstrap if bootstrap is None else bootstrap
     if resamples:
         doc["bootstrap"] = boot.run(y, preds.values, preds.probabilities, resamples, loaded.config.seed)
+    dest = loaded.path if options.out is None else Path(options.out)
+    if options.out is not None:
+        doc["run_dir"] = str(loaded.path.resolve())
+        dest.mkdir(parents=True, exist_ok=True)
     if cfg.plots if plots is None else plots:
         doc["plots"] = [f"{artifacts.EVAL}/{name}" for name in draw.evaluation(
-            loaded.path / artifacts.EVAL, s.task, y, preds.values, preds.probabilities, s.classes)]
-    artifacts.write_json(loaded.path / artifacts.METRICS, doc)
+            dest / artifacts.EVAL, s.task, y, preds.values, preds.probabilities, s.classes)]
+    artifacts.write_json(dest / artifacts.METRICS, doc)
     if loaded.manifest.get("tracking"):  # the run was logged to MLflow (train --track): its metrics go there too
         from . import tracking
 
-        return EvaluateResult(doc, tuple(tracking.log_evaluation(loaded.manifest, doc, loaded.path,
+        return EvaluateResult(doc, tuple(tracking.log_evaluation(loaded.manifest, doc, dest,
                                                                  source["split"] or "data")))
     return EvaluateResult(doc)

@@ -44,16 +44,19 @@ def evaluate(
         help="Add 95% bootstrap intervals from N resamples (e.g. 1000).")] = None,
     plots: Annotated[bool | None, typer.Option(
         "--plots/--no-plots", help="Write PNG plots to RUN_DIR/eval/ (default: evaluate.plots).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write metrics.json and eval/ into this folder instead of RUN_DIR (a pipeline stage's "
+                            "own output, e.g. for DVC).", show_default=False)] = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json. Exit 1 if a gate fails."""
+    """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json (or OUT/metrics.json). Exit 1 if a gate fails."""
     with guard(ctx):
         from .. import evaluate as stage
 
         with contextlib.closing(RowProgress("evaluate")) as progress:
             result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap,
-                                                     plots, unsafe), progress)
+                                                     plots, unsafe, out_dir), progress)
         slow_path(result.doc.get("why_tensorflow"))
         for w in result.warnings:
             err.print(f"warning: {escape(w)}", soft_wrap=True)
