@@ -50,10 +50,11 @@ class ExplainOptions:
     repeats: int = 5  # shuffles per column (permutation importance)
     steps: int = 64  # integrated-gradients steps
     unsafe: bool = False  # load a model with code in it
+    out: Path | None = None  # the folder to write; None: RUN_DIR/explain (a pipeline gives its own)
 
 
 def run(options: ExplainOptions, on_event: Any = None) -> ExplainResult:
-    """Permutation importance and integrated gradients of the run's model; writes RUN_DIR/explain/."""
+    """Permutation importance and integrated gradients of the run's model; writes RUN_DIR/explain/ (or `out`)."""
     import time
 
     run_dir, data, split, rows, row_ids = options.run, options.data, options.split, options.rows, options.row_ids
@@ -68,7 +69,7 @@ def run(options: ExplainOptions, on_event: Any = None) -> ExplainResult:
     y = schema.labels(df, "explain rows")
     importance = permutation_importance(loaded, df, y, repeats, seed)
     attributions, completeness = integrated_gradients(loaded, df, steps)
-    folder = Path(run_dir) / EXPLAIN
+    folder = Path(run_dir) / EXPLAIN if options.out is None else Path(options.out)
     doc: dict[str, Any] = {
            "rows": len(df), "source": str(data) if data else f"{split} split", "repeats": repeats, "seed": seed,
            "task": schema.task, "score": _score_name(schema),
@@ -78,7 +79,7 @@ def run(options: ExplainOptions, on_event: Any = None) -> ExplainResult:
                                     "completeness_rel_max": completeness["rel_max"],
                                     "completeness_rel_median": completeness["rel_median"]},
            "seconds": round(time.perf_counter() - t0, 3)}
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(folder / IMPORTANCE, doc)
     with artifacts.atomic_path(folder / ATTRIBUTIONS) as tmp:
         attributions.to_csv(tmp, index=False)

@@ -54,16 +54,19 @@ def _img(path: Path) -> str:
            f"</figcaption></figure>"
 
 
-def render(run: Path) -> tuple[str, int]:
-    """The page for a run folder, and how many images it embeds."""
+def render(run: Path, evaluation: Path | None = None, explanation: Path | None = None) -> tuple[str, int]:
+    """The page for a run folder, and how many images it embeds; its metrics from `evaluation` (an `evaluate --out`
+    folder; None: the run folder) and its explanation from `explanation` (None: RUN_DIR/explain)."""
     folder = artifacts.Folder(Path(run), "run")
     manifest = folder.manifest()
-    metrics = artifacts.read_metrics(Path(run))
+    evaluated = Path(evaluation) if evaluation is not None else folder.path
+    metrics = artifacts.read_metrics(evaluated)
     report_files = [folder / artifacts.REPORT, Path(manifest.get("prep_dir", "")) / artifacts.REPORT]
     report = next((p for p in report_files if p.is_file()), None)
-    metrics_file, explain = folder / artifacts.METRICS, folder.path / artifacts.EXPLAIN
+    metrics_file = evaluated / artifacts.METRICS
+    explain = Path(explanation) if explanation is not None else folder.path / artifacts.EXPLAIN
     with artifacts.damaged(metrics_file, f"evaluate {run}"):
-        plots = [folder.path / p for p in metrics.get("plots", []) if (folder.path / p).exists()]
+        plots = [evaluated / p for p in metrics.get("plots", []) if (evaluated / p).exists()]
         metrics_html, gates_html = _metrics_section(metrics), _gates_section(metrics.get("gates") or [])
     curve = folder / artifacts.CURVE
     with artifacts.damaged(report or folder / artifacts.REPORT, "preprocess"):
@@ -89,7 +92,7 @@ def render(run: Path) -> tuple[str, int]:
     body = "".join(f'<section id="{s}"><h2>{s.capitalize()}</h2>{parts[s]}</section>' for s in SECTIONS)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n")
-    importance_plot = folder.path / artifacts.EXPLAIN / artifacts.IMPORTANCE_PLOT
+    importance_plot = explain / artifacts.IMPORTANCE_PLOT
     return page, len(plots) + int(curve.exists()) + int(importance_plot.is_file())
 
 
@@ -170,12 +173,14 @@ class ReportOptions:
 
     run: Path  # the run folder
     out: Path | None = None  # the HTML file; None: RUN_DIR/report.html
+    evaluation: Path | None = None  # an `evaluate --out` folder; None: the run folder's metrics.json
+    explanation: Path | None = None  # an `explain --out` folder; None: RUN_DIR/explain
 
 
 def run(options: ReportOptions, on_event: Any = None) -> ReportResult:
     """One self-contained HTML page of the run."""
     run_dir = options.run
-    page, images = render(run_dir)
+    page, images = render(run_dir, options.evaluation, options.explanation)
     out = Path(options.out) if options.out else Path(run_dir) / artifacts.HTML_REPORT
     artifacts.write_text(out, page)
     return ReportResult(out, SECTIONS, images)

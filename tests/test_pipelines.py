@@ -37,28 +37,34 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_dvc_example_runs_reruns_nothing_and_follows_a_param(tmp_path):
-    """examples/dvc in a fresh git + DVC repository: `dvc repro` runs preprocess, train, evaluate; again, nothing;
-    a changed train param re-runs train and evaluate only; `dvc metrics show` reads evaluate's metrics.json."""
+    """examples/dvc in a fresh git + DVC repository: `dvc repro` runs preprocess, train, evaluate, explain and report
+    (each into its own folder); again, nothing; a changed train param re-runs all but preprocess; `dvc metrics show`
+    reads evaluate's metrics.json; the report shows evaluate's and explain's folders."""
     if shutil.which("git") is None or not (Path(sys.executable).parent / "dvc").exists():
         pytest.skip("needs git and dvc (the dev extras)")
     repo = tmp_path / "pipeline"
     shutil.copytree(ROOT / "examples" / "dvc", repo)
     (repo / "data").mkdir()
     shutil.copy(PENGUINS, repo / "data" / "penguins.csv")
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("epochs: 30", "epochs: 4"))
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("epochs: 30", "epochs: 4")
+                                      .replace("rows: 100", "rows: 40"))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(repo, "init", "-q")
     first = _dvc(repo, "repro").stdout
-    assert all(f"Running stage '{s}'" in first for s in ("preprocess", "train", "evaluate")), first
+    stages = ("preprocess", "train", "evaluate", "explain", "report")
+    assert all(f"Running stage '{s}'" in first for s in stages), first
     model = (repo / "run" / "model.keras").stat().st_mtime_ns
     again = _dvc(repo, "repro").stdout
-    assert "Running stage" not in again and again.count("didn't change, skipping") == 3, again
+    assert "Running stage" not in again and again.count("didn't change, skipping") == len(stages), again
     assert (repo / "run" / "model.keras").stat().st_mtime_ns == model
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("epochs: 4", "epochs: 3"))
     changed = _dvc(repo, "repro").stdout
     assert "Stage 'preprocess' didn't change" in changed and "Running stage 'train'" in changed
-    assert "Running stage 'evaluate'" in changed and read_json(repo / "run" / "manifest.json")["epochs_run"] == 3
+    assert all(f"Running stage '{s}'" in changed for s in stages[2:])
+    assert read_json(repo / "run" / "manifest.json")["epochs_run"] == 3
     shown = json.loads(_dvc(repo, "metrics", "show", "--json").stdout)
     metrics = shown[""]["data"]["eval/metrics.json"]["data"]["metrics"]
     assert metrics == read_json(repo / "eval" / "metrics.json")["metrics"] and 0 <= metrics["accuracy"] <= 1
-    assert not (repo / "run" / "metrics.json").exists()  # evaluate wrote into its own folder only
+    assert not (repo / "run" / "metrics.json").exists() and not (repo / "run" / "explain").exists()  # own folders
+    page = (repo / "report.html").read_text()
+    assert "Not explained" not in page and f"{metrics['accuracy']:.4f}" in page  # read from eval/ and explain/

@@ -110,17 +110,20 @@ def explain(
                                          max=1000)] = 5,
     steps: Annotated[int, typer.Option(help="Integrated-gradients steps (more: a smaller completeness error).",
                                        min=4, max=4096)] = 64,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write into this folder instead of RUN_DIR/explain (a pipeline stage's own output).",
+        show_default=False)] = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Which raw columns the model relies on: permutation importance and integrated gradients.
 
-    Writes RUN_DIR/explain/: importance.json, importance.png, attributions.csv."""
+    Writes RUN_DIR/explain/ (or OUT/): importance.json, importance.png, attributions.csv."""
     with guard(ctx):
         from .. import explain as stage
 
         result = stage.run(stage.ExplainOptions(run_dir, data, split.value, rows, tuple(row_ids or ()), repeats,
-                                                steps, unsafe))
+                                                steps, unsafe, out_dir))
 
         def human() -> None:
             doc = result.doc
@@ -183,11 +186,17 @@ def report(
     run_dir: RunDirArg,
     out_path: Annotated[Path | None, typer.Option(
         "--out", "-o", help="The HTML file to write (default: RUN_DIR/report.html).")] = None,
+    evaluation: Annotated[Path | None, typer.Option(
+        "--evaluation", help="The metrics from this `evaluate --out` folder (default: RUN_DIR).",
+        show_default=False)] = None,
+    explanation: Annotated[Path | None, typer.Option(
+        "--explanation", help="The explanation from this `explain --out` folder (default: RUN_DIR/explain).",
+        show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One self-contained HTML page: data report, config, training, metrics, plots, gates, manifest."""
     with guard(ctx):
         from .. import report as stage
 
-        result = stage.run(stage.ReportOptions(run_dir, out_path))
+        result = stage.run(stage.ReportOptions(run_dir, out_path, evaluation, explanation))
         render(result, as_json, lambda: out.print(f"wrote {escape(str(result.out))}", highlight=False))
