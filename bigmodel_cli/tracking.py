@@ -7,13 +7,15 @@ folder's manifest ("tracking"), so `evaluate` logs its metrics (and bootstrap in
 
 Where to: tracking.uri, else MLFLOW_TRACKING_URI; the experiment: tracking.experiment, else MLFLOW_EXPERIMENT_NAME,
 else "bigmodel". A server that is down or refuses is a warning and the work goes on (the run folder holds everything
-either way); with tracking.mlflow: required it is an error (exit 2), before training starts.
+either way); with tracking.mlflow: required it is an error (exit 2): before training starts, or, failing later, once
+the run folder is complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import time
@@ -36,6 +38,7 @@ def _client(uri: str) -> Any:
     # a server that is down answers at once, not after MLflow's default 7 retries with backoff (minutes)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its "Retrying ..." lines: ours says it
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
@@ -67,6 +70,7 @@ class Tracker:
     run_id: str | None = None
     experiment_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+    started: bool = False  # past the start: a failure no longer stops the work, even when required (see check)
 
     def record(self) -> dict[str, Any] | None:
         """The manifest's "tracking" entry: where evaluate logs to."""
@@ -82,12 +86,18 @@ class Tracker:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001  (MlflowException, requests' errors: the server's to fix)
-            if self.required:
+            if self.required and not self.started:
                 raise ConfigError(f"tracking: MLflow at {self.uri}: {what} failed: {one_line(e)[:300]}") from None
             self.client = None
             self.warnings.append(f"MLflow tracking at {self.uri} stopped ({what} failed: {one_line(e)[:200]}); "
                                  f"the run folder has everything")
             return None
+
+    def check(self) -> None:
+        """Required tracking that failed after the start: an error now that the run folder is complete (exit 2,
+        nothing lost), not while training."""
+        if self.required and self.warnings:
+            raise ConfigError(f"tracking.mlflow is required: {self.warnings[0]}")
 
     def epochs(self, on_epoch: Any) -> Any:
         """`on_epoch` that also logs each epoch's metrics, step = the epoch."""
@@ -155,6 +165,7 @@ def start(cfg: Any, prep: Any, folder: Path, command: str) -> Tracker | None:
     for at in range(0, len(params), BATCH):
         tracker.call("logging the config", functools.partial(c.log_batch, tracker.run_id,
                                                              params=params[at:at + BATCH]))
+    tracker.started = True
     return tracker
 
 

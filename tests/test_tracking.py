@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,7 +29,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
+def server(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
@@ -33,7 +37,7 @@ def server(tmp_path_factory) -> str:
     proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                              "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                              "--artifacts-destination", str(root / "artifacts")],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=root)
+                            stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -47,9 +51,10 @@ def server(tmp_path_factory) -> str:
                 pass
             assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
             time.sleep(0.3)
-        yield uri
-    finally:
-        proc.terminate()
+        yield SimpleNamespace(uri=uri, proc=proc)
+    finally:  # the server's whole process group: `mlflow server` runs its web server as a child
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
 
@@ -59,7 +64,7 @@ def test_train_and_evaluate_log_to_one_mlflow_run(server, penguins_prep, tmp_pat
     metrics and bootstrap intervals into the same MLflow run, read back through MLflow's client."""
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "penguins")
     run = tmp_path / "run"
     r = bm("train", penguins_prep, "--out", run, "--set", "train.epochs=4", "--set", "train.early_stopping.patience=2",
@@ -67,9 +72,9 @@ def test_train_and_evaluate_log_to_one_mlflow_run(server, penguins_prep, tmp_pat
     result = json.loads(r.stdout)  # MLflow's own "View run" lines are not on stdout
     run_id = result["tracking"]["mlflow"]["run_id"]
     manifest = read_json(run / "manifest.json")
-    assert manifest["tracking"]["mlflow"] == {"uri": server, "experiment_id": result["tracking"]["mlflow"][
+    assert manifest["tracking"]["mlflow"] == {"uri": server.uri, "experiment_id": result["tracking"]["mlflow"][
         "experiment_id"], "run_id": run_id} and not result["warnings"]
-    client = MlflowClient(server)
+    client = MlflowClient(server.uri)
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED" and client.get_experiment(logged.info.experiment_id).name == "penguins"
     params = logged.data.params
@@ -140,9 +145,9 @@ def test_experiment_track_logs_train_and_evaluate(server, tmp_path, monkeypatch)
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     r = bm("experiment", PENGUINS, "--target", "species", "--out", tmp_path / "exp", "--set", "train.epochs=2",
-           "--set", f"tracking.uri={server}", "--set", "tracking.experiment=experiments", "--track", "--json")
+           "--set", f"tracking.uri={server.uri}", "--set", "tracking.experiment=experiments", "--track", "--json")
     doc = json.loads(r.stdout)
-    logged = MlflowClient(server).get_run(doc["train"]["tracking"]["mlflow"]["run_id"])
+    logged = MlflowClient(server.uri).get_run(doc["train"]["tracking"]["mlflow"]["run_id"])
     assert logged.data.params["data.target"] == "species" and logged.data.params["tracking.experiment"] == "experiments"
     assert logged.data.metrics["test_accuracy"] == pytest.approx(doc["evaluate"]["metrics"]["accuracy"])
 
@@ -154,14 +159,14 @@ def test_federated_rounds_are_logged_as_the_run_s_epochs(server, penguins_prep, 
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     run = tmp_path / "fed"
     r = bm("federated", penguins_prep, "--out", run, "--set", "federated.clients=3", "--set", "federated.rounds=2",
            "--set", "federated.local_epochs=1", "--set", "train.early_stopping.enabled=false",
            "--set", "train.tensorboard=false", "--track", "--json")
     run_id = json.loads(r.stdout)["tracking"]["mlflow"]["run_id"]
     assert read_json(run / "manifest.json")["tracking"]["mlflow"]["run_id"] == run_id
-    client = MlflowClient(server)
+    client = MlflowClient(server.uri)
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED" and logged.data.tags["bigmodel.command"] == "federated"
     series = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
@@ -169,3 +174,33 @@ def test_federated_rounds_are_logged_as_the_run_s_epochs(server, penguins_prep, 
     assert [s for s, _ in series] == [1, 2] and [v for _, v in series] == pytest.approx(local["val_loss"].tolist())
     bm("evaluate", run, "--no-plots")
     assert "test_accuracy" in client.get_run(run_id).data.metrics
+
+
+def test_required_tracking_that_fails_mid_run_is_exit_2_after_the_run_is_written(server, penguins_prep, tmp_path,
+                                                                                  monkeypatch):
+    """The server dies after the first epoch (killed): under tracking.mlflow required the training still finishes
+    and writes its run folder, then the command exits 2 naming the server. (Last in this module: it kills the
+    module's server.)"""
+    import threading
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    run = tmp_path / "run"
+
+    def kill_after_the_first_epoch() -> None:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(server.proc.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_the_first_epoch, daemon=True)
+    killer.start()
+    r = bm("train", penguins_prep, "--out", run, "--set", "train.epochs=60", "--set",
+           "train.early_stopping.enabled=false", "--set", "train.portable=false", "--set", "tracking.mlflow=required",
+           code=2)
+    killer.join(timeout=5)
+    with pytest.raises(OSError):  # the server was killed during the training (else this test proves nothing)
+        urllib.request.urlopen(f"{server.uri}/health", timeout=2)
+    last = r.stderr.strip().splitlines()[-1]  # (after the epochs' progress lines)
+    assert last.startswith(f"error: tracking.mlflow is required: MLflow tracking at {server.uri} stopped"), r.stderr
+    m = read_json(run / "manifest.json")  # the run folder is complete all the same
+    assert m["epochs_run"] == 60 and m["tracking"]["mlflow"]["uri"] == server.uri and (run / "model.keras").exists()

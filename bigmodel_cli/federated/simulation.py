@@ -86,7 +86,6 @@ def run(options: SimulationOptions, on_event: Any = None) -> FederatedResult:
                                 tracker.epochs(on_round) if tracker else on_round, "the simulation")
         except BaseException as e:
             if tracker is not None:
-                tracker.required = False  # (the error to report is this one)
                 tracker.finish(None, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
         result = FederatedResult.from_dict(record["result"])
@@ -94,6 +93,7 @@ def run(options: SimulationOptions, on_event: Any = None) -> FederatedResult:
             return result
         tracker.note(result.out)
         tracker.finish(result.out)
+    tracker.check()  # required tracking that failed during the rounds: exit 2 now, the run folder complete
     return dataclasses.replace(result, tracking=tracker.record(), warnings=tuple(tracker.warnings))
 
 

@@ -189,13 +189,10 @@ def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
             result = _train(_Run(prepared, folder, cfg, tracker.epochs(on_epoch) if tracker else on_epoch, resume,
                                  multi, artifacts.now(), time.perf_counter(), options.portable,
                                  tracker.record() if tracker else None))
-            if tracker is None:
-                return result
-            tracker.finish(folder.path)
-            return dataclasses.replace(result, tracking=tracker.record(), warnings=tuple(tracker.warnings))
+            if tracker is not None:
+                tracker.finish(folder.path)
         except BaseException as e:  # a failed or interrupted run leaves RUN_DIR as it was (its checkpoint aside)
             if tracker is not None:
-                tracker.required = False  # (the error to report is this one)
                 tracker.finish(None, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             shutil.rmtree(partial, ignore_errors=True)
             if isinstance(e, BigModelError) and not resume:  # nothing worth resuming (a bad config, divergence)
@@ -205,6 +202,10 @@ def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
                 with contextlib.suppress(OSError):
                     folder.path.rmdir()  # only if nothing else is in it
             raise
+    if tracker is None:
+        return result
+    tracker.check()  # required tracking that failed while training: exit 2 now, the run folder complete
+    return dataclasses.replace(result, tracking=tracker.record(), warnings=tuple(tracker.warnings))
 
 
 @contextlib.contextmanager
