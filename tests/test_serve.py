@@ -339,7 +339,8 @@ def test_overload_answers_or_refuses_in_time_and_cuts_slow_clients(penguins_run,
     got = report.to_dict()
     assert report.ok > 0 and report.busy > 0, got  # some answered, the rest refused at once
     assert report.busy_without_retry_after == 0 and not report.other, got
-    assert report.late == 0 and report.dropped == 0 and report.slowest_answer_s < 10, got
+    # within 10 s of the server's time: less any stall of this measuring loop (the other worker's load)
+    assert report.late == 0 and report.dropped == 0 and report.slowest_answer_net_s < 10, got
     assert report.slow_cut == 100 and report.slow_left_open == 0 and report.slowest_cut_s < 2 + 1.5, got
     assert report.healthz_failed == 0 and report.healthz_ok >= 20 and report.slowest_healthz_s < 2, got
     assert report.rss_max_mb < report.rss_before_mb + 300, got
