@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -264,6 +264,12 @@ def slow_path(why: str | None) -> None:
     """The one-line note when a run's portable graph could not be used and TensorFlow was started instead."""
     if why:
         err.print(f"note: using TensorFlow (a slower start): {escape(why)}", soft_wrap=True, highlight=False)
+
+
+def warn(warnings: Iterable[str]) -> None:
+    """A stage's warnings on stderr, one line each."""
+    for w in warnings:
+        err.print(f"warning: {escape(w)}", soft_wrap=True)
 
 
 def notes(unseen: dict[str, int], ignored: list[str]) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from .. import artifacts
-from ..console import emit_json, err, out, table
+from ..console import emit_json, out, table
 from ..errors import GateFailed
 from .app import (
     CompareFormat,
@@ -25,6 +25,7 @@ from .app import (
     render,
     slow_path,
     value,
+    warn,
 )
 
 
@@ -58,8 +59,7 @@ def evaluate(
             result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap,
                                                      plots, unsafe, out_dir), progress)
         slow_path(result.doc.get("why_tensorflow"))
-        for w in result.warnings:
-            err.print(f"warning: {escape(w)}", soft_wrap=True)
+        warn(result.warnings)
         render(result, as_json, lambda: show_metrics(result.doc))
         if result.failed_gates:
             raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "
@@ -172,8 +172,7 @@ def compare(
             if doc["config_diff"]:
                 out.print(table("config differences", ["key", *names],
                                 [[k, *map(str, v)] for k, v in doc["config_diff"].items()]))
-        for w in doc["warnings"]:
-            err.print(f"warning: {escape(w)}", soft_wrap=True)
+        warn(doc["warnings"])
         if result.regressions:
             raise GateFailed("regression: " + ", ".join(
                 f"{Path(r['run']).name} {r['metric']} {r['delta']:+.4f} (tolerance {r['tolerance']})"

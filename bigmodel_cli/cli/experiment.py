@@ -23,6 +23,7 @@ from .app import (
     render,
     resolve,
     value,
+    warn,
 )
 from .evaluation import show_metrics
 
@@ -84,8 +85,7 @@ def experiment(
                                 else "not exported (parity)"])
             out.print(table(f"experiment {escape(str(result.out))}", ["", ""], rows))
 
-        for w in (*result.train.warnings, *result.evaluate.warnings):
-            err.print(f"warning: {escape(w)}", soft_wrap=True)
+        warn((*result.train.warnings, *result.evaluate.warnings))
         render(result, as_json, human)
         if result.failed:
             raise GateFailed("; ".join(result.failed))

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ..console import err, out, table
+from ..console import out, table
 from ..errors import GateFailed
 from .app import (
     ConfigOpt,
@@ -26,6 +26,7 @@ from .app import (
     guard,
     render,
     resolve,
+    warn,
 )
 from .app import verbose as verbose_of
 
@@ -58,8 +59,7 @@ def _federate(prep_dir: Path, config: Path | None, overrides: list[str], as_json
                 *[[k, v] for k, v in result.final.items()], ["seconds", round(result.seconds, 1)]]
         out.print(table(f"federated {result.out}", ["", "value"], rows))
 
-    for w in result.warnings:
-        err.print(f"warning: {escape(w)}", soft_wrap=True)
+    warn(result.warnings)
     render(result, as_json, human)
     if result.budget_stop:
         raise GateFailed(result.budget_stop)

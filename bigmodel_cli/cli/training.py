@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from ..console import err, out, table
 from .app import (
@@ -24,6 +23,7 @@ from .app import (
     render,
     resolve,
     value,
+    warn,
 )
 
 
@@ -63,8 +63,7 @@ def train(
             where = result.out if result.out is not None else "(a worker: the chief writes the run folder)"
             out.print(table(f"trained {where}", ["", "value"], rows))
 
-        for w in result.warnings:
-            err.print(f"warning: {escape(w)}", soft_wrap=True)
+        warn(result.warnings)
         if result.tracking:
             err.print(f"MLflow run {result.tracking['mlflow']['run_id']} at {result.tracking['mlflow']['uri']}",
                       highlight=False, soft_wrap=True)
