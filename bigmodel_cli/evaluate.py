@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, remote
 from .data import is_parquet, read_table, streams
 from .errors import DataError
 from .folders import LoadedRun, Predictions, RowCount, load_run, merge, open_prep, parquet_rows
@@ -35,13 +35,15 @@ class EvaluateResult:
 
 
 def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[Iterable[pd.DataFrame], dict[str, Any]]:
-    """The rows to evaluate, as one DataFrame or (data.streaming) chunk by chunk, and where they come from."""
+    """The rows to evaluate, as one DataFrame or (data.streaming) chunk by chunk, and where they come from
+    ('local': the file read, where 'source' is the URL it was copied from)."""
     from .data import check_file, read_chunks
 
     chunk = run.config.data.chunk_rows
     if data is not None and not Path(data).is_dir():
         check_file(Path(data))  # (before hashing it: a missing file or a pipe is a one-line error, not exit 3)
-        source = {"source": str(data), "split": None, "sha256": artifacts.sha256(Path(data))}
+        source = {"source": remote.name_of(data), "split": None, "sha256": artifacts.sha256(Path(data)),
+                  "local": str(data)}
         if streams(data, run.config.data):
             return read_chunks(data, run.config.data, chunk), source
         return [read_table(data, run.config.data)], source
@@ -54,7 +56,7 @@ def _source(run: LoadedRun, data: Path | None, split: str) -> tuple[Iterable[pd.
         if run.split_rows(split) == 0:
             raise DataError(f"{run.path}: the {split} split of its prep folder is empty (data.split.{split}: 0); "
                             f"evaluate on your own rows with --data FILE")
-    source = {"source": str(path), "split": split, "sha256": artifacts.sha256(path)}
+    source = {"source": remote.name_of(path), "split": split, "sha256": artifacts.sha256(path), "local": str(path)}
     if streamed:
         import pyarrow.parquet as pq
 
@@ -142,9 +144,11 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
     cfg = loaded.config.evaluate
     split = split or cfg.split
     frames, source = _source(loaded, data, split)
+    if on_event is None:
+        source.pop("local")
     s = loaded.schema
     labels, parts, rows = [], [], 0
-    count = RowCount(on_event, _total(frames, source["source"])) if on_event else None
+    count = RowCount(on_event, _total(frames, source.pop("local"))) if on_event else None
     for df in frames:
         s.check_columns(df, source["source"], need_target=True)
         labels.append(s.labels(df, source["source"], rows))  # (errors name the row in the file, not the chunk)

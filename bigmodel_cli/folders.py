@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, remote
 from .config import Config, load_config
 from .errors import DataError, one_line
 from .schema import Schema, to_inputs, unseen_categories
@@ -86,10 +86,17 @@ def write_prep(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema
     artifacts.write_json(folder / artifacts.REPORT, report)
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
     folder.finish({
-        "data": {"path": str(data), "sha256": hashes.get("data") or artifacts.sha256(Path(data)), "rows": rows_in},
+        "data": {"path": remote.name_of(data), "sha256": hashes.get("data") or artifacts.sha256(Path(data)),
+                 "rows": rows_in},
         "seed": cfg.seed, "created": artifacts.now(),
         "splits": {n: hashes.get(n) or artifacts.sha256(folder / f) for n, f in artifacts.SPLIT_FILES.items()}, **extra,
     })
+
+
+def _where(folder: Path) -> str:
+    """How a manifest names another folder: its absolute path, or the URL it was read from (or will be written to)."""
+    url = remote.name_of(folder)
+    return url if remote.is_url(url) else str(folder.resolve())
 
 
 def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, history: pd.DataFrame, best: int,
@@ -110,7 +117,7 @@ def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, histo
     extra = {**extra, "portable": portable.for_run(folder.path, prep, cfg, net) if graph else
              {"onnx": None, "why": "a tune trial"}}
     folder.finish({
-        "prep_dir": str(prep.path.resolve()), "data": prep.manifest["data"], "splits": prep.manifest["splits"],
+        "prep_dir": _where(prep.path), "data": prep.manifest["data"], "splits": prep.manifest["splits"],
         "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
         "versions": artifacts.versions(), "finished": artifacts.now(), "task": prep.schema.task,
         "target": prep.schema.target, **extra,
@@ -158,8 +165,15 @@ class LoadedRun:
         return float(self.manifest.get("threshold") or 0.5)
 
     @property
-    def prep_dir(self) -> Path:
-        return Path(self.manifest["prep_dir"])
+    def prep_dir(self) -> str:
+        """Where the run's prep folder is: a local path, or the URL it was read from."""
+        return str(self.manifest["prep_dir"])
+
+    def _prep_file(self, name: str) -> Path | None:
+        if remote.is_url(self.prep_dir):
+            return remote.cached(f"{self.prep_dir.rstrip('/')}/{name}")
+        path = Path(self.prep_dir) / name
+        return path if path.exists() else None
 
     def predict(self, df: pd.DataFrame, source: str, first_row: int = 0) -> Predictions:
         """Predictions for a frame (`first_row`: its first row's position in `source`, a chunk's, for errors)."""
@@ -194,8 +208,8 @@ class LoadedRun:
         return merge(parts)
 
     def split_path(self, name: str) -> Path:
-        path = self.prep_dir / artifacts.SPLIT_FILES[name]
-        if not path.exists():
+        path = self._prep_file(artifacts.SPLIT_FILES[name])
+        if path is None:
             raise DataError(f"{self.path}: its prep folder {self.prep_dir} has no {artifacts.SPLIT_FILES[name]}; "
                             f"pass --data")
         return path
@@ -208,8 +222,8 @@ class LoadedRun:
 
     @property
     def prep_streamed(self) -> bool:
-        manifest = self.prep_dir / artifacts.MANIFEST
-        return manifest.exists() and "streaming" in artifacts.read_json(manifest)
+        manifest = self._prep_file(artifacts.MANIFEST)
+        return manifest is not None and "streaming" in artifacts.read_json(manifest)
 
 
 def load_network(path: Path, unsafe: bool = False) -> Any:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from .. import __version__, interrupts
+from .. import __version__, interrupts, remote
 from ..console import emit_json, err, out
 from ..errors import BigModelError, GateFailed, Terminated
 
@@ -104,6 +104,25 @@ PrepDirArg = Annotated[Path, typer.Argument(help="A prep folder written by `bigm
 RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="A run folder written by `bigmodel train`.", show_default=False)]
 DataArg = Annotated[Path, typer.Argument(help="CSV (.csv, .csv.gz) or Parquet file.", show_default=False)]
+# the stages of the lifecycle also take URLs (docs/remote.md): str, as a Path would fold s3://b into s3:/b
+_URL = " A URL works too: s3://, gs://, az:// (the cloud extra), https:// (reading)."
+DataLoc = Annotated[str, typer.Argument(metavar="DATA", help="CSV (.csv, .csv.gz) or Parquet file." + _URL,
+                                        show_default=False)]
+PrepLoc = Annotated[str, typer.Argument(metavar="PREP_DIR", help="A prep folder written by `bigmodel preprocess`."
+                                        + _URL, show_default=False)]
+RunLoc = Annotated[str, typer.Argument(metavar="RUN_DIR", help="A run folder written by `bigmodel train`." + _URL,
+                                       show_default=False)]
+
+
+def staging() -> remote.Staging:
+    """A command's URL locations as local files: its outputs uploaded on success or a failed gate (whole)."""
+    return remote.Staging(complete=(GateFailed,))
+
+
+def out_option(what: str) -> Any:
+    """The --out option of a stage whose output may be a URL (written locally, then uploaded)."""
+    return typer.Option("--out", "-o", metavar="PATH|URL", help=f"{what} A URL (s3://, gs://, az://) is written "
+                        "locally, then uploaded aside and copied into place.", show_default=False)
 
 
 def _version(show: bool) -> None:
@@ -179,7 +198,7 @@ def resolve(config: Path | None, sets: list[str] | None, prep: Path | None = Non
 def render(result: Any, as_json: bool, human: Callable[[], None]) -> None:
     """The result on stdout: one JSON document with --json, else `human()`'s tables."""
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(remote.public(result.to_dict()))
     else:
         human()
 

@@ -8,24 +8,25 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from .. import remote
 from ..console import err, out, table
-from .app import ConfigOpt, DataArg, JsonOpt, SetOpt, app, guard, render, resolve
+from .app import ConfigOpt, DataLoc, JsonOpt, SetOpt, app, guard, out_option, render, resolve, staging
 
 
 @app.command()
 def init(
     ctx: typer.Context,
-    data: DataArg,
+    data: DataLoc,
     target: Annotated[str, typer.Option("--target", "-t", help="The column to predict.", show_default=False)],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path("bigmodel.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a commented starter config inferred from DATA (column kinds, task, defaults)."""
-    with guard(ctx):
+    with guard(ctx), staging() as staged:
         from .. import init as stage
 
-        result = stage.run(stage.InitOptions(data, target, out_path, resolve(None, None), force))
+        result = stage.run(stage.InitOptions(staged.read(data), target, out_path, resolve(None, None), force))
         render(result, as_json, lambda: out.print(
             table(f"{result.out}: task {result.task}", ["column", "kind"], [[c, k] for c, k in result.kinds.items()])))
 
@@ -33,8 +34,8 @@ def init(
 @app.command()
 def preprocess(
     ctx: typer.Context,
-    data: DataArg,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The prep folder to write.", show_default=False)],
+    data: DataLoc,
+    out_dir: Annotated[str, out_option("The prep folder to write.")],
     target: Annotated[
         str | None, typer.Option("--target", "-t", help="The column to predict (or data.target).")
     ] = None,
@@ -43,10 +44,12 @@ def preprocess(
     as_json: JsonOpt = False,
 ) -> None:
     """Clean DATA, split it train/val/test and fit the feature preprocessing on the train split."""
-    with guard(ctx):
+    with guard(ctx), staging() as staged:
         from .. import preprocess as stage
 
-        result = stage.run(stage.PreprocessOptions(data, out_dir, resolve(config, sets, fixed={"data.target": target})))
+        cfg = resolve(config, sets, fixed={"data.target": target})
+        result = stage.run(stage.PreprocessOptions(staged.read(data), staged.write(out_dir), cfg))
+        staged.commit()
         render(result, as_json, lambda: _show_report(result))
 
 
@@ -55,7 +58,7 @@ def _show_report(result: Any) -> None:
     rows = [[col, c["kind"], c["missing"], "" if c["unique"] is None else c["unique"],
              "" if c["imputed_with"] is None else c["imputed_with"]]
             for col, c in r["columns"].items()]
-    out.print(table(f"{result.out}: {result.schema.task} on '{result.schema.target}'",
+    out.print(table(f"{remote.name_of(result.out)}: {result.schema.task} on '{result.schema.target}'",
                     ["column", "kind", "missing", "unique", "imputed with"], rows))
     counts = [["rows in", r["rows_in"]], ["duplicates dropped", r["duplicates_dropped"]],
               ["missing target dropped", r["missing_target_dropped"]], ["rows out", r["rows_out"]],

@@ -9,24 +9,27 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from .. import remote
 from ..console import emit_json, err, out, table
 from ..errors import BigModelError, GateFailed
 from .app import (
     ConfigOpt,
-    DataArg,
+    DataLoc,
     ExportFormat,
     JsonOpt,
     RowProgress,
-    RunDirArg,
+    RunLoc,
     Runtime,
     SetOpt,
     UnsafeOpt,
     app,
     guard,
     notes,
+    out_option,
     render,
     resolve,
     slow_path,
+    staging,
     value,
 )
 from .app import verbose as verbose_of
@@ -35,8 +38,8 @@ from .app import verbose as verbose_of
 @app.command()
 def export(
     ctx: typer.Context,
-    run_dir: RunDirArg,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The export folder to write.", show_default=False)],
+    run_loc: RunLoc,
+    out_loc: Annotated[str, out_option("The export folder to write.")],
     fmt: Annotated[ExportFormat | None, typer.Option(
         "--format", "-f", help="savedmodel: SavedModel + .keras; keras; onnx: model.onnx + .keras; tflite: "
                                "model.tflite + .keras (default: export.format).", show_default=False)] = None,
@@ -48,9 +51,10 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export RUN_DIR's model with its preprocessing inside; checks parity with `bigmodel predict`."""
-    with guard(ctx):
+    with guard(ctx), staging() as staged:
         from .. import export as stage
 
+        run_dir, out_dir = staged.read(run_loc), staged.write(out_loc)
         with contextlib.closing(RowProgress("export")) as progress:
             result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe, register), progress)
 
@@ -61,9 +65,11 @@ def export(
             if result.registered:
                 rows.append([f"registered {result.registered['name']} version {result.registered['version']}",
                              result.registered["model_uri"]])
-            out.print(table(f"exported {result.out}" if result.passed else f"not exported: {result.out}",
+            where = remote.name_of(result.out)
+            out.print(table(f"exported {where}" if result.passed else f"not exported: {where}",
                             ["file", ""], rows))
 
+        staged.commit()
         render(result, as_json, human)
         if not result.passed:
             raise GateFailed(str(result.mismatch))
@@ -72,25 +78,26 @@ def export(
 @app.command()
 def predict(
     ctx: typer.Context,
-    run_dir: RunDirArg,
-    data: DataArg,
-    out_path: Annotated[Path, typer.Option(
-        "--out", "-o", help="Predictions file: .csv, .csv.gz or .parquet.", show_default=False)],
+    run_loc: RunLoc,
+    data_loc: DataLoc,
+    out_loc: Annotated[str, out_option("Predictions file: .csv, .csv.gz or .parquet.")],
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Batch predictions for DATA: id columns, class probabilities and label (or the value)."""
-    with guard(ctx):
+    with guard(ctx), staging() as staged:
         from .. import predict as stage
 
+        run_dir, data, out_path = staged.read(run_loc), staged.read(data_loc), staged.write(out_loc)
         with contextlib.closing(RowProgress("predict")) as progress:
             result = stage.run(stage.PredictOptions(run_dir, data, out_path, unsafe), progress)
         slow_path(result.why_tensorflow)
 
         def human() -> None:
-            out.print(f"wrote {result.rows} predictions to {escape(str(result.out))}", highlight=False)
+            out.print(f"wrote {result.rows} predictions to {escape(remote.name_of(result.out))}", highlight=False)
             notes(result.unseen_categories, result.ignored_columns)
 
+        staged.commit()
         render(result, as_json, human)
 
 

@@ -17,13 +17,16 @@ from .app import (
     JsonOpt,
     RowProgress,
     RunDirArg,
+    RunLoc,
     Split,
     UnsafeOpt,
     app,
     guard,
     notes,
+    out_option,
     render,
     slow_path,
+    staging,
     value,
     warn,
 )
@@ -32,9 +35,10 @@ from .app import (
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    run_dir: RunDirArg,
-    data: Annotated[Path | None, typer.Option(
-        "--data", "-d", help="A prep folder or a raw CSV/Parquet file (default: the run's own prep folder).")] = None,
+    run_loc: RunLoc,
+    data_loc: Annotated[str | None, typer.Option(
+        "--data", "-d", metavar="PATH|URL", help="A prep folder or a raw CSV/Parquet file (default: the run's own "
+        "prep folder); or its URL.")] = None,
     split: Annotated[Split | None, typer.Option(
         "--split", help="For a prep folder (default: evaluate.split, test).", show_default=False)] = None,
     gate: Annotated[list[str] | None, typer.Option(
@@ -45,21 +49,27 @@ def evaluate(
         help="Add 95% bootstrap intervals from N resamples (e.g. 1000).")] = None,
     plots: Annotated[bool | None, typer.Option(
         "--plots/--no-plots", help="Write PNG plots to RUN_DIR/eval/ (default: evaluate.plots).")] = None,
-    out_dir: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Write metrics.json and eval/ into this folder instead of RUN_DIR (a pipeline stage's "
-                            "own output, e.g. for DVC).", show_default=False)] = None,
+    out_loc: Annotated[str | None, out_option(
+        "Write metrics.json and eval/ into this folder instead of RUN_DIR (a pipeline stage's own output, e.g. for "
+        "DVC).")] = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json (or OUT/metrics.json). Exit 1 if a gate fails."""
-    with guard(ctx):
+    with guard(ctx), staging() as staged:
         from .. import evaluate as stage
+
+        # a run at a URL is read, and (without --out) written back with its new metrics
+        run_dir = staged.read(run_loc) if out_loc is not None else staged.update(run_loc)
+        data = staged.read_optional(data_loc)
+        out_dir = None if out_loc is None else staged.write(out_loc)
 
         with contextlib.closing(RowProgress("evaluate")) as progress:
             result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap,
                                                      plots, unsafe, out_dir), progress)
         slow_path(result.doc.get("why_tensorflow"))
         warn(result.warnings)
+        staged.commit()
         render(result, as_json, lambda: show_metrics(result.doc))
         if result.failed_gates:
             raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "

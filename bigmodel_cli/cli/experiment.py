@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from .. import remote
 from ..console import err, out, table
 from ..errors import GateFailed
 from .app import (
     ConfigOpt,
-    DataArg,
+    DataLoc,
     EpochProgress,
     ExportFormat,
     JsonOpt,
@@ -20,8 +20,10 @@ from .app import (
     TrackOpt,
     app,
     guard,
+    out_option,
     render,
     resolve,
+    staging,
     value,
     warn,
 )
@@ -33,13 +35,13 @@ STAGES = ("preprocess", "train", "evaluate", "export", "report")
 @app.command()
 def experiment(
     ctx: typer.Context,
-    data: DataArg,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="DIR: writes DIR/prep, DIR/run (with report.html) and "
-                                                              "DIR/export.", show_default=False)],
+    data_loc: DataLoc,
+    out_loc: Annotated[str, out_option("DIR: writes DIR/prep, DIR/run (with report.html) and DIR/export.")],
     target: Annotated[str | None, typer.Option("--target", "-t", help="The column to predict (or data.target).",
                                                show_default=False)] = None,
-    test: Annotated[Path | None, typer.Option(
-        "--test", help="Evaluate on this CSV/Parquet file instead of the test split.", show_default=False)] = None,
+    test_loc: Annotated[str | None, typer.Option(
+        "--test", metavar="PATH|URL", help="Evaluate on this CSV/Parquet file (or URL) instead of the test split.",
+        show_default=False)] = None,
     fmt: Annotated[ExportFormat | None, typer.Option(
         "--format", "-f", help="Export in this format too (savedmodel, keras, onnx, tflite); default: no export.",
         show_default=False)] = None,
@@ -55,8 +57,10 @@ def experiment(
 
     Writes the folders the single commands write (DIR/prep, DIR/run, DIR/export), so every later command works on
     them; --json prints one document with each stage's result."""
-    with guard(ctx):
+    with guard(ctx), staging() as staged:
         from .. import experiment as stage
+
+        data, out_dir, test = staged.read(data_loc), staged.write(out_loc), staged.read_optional(test_loc)
 
         cfg = resolve(config, sets, fixed={"data.target": target, "tracking.mlflow": True if track else None})
         progress = EpochProgress()
@@ -78,14 +82,16 @@ def experiment(
         def human() -> None:
             show_metrics(result.evaluate.doc)
             rows: list[list[Any]] = [
-                ["prep folder", escape(str(result.preprocess.out))], ["run folder", escape(str(result.train.out))],
-                ["epochs run", result.train.epochs_run], ["report", escape(str(result.report.out))]]
+                ["prep folder", escape(remote.name_of(result.preprocess.out))],
+                ["run folder", escape(remote.name_of(str(result.train.out)))],
+                ["epochs run", result.train.epochs_run], ["report", escape(remote.name_of(str(result.report.out)))]]
             if result.export is not None:
-                rows.insert(2, ["export folder", escape(str(result.export.out)) if result.export.passed
+                rows.insert(2, ["export folder", escape(remote.name_of(result.export.out)) if result.export.passed
                                 else "not exported (parity)"])
-            out.print(table(f"experiment {escape(str(result.out))}", ["", ""], rows))
+            out.print(table(f"experiment {escape(remote.name_of(result.out))}", ["", ""], rows))
 
         warn((*result.train.warnings, *result.evaluate.warnings))
+        staged.commit()
         render(result, as_json, human)
         if result.failed:
             raise GateFailed("; ".join(result.failed))

@@ -7,21 +7,25 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import remote
 from ..console import err, out, table
+from ..errors import BigModelError
 from .app import (
     ConfigOpt,
     EpochProgress,
     JsonOpt,
     PrepDirArg,
+    PrepLoc,
     ResumeOpt,
-    RunOutOpt,
     SetOpt,
     Strategy,
     TrackOpt,
     app,
     guard,
+    out_option,
     render,
     resolve,
+    staging,
     value,
     warn,
 )
@@ -30,8 +34,8 @@ from .app import (
 @app.command()
 def train(
     ctx: typer.Context,
-    prep_dir: PrepDirArg,
-    out_dir: RunOutOpt,
+    prep_loc: PrepLoc,
+    out_loc: Annotated[str, out_option("The run folder to write.")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: ResumeOpt = False,
@@ -46,9 +50,13 @@ def train(
     RUN_DIR's previous model is replaced only when the new one is complete. Every epoch is checkpointed,
     so an interrupted run (Ctrl-C, SIGTERM, a kill, a crash) continues with --resume.
     """
-    with guard(ctx):
+    with guard(ctx), staging() as staged:
         from .. import train as stage
 
+        if resume and remote.is_url(out_loc):
+            raise BigModelError(f"{out_loc}: --resume continues a local run folder; train into a local --out, "
+                                f"or start afresh")
+        prep_dir, out_dir = staged.read(prep_loc), staged.write(out_loc)
         cfg = resolve(config, sets, prep_dir, {"train.strategy": value(strategy),
                                                "tracking.mlflow": True if track else None})
         progress = EpochProgress()
@@ -60,13 +68,15 @@ def train(
         def human() -> None:
             rows = [["epochs run", result.epochs_run], ["best epoch", result.best_epoch],
                     *[[k, v] for k, v in result.final.items()], ["seconds", round(result.seconds, 1)]]
-            where = result.out if result.out is not None else "(a worker: the chief writes the run folder)"
+            where = (remote.name_of(result.out) if result.out is not None
+                     else "(a worker: the chief writes the run folder)")
             out.print(table(f"trained {where}", ["", "value"], rows))
 
         warn(result.warnings)
         if result.tracking:
             err.print(f"MLflow run {result.tracking['mlflow']['run_id']} at {result.tracking['mlflow']['uri']}",
                       highlight=False, soft_wrap=True)
+        staged.commit()
         render(result, as_json, human)
 
 
