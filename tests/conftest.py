@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,13 @@ def bm(*args: object, code: int | None = 0):
             f"stdout: {result.stdout}\nstderr: {result.stderr}\nexception: {result.exception!r}"
         )
     return result
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def read_json(path: Path) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import PENGUINS, bm, read_json
+from .conftest import PENGUINS, bm, free_port, read_json
 
 pytest.importorskip("flwr", reason="the federated extra is not installed")
 # under `pytest -n` (make test) the simulations are two groups, each on one worker (each simulation starts a Ray
@@ -237,7 +237,7 @@ def test_front_passes_only_fleet_posts(monkeypatch):
 
     from bigmodel_cli.federated import auth
 
-    with TestClient(auth.front_app(f"http://127.0.0.1:{_free_port()}", None)) as web:
+    with TestClient(auth.front_app(f"http://127.0.0.1:{free_port()}", None)) as web:
         assert web.post("/v1/fleet/pull-messages", content=b"x").status_code == 503
         for method, path in (("POST", "/v1/control/list-runs"), ("POST", "/v1/control/start-run"),
                              ("POST", "/v1/runtime/pull-messages"), ("GET", "/v1/fleet/pull-messages"),
@@ -291,12 +291,6 @@ def test_partitions_without_labels_fall_back_to_iid():
     cfg = validate({"federated": {"partition": "dirichlet", "clients": 3}})
     parts = partitions(10, 3, None, None, cfg)
     assert sorted(np.concatenate(parts).tolist()) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tls_files(folder: Path, loopback: bool = True) -> dict[str, Path]:
@@ -374,7 +368,7 @@ def test_deployment_registered_clients_only_and_no_control_api_outside(penguins_
     halves = [tmp_path / "client0.csv", tmp_path / "client1.csv"]
     train.iloc[::2].to_csv(halves[0], index=False)
     train.iloc[1::2].to_csv(halves[1], index=False)
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.2:{port}"
     cmd = [sys.executable, "-m", "bigmodel_cli"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -507,7 +501,7 @@ def _waiting_server_app(run: Path) -> bool:
 def test_serve_stopped_by_sigterm_leaves_no_flower_process(penguins_prep, tmp_path):
     """SIGTERM while the server waits for clients: exit 143, and the SuperLink, its SuperExec and the ServerApp
     process (which Flower starts in a session of its own) are all gone, with our temporary files."""
-    port, run = _free_port(), tmp_path / "run"
+    port, run = free_port(), tmp_path / "run"
     server = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "federated", "serve", str(penguins_prep), "--out",
                                str(run), "--address", f"127.0.0.1:{port}", "--set", "federated.clients=2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -559,7 +553,7 @@ def test_serve_errors_before_starting_flower(penguins_prep, tmp_path):
 def test_join_without_a_server_is_a_clear_error(penguins_prep, tmp_path):
     data = tmp_path / "mine.csv"
     pd.read_parquet(penguins_prep / "train.parquet").head(20).to_csv(data, index=False)
-    r = bm("federated", "join", penguins_prep, "--data", data, "--server", f"127.0.0.1:{_free_port()}",
+    r = bm("federated", "join", penguins_prep, "--data", data, "--server", f"127.0.0.1:{free_port()}",
            "--wait", "0.5", code=2)
     assert "no server at 127.0.0.1:" in r.stderr
     r = bm("federated", "join", penguins_prep, "--data", data, "--server", "nohostport", code=2)

@@ -21,17 +21,11 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from .conftest import PENGUINS, bm, read_json
+from .conftest import PENGUINS, bm, free_port, read_json
 
 s3fs = pytest.importorskip("s3fs", reason="the dev extras (s3fs, moto) are not installed")
 pytest.importorskip("moto", reason="the dev extras (moto) are not installed")
 pytestmark = pytest.mark.xdist_group("remote")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def s3(tmp_path_factory) -> SimpleNamespace:
     import boto3
 
     root = tmp_path_factory.mktemp("moto")
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115  (open while the server runs)
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -205,13 +199,13 @@ def test_failures_are_one_line_naming_the_url(web, aws, monkeypatch, tmp_path):
         "error: s3://data/in/penguins.csv: access denied; check the credentials (AWS_ACCESS_KEY_ID")
 
     s3fs.S3FileSystem.clear_instance_cache()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     assert fails("s3://data/in/penguins.csv", "--out", "p").startswith(
         "error: s3://data/in/penguins.csv: cannot reach the server (Could not connect to the endpoint URL")
     s3fs.S3FileSystem.clear_instance_cache()
 
-    port = _free_port()
+    port = free_port()
     assert fails(f"http://127.0.0.1:{port}/penguins.csv", "--out", "p").startswith(
         f"error: http://127.0.0.1:{port}/penguins.csv: cannot reach the server (")
     assert fails("gs://bucket/penguins.csv", "--out", "p") == (

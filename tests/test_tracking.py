@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +15,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from .conftest import bm, read_json
+from .conftest import bm, free_port, read_json
 
 pytest.importorskip("mlflow", reason="the dev extras (mlflow) are not installed")
 pytestmark = pytest.mark.xdist_group("tracking")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     log = open(root / "server.log", "w")  # noqa: SIM115  (open while the server runs)
     proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -125,7 +118,7 @@ def test_register_needs_a_tracked_run(penguins_run, tmp_path):
 
 def test_a_server_that_is_down_is_a_warning_or_with_required_an_error(penguins_prep, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     fast = ["--set", "train.epochs=2", "--set", "train.portable=false", "--set", f"tracking.uri={down}"]
     r = bm("train", penguins_prep, "--out", tmp_path / "run", *fast, "--track", "--json")
     assert json.loads(r.stdout)["tracking"] is None
