@@ -311,6 +311,8 @@ class FederatedConfig(_Section):
     secure_aggregation: bool = False  # Flower's SecAgg+: the server only sees masked updates
     privacy: FederatedPrivacyConfig | None = None  # client-level DP when set
     engine: Literal["simulation", "deployment"] = "simulation"  # deployment: `federated serve` + `federated join`
+    # simulation: clients trained at once (Ray actors, each its own TensorFlow); auto: min(clients, CPUs)
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     address: str = "127.0.0.1:9092"  # deployment: where the SuperLink listens and clients connect
 
     @model_validator(mode="after")

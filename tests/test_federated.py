@@ -23,8 +23,11 @@ pytest.importorskip("flwr", reason="the federated extra is not installed")
 # cluster of its own; two at once is what two cores hold), and the deployment tests, without Ray, a third
 pytestmark = pytest.mark.xdist_group("ray-a")
 
+# federated.workers=1: one Ray actor (one TensorFlow start-up, ~8 CPU-s less per simulation; the same rounds, tested
+# in test_interrupted_simulation_resumes), as the other pytest worker holds the second core anyway
+ONE = ["--set", "federated.workers=1"]
 FAST = ["--set", "train.optimizer.learning_rate=0.01", "--set", "train.tensorboard=false",
-        "--set", "train.early_stopping.enabled=false", "--set", "federated.local_epochs=1"]
+        "--set", "train.early_stopping.enabled=false", "--set", "federated.local_epochs=1", *ONE]
 
 
 @pytest.mark.xdist_group("ray-b")
@@ -32,7 +35,8 @@ def test_defaults_match_centralized_training(penguins_prep, tmp_path):
     """No federated setting but the clients: FedAvg of 4 IID clients is within 2 points of `train`'s defaults
     (rounds auto = train.epochs / local_epochs, early stopping on the global validation loss, best round kept)."""
     quiet = ["--set", "train.tensorboard=false"]
-    r = bm("federated", penguins_prep, "--out", tmp_path / "fed", *quiet, "--set", "federated.clients=4", "--json")
+    r = bm("federated", penguins_prep, "--out", tmp_path / "fed", *quiet, *ONE, "--set", "federated.clients=4",
+           "--json")
     bm("train", penguins_prep, "--out", tmp_path / "central", *quiet)
     fed = json.loads(bm("evaluate", tmp_path / "fed", "--json", "--no-plots").stdout)["metrics"]["accuracy"]
     central = json.loads(bm("evaluate", tmp_path / "central", "--json", "--no-plots").stdout)["metrics"]["accuracy"]
@@ -91,7 +95,7 @@ def test_a_client_process_reuses_its_network_and_gets_the_same_updates(penguins_
 def test_early_stopping_keeps_the_best_round_and_threshold_auto(cancer_prep, tmp_path):
     """A learning rate that overshoots: early stopping ends the rounds after `patience` rounds without a better
     validation loss and keeps the best round; evaluate.threshold auto is picked on the validation split."""
-    bm("federated", cancer_prep, "--out", tmp_path / "fed", "--set", "train.tensorboard=false",
+    bm("federated", cancer_prep, "--out", tmp_path / "fed", "--set", "train.tensorboard=false", *ONE,
        "--set", "federated.clients=3", "--set", "federated.local_epochs=2", "--set", "train.early_stopping.patience=2",
        "--set", "train.optimizer.learning_rate=0.05", "--set", "evaluate.threshold=auto")
     m = read_json(tmp_path / "fed" / "manifest.json")
@@ -114,9 +118,10 @@ def _rounds_done(run: Path) -> int:
 
 def test_interrupted_simulation_resumes(penguins_prep, tmp_path):
     """SIGTERM after round 2 of 5: exit 143, the checkpoint stays and no Ray process is left; --resume runs
-    rounds 3-5 only and gives the uninterrupted run's history."""
+    rounds 3-5 only and gives the uninterrupted run's history (which ran its clients on two Ray actors, the
+    interrupted one on one: federated.workers does not change the rounds)."""
     args = [*FAST, "--set", "federated.clients=3", "--set", "federated.rounds=5", "--set", "federated.local_epochs=1"]
-    bm("federated", penguins_prep, "--out", tmp_path / "reference", *args)
+    bm("federated", penguins_prep, "--out", tmp_path / "reference", *args, "--set", "federated.workers=2")
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "federated", str(penguins_prep), "--out", str(run),
                              *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -158,7 +158,7 @@ def test_federated_rounds_are_logged_as_the_run_s_epochs(server, penguins_prep, 
     run = tmp_path / "fed"
     r = bm("federated", penguins_prep, "--out", run, "--set", "federated.clients=3", "--set", "federated.rounds=2",
            "--set", "federated.local_epochs=1", "--set", "train.early_stopping.enabled=false",
-           "--set", "train.tensorboard=false", "--track", "--json")
+           "--set", "train.tensorboard=false", "--set", "federated.workers=1", "--track", "--json")
     run_id = json.loads(r.stdout)["tracking"]["mlflow"]["run_id"]
     assert read_json(run / "manifest.json")["tracking"]["mlflow"]["run_id"] == run_id
     client = MlflowClient(server.uri)

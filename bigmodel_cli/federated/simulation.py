@@ -164,11 +164,12 @@ def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, 
         fed.run_rounds(grid, context, len(parts), max_weight)
 
     loud = verbose
+    workers = min(len(parts), os.cpu_count() or 1) if f.workers == "auto" else f.workers
     try:
         run_simulation(server_app=server_app, client_app=ClientApp(client_fn=client_fn, mods=[client_mod]),
                        num_supernodes=len(parts),
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": 2, "include_dashboard": False,
+                                       "init_args": {"num_cpus": workers, "include_dashboard": False,
                                                      "log_to_driver": loud,  # clients' logs: --verbose
                                                      "logging_level": logging.INFO if loud else logging.ERROR}},
                        verbose_logging=loud)
