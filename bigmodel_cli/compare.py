@@ -27,10 +27,16 @@ class CompareResult:
         return self.doc
 
 
-def _load(run: Path) -> dict[str, Any]:
-    folder = artifacts.Folder(Path(run), "run")
+def _load(given: Path) -> dict[str, Any]:
+    """A run folder evaluated, or an `evaluate --out` folder (its metrics, with the run it names)."""
+    run = Path(given)
+    if not (run / artifacts.MANIFEST).exists() and (run / artifacts.METRICS).exists():
+        metrics = artifacts.read_metrics(run)
+        with artifacts.damaged(run / artifacts.METRICS, f"evaluate RUN_DIR --out {given}"):
+            run = Path(metrics["run_dir"])
+    folder = artifacts.Folder(run, "run")
     manifest = folder.manifest()
-    metrics = artifacts.read_metrics(Path(run))
+    metrics = artifacts.read_metrics(Path(given))
     try:  # with today's defaults filled in, so that runs of older versions compare key by key
         config = load_config(folder / artifacts.CONFIG).model_dump(mode="json")
     except ConfigError:  # (an older version's keys): as written
@@ -40,7 +46,7 @@ def _load(run: Path) -> dict[str, Any]:
             config = yaml.safe_load((folder / artifacts.CONFIG).read_text(encoding="utf-8"))
             if not isinstance(config, dict):
                 raise TypeError(f"a mapping expected, got {type(config).__name__}")
-    return {"path": str(run), "manifest": manifest, "metrics": metrics,
+    return {"path": str(given), "manifest": manifest, "metrics": metrics,
             "config": flatten(config)}
 
 
@@ -70,7 +76,7 @@ def _within_noise(base: dict[str, Any], other: dict[str, Any], metric: str, valu
 class CompareOptions:
     """What `compare` is asked to do."""
 
-    runs: tuple[Path, ...]  # evaluated run folders; the first is the baseline
+    runs: tuple[Path, ...]  # evaluated run folders (or `evaluate --out` folders); the first is the baseline
     fail_on: tuple[str, ...] = ()  # METRIC:TOLERANCE regressions that fail (exit 1)
 
 

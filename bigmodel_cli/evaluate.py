@@ -13,7 +13,7 @@ import pandas as pd
 from . import artifacts, remote
 from .data import is_parquet, read_table, streams
 from .errors import DataError
-from .folders import LoadedRun, Predictions, RowCount, load_run, merge, open_prep, parquet_rows
+from .folders import LoadedRun, Predictions, RowCount, load_run, merge, open_prep, parquet_rows, where
 from .schema import Schema
 
 
@@ -174,7 +174,7 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
         doc["bootstrap"] = boot.run(y, preds.values, preds.probabilities, resamples, loaded.config.seed)
     dest = loaded.path if options.out is None else Path(options.out)
     if options.out is not None:
-        doc["run_dir"] = str(loaded.path.resolve())
+        doc["run_dir"] = where(loaded.path)
         dest.mkdir(parents=True, exist_ok=True)
     if cfg.plots if plots is None else plots:
         doc["plots"] = [f"{artifacts.EVAL}/{name}" for name in draw.evaluation(

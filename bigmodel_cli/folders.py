@@ -93,7 +93,7 @@ def write_prep(folder: artifacts.Folder, data: Path, cfg: Config, schema: Schema
     })
 
 
-def _where(folder: Path) -> str:
+def where(folder: Path) -> str:
     """How a manifest names another folder: its absolute path, or the URL it was read from (or will be written to)."""
     url = remote.name_of(folder)
     return url if remote.is_url(url) else str(folder.resolve())
@@ -117,7 +117,7 @@ def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, histo
     extra = {**extra, "portable": portable.for_run(folder.path, prep, cfg, net) if graph else
              {"onnx": None, "why": "a tune trial"}}
     folder.finish({
-        "prep_dir": _where(prep.path), "data": prep.manifest["data"], "splits": prep.manifest["splits"],
+        "prep_dir": where(prep.path), "data": prep.manifest["data"], "splits": prep.manifest["splits"],
         "config_sha256": artifacts.sha256(folder / artifacts.CONFIG), "seed": cfg.seed,
         "versions": artifacts.versions(), "finished": artifacts.now(), "task": prep.schema.task,
         "target": prep.schema.target, **extra,

@@ -25,6 +25,13 @@ def test_evaluate_out_leaves_the_run_folder_as_it_was(penguins_run, tmp_path):
     assert read_json(tmp_path / "eval" / "metrics.json") == doc and doc["run_dir"] == str(penguins_run.resolve())
     assert doc["plots"] and all((tmp_path / "eval" / p).is_file() for p in doc["plots"])
     assert state() == before  # nothing written into the run folder: evaluate's folder is a DVC output of its own
+    # compare reads evaluate's folders (the metrics there, the config from the run they name)
+    val = json.loads(bm("evaluate", penguins_run, "--out", tmp_path / "val", "--split", "val", "--no-plots",
+                        "--json").stdout)
+    got = json.loads(bm("compare", tmp_path / "eval", tmp_path / "val", "--format", "json").stdout)
+    assert got["metrics"]["accuracy"]["deltas"][1] == pytest.approx(val["metrics"]["accuracy"]
+                                                                     - doc["metrics"]["accuracy"])
+    assert got["config_diff"] == {} and "evaluated on different data" in got["warnings"][0]  # (test vs val split)
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -156,7 +156,8 @@ def explain(
 @app.command()
 def compare(
     ctx: typer.Context,
-    runs: Annotated[list[Path], typer.Argument(help="Two or more evaluated run folders; the first is the baseline.",
+    runs: Annotated[list[Path], typer.Argument(help="Two or more evaluated run folders (or `evaluate --out` "
+                                               "folders); the first is the baseline.",
                                                show_default=False)],
     fail_on: Annotated[list[str] | None, typer.Option(
         "--fail-on-regression", metavar="METRIC:TOLERANCE",
