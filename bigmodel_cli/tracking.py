@@ -123,20 +123,32 @@ class Tracker:
     def _artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
-    def finish(self, folder: Path | None, status: str = "FINISHED") -> None:
-        """Log the complete run folder's files (folder None: none) and end the MLflow run with `status`."""
+    def best(self, metric: str, value: float, params: dict[str, Any]) -> None:
+        """A tune study's outcome on its MLflow run: `best_METRIC`, and the best trial's values as `best.KEY`."""
         if self.client is None:
             return
-        files = [Path(folder) / name for name in RUN_FILES] if folder is not None else []
+        from mlflow.entities import Metric, Param
+
+        batch = [Param(f"best.{k}", str(v)[:6000]) for k, v in params.items()]
+        self.call("logging the best trial", lambda: self.client.log_batch(
+            self.run_id, metrics=[Metric(f"best_{metric}", float(value), int(time.time() * 1000), 0)],
+            params=batch[:BATCH]))
+
+    def finish(self, folder: Path | None, status: str = "FINISHED", names: tuple[str, ...] = RUN_FILES) -> None:
+        """Log the complete folder's files `names` (folder None: none) and end the MLflow run with `status`."""
+        if self.client is None:
+            return
+        files = [Path(folder) / name for name in names] if folder is not None else []
         for path in (p for p in files if p.exists()):
             self.call(f"logging {path.name}", functools.partial(self._artifact, path))
         with contextlib.redirect_stdout(sys.stderr):  # MLflow prints the run's address: not on our stdout
             self.call("ending the run", lambda: self.client.set_terminated(self.run_id, status))
 
 
-def start(cfg: Any, prep: Any, folder: Path, command: str) -> Tracker | None:
-    """A new MLflow run for `command` (train, federated) writing `folder`, with the config as params and the tags;
-    None when tracking.mlflow is false."""
+def start(cfg: Any, prep: Any, folder: Path, command: str, parent: str | None = None) -> Tracker | None:
+    """A new MLflow run for `command` (train, federated, tune) writing `folder`, with the config as params and the
+    tags (`parent`: the MLflow run it is nested under, a tune study's for its trials); None when tracking.mlflow is
+    false."""
     t = cfg.tracking
     if t.mlflow is False:
         return None
@@ -153,7 +165,7 @@ def start(cfg: Any, prep: Any, folder: Path, command: str) -> Tracker | None:
     tags = {"bigmodel.version": __version__, "bigmodel.command": command, "bigmodel.seed": str(cfg.seed),
             "bigmodel.data_sha256": str(prep.manifest.get("data", {}).get("sha256")),
             "bigmodel.prep_dir": str(prep.path.resolve()), "bigmodel.run_dir": str(Path(folder).resolve()),
-            "mlflow.source.name": f"bigmodel {command}"}
+            "mlflow.source.name": f"bigmodel {command}", **({"mlflow.parentRunId": parent} if parent else {})}
     run = tracker.call("starting a run", lambda: c.create_run(tracker.experiment_id, tags=tags,
                                                              run_name=Path(folder).resolve().name))
     if run is None:

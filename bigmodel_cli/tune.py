@@ -27,6 +27,7 @@ from .errors import ConfigError, DataError, one_line
 from .gates import lower_is_better
 
 STUDY, TRIALS_CSV, BEST_CONFIG = artifacts.STUDY, artifacts.TRIALS_CSV, artifacts.BEST_CONFIG
+MLFLOW_PARENT = "mlflow_run_id"  # the study's user attribute: its MLflow run (tracking on), for the trials to nest
 BEST_RUN = artifacts.BEST_RUN
 
 
@@ -182,11 +183,16 @@ def run(options: TuneOptions, on_event: Callable[[dict[str, Any]], None] | None 
     study = _open(plan)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     remaining = plan.trials - len(study.get_trials(deepcopy=False, states=counted))
+    tracker = None if options.worker else _track(plan, study)
     helpers = _helpers(plan, options.workers - 1) if remaining > 1 else []
     ok = False
     try:
         _work(plan, study, on_event)
         ok = True
+    except BaseException as e:
+        if tracker is not None:
+            tracker.finish(None, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         if not ok:  # interrupted or failed: the helpers stop too
             for p in helpers:
@@ -199,7 +205,24 @@ def run(options: TuneOptions, on_event: Callable[[dict[str, Any]], None] | None 
                                 f"{last[0] if last else 'no message'} (see {log})")
     if options.worker:  # a helper: the process that started it writes the outputs, once
         return TuneResult(out, plan.metric, plan.direction, None, {}, None, {}, time.perf_counter() - t0)
-    return _write(study, plan, time.perf_counter() - t0)
+    result = _write(study, plan, time.perf_counter() - t0)
+    if tracker is not None:
+        if result.best_value is not None:
+            tracker.best(plan.metric, result.best_value, result.best_params)
+        tracker.finish(out, names=(TRIALS_CSV, BEST_CONFIG, artifacts.MANIFEST))
+        tracker.check()
+    return result
+
+
+def _track(plan: _Study, study: Any) -> Any:
+    """With tracking on: the study's MLflow run (its trials are nested under it, in every worker), else None."""
+    from . import tracking
+    from .folders import open_prep
+
+    tracker = tracking.start(plan.options.config, open_prep(plan.options.prep), Path(plan.options.out), "tune")
+    if tracker is not None and tracker.run_id is not None:
+        study.set_user_attr(MLFLOW_PARENT, tracker.run_id)
+    return tracker
 
 
 def _plan(options: TuneOptions) -> _Study:
@@ -289,8 +312,10 @@ def _objective(plan: _Study, gate: _Gate) -> Callable[[Any], float]:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         run_dir = Path(options.out) / "trials" / f"{trial.number:04d}"
+        parent = trial.study.user_attrs.get(MLFLOW_PARENT)  # tracking: the study's MLflow run, the trial's nested
         try:
-            result = core.run(core.TrainOptions(options.prep, run_dir, trial_cfg, portable=False), report)
+            result = core.run(core.TrainOptions(options.prep, run_dir, trial_cfg, portable=False,
+                                                tracking_parent=parent), report)
         except BaseException:  # pruned, failed or interrupted: its folder is of no use
             shutil.rmtree(run_dir, ignore_errors=True)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))

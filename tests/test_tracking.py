@@ -171,6 +171,30 @@ def test_federated_rounds_are_logged_as_the_run_s_epochs(server, penguins_prep, 
     assert "test_accuracy" in client.get_run(run_id).data.metrics
 
 
+def test_tune_trials_are_nested_under_the_study_s_run(server, penguins_prep, tmp_path, monkeypatch):
+    """tune with tracking: one MLflow run for the study (its best value and parameters, trials.csv), and each
+    trial an MLflow run nested under it (mlflow.parentRunId) with its own per-epoch series."""
+    pytest.importorskip("optuna", reason="the tune extra is not installed")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tune")
+    doc = json.loads(bm("tune", penguins_prep, "--out", tmp_path / "study", "--trials", "2", "--set", "train.epochs=2",
+                        "--set", "train.refit=false", "--set", "train.tensorboard=false",
+                        "--set", "tracking.mlflow=true", "--json").stdout)
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("tune").experiment_id])
+    study = [r for r in runs if r.data.tags["bigmodel.command"] == "tune"]
+    assert len(study) == 1 and study[0].info.status == "FINISHED", [r.data.tags for r in runs]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study[0].info.run_id]
+    assert len(trials) == 2 and len(runs) == 3 and all(r.data.tags["bigmodel.command"] == "train" for r in trials)
+    assert study[0].data.metrics["best_val_loss"] == pytest.approx(doc["best_value"])
+    assert {k.removeprefix("best."): v for k, v in study[0].data.params.items() if k.startswith("best.")} == {
+        k: str(v) for k, v in doc["best_params"].items()}
+    assert {a.path for a in client.list_artifacts(study[0].info.run_id)} >= {"trials.csv", "best.yaml"}
+    assert all(len(client.get_metric_history(r.info.run_id, "val_loss")) == 2 for r in trials)
+
+
 def test_required_tracking_that_fails_mid_run_is_exit_2_after_the_run_is_written(server, penguins_prep, tmp_path,
                                                                                   monkeypatch):
     """The server dies after the first epoch (killed): under tracking.mlflow required the training still finishes

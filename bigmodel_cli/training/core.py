@@ -152,6 +152,7 @@ class TrainOptions:
     config: Config  # resolved (config.resolve)
     resume: bool = False  # continue from out/checkpoint
     portable: bool = True  # model.onnx as train.portable asks (tune's trials: not)
+    tracking_parent: str | None = None  # the MLflow run this one is nested under (a tune study's, for its trials)
 
 
 def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
@@ -185,7 +186,8 @@ def run(options: TrainOptions, on_event: OnEpoch | None = None) -> TrainResult:
             shutil.rmtree(partial, ignore_errors=True)  # an interrupted run's logs, not resumed
         tracker = None
         try:
-            tracker = tracking.start(cfg, prepared, folder.path, "train")  # (required and down: refused here)
+            tracker = tracking.start(cfg, prepared, folder.path, "train",  # (required and down: refused here)
+                                     options.tracking_parent)
             result = _train(_Run(prepared, folder, cfg, tracker.epochs(on_epoch) if tracker else on_epoch, resume,
                                  multi, artifacts.now(), time.perf_counter(), options.portable,
                                  tracker.record() if tracker else None))
