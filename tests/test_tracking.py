@@ -171,6 +171,17 @@ def test_federated_rounds_are_logged_as_the_run_s_epochs(server, penguins_prep, 
     assert "test_accuracy" in client.get_run(run_id).data.metrics
 
 
+def test_track_turns_tracking_on_and_keeps_required(tmp_path):
+    """--track is tracking.mlflow true, but does not weaken a config's `required` to true."""
+    from bigmodel_cli.cli.app import resolve
+
+    required = tmp_path / "required.yaml"
+    required.write_text("tracking: {mlflow: required}\n")
+    assert resolve(required, None, track=True).tracking.mlflow == "required"
+    assert resolve(None, None, track=True).tracking.mlflow is True
+    assert resolve(None, ["tracking.mlflow=false"]).tracking.mlflow is False
+
+
 def test_tune_trials_are_nested_under_the_study_s_run(server, penguins_prep, tmp_path, monkeypatch):
     """tune with tracking: one MLflow run for the study (its best value and parameters, trials.csv), and each
     trial an MLflow run nested under it (mlflow.parentRunId) with its own per-epoch series."""

@@ -98,7 +98,8 @@ ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete epoch, or round).")]
 TrackOpt = Annotated[bool, typer.Option(
     "--track", help="Log the run to an MLflow tracking server (tracking.uri or MLFLOW_TRACKING_URI); same as --set "
-                    "tracking.mlflow=true. A server that is down is a warning (tracking.mlflow=required: an error).")]
+                    "tracking.mlflow=true (a config's `required` stays required: a server that is down is then an "
+                    "error, else a warning).")]
 PrepDirArg = Annotated[Path, typer.Argument(help="A prep folder written by `bigmodel preprocess`.",
                                             show_default=False)]
 RunOutOpt = Annotated[Path, typer.Option("--out", "-o", help="The run folder to write.", show_default=False)]
@@ -183,16 +184,20 @@ def guard(ctx: typer.Context) -> Iterator[None]:
 
 
 def resolve(config: Path | None, sets: list[str] | None, prep: Path | None = None,
-            fixed: dict[str, Any] | None = None) -> Any:
+            fixed: dict[str, Any] | None = None, track: bool = False) -> Any:
     """The config from --config and --set (over PREP's, where the command reads a prep folder), plus options that
-    stand for config keys (`--target` for data.target): `config.resolve`, the one resolver of every verb."""
+    stand for config keys (`--target` for data.target): `config.resolve`, the one resolver of every verb.
+    `track` (--track): tracking.mlflow on, unless the config has it on already (`required` stays required)."""
     from .. import config as configs
 
     # an option's text is taken as written (as a JSON string, which YAML reads back whole): `--target on` names
     # the column 'on', not YAML's true
     overrides = [*(sets or []), *(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in (fixed or {}).items()
                                   if v is not None)]
-    return configs.resolve(config, overrides, prep)
+    cfg = configs.resolve(config, overrides, prep)
+    if track and cfg.tracking.mlflow is False:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow": True})})
+    return cfg
 
 
 def render(result: Any, as_json: bool, human: Callable[[], None]) -> None:

@@ -62,7 +62,7 @@ def experiment(
 
         data, out_dir, test = staged.read(data_loc), staged.write(out_loc), staged.read_optional(test_loc)
 
-        cfg = resolve(config, sets, fixed={"data.target": target, "tracking.mlflow": True if track else None})
+        cfg = resolve(config, sets, fixed={"data.target": target}, track=track)
         progress = EpochProgress()
         asked = [s for s in STAGES if s != "export" or fmt is not None]
 

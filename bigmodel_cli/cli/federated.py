@@ -47,10 +47,10 @@ app.add_typer(federated_app, name="federated")
 
 
 def _federate(prep_dir: Path, config: Path | None, overrides: list[str], as_json: bool,
-              start: Callable[[Any, EpochProgress], Any]) -> None:
+              start: Callable[[Any, EpochProgress], Any], track: bool = False) -> None:
     """Resolve the config, run `start(cfg, progress)` with a progress line per round, print the run.
     A privacy budget that stopped training early still wrote a run: it is printed too, then exit 1."""
-    cfg = resolve(config, overrides, prep_dir)
+    cfg = resolve(config, overrides, prep_dir, track=track)
     with contextlib.closing(EpochProgress("round")) as progress:
         result = start(cfg, progress)
 
@@ -90,7 +90,7 @@ def run(
         return stage.run(stage.SimulationOptions(prep_dir, out_dir, cfg, resume, verbose_of(ctx)), progress)
 
     with guard(ctx):
-        _federate(prep_dir, config, [*(sets or []), *(["tracking.mlflow=true"] if track else [])], as_json, start)
+        _federate(prep_dir, config, list(sets or []), as_json, start, track)
 
 
 AddressOpt = Annotated[str | None, typer.Option(

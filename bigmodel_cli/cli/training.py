@@ -57,8 +57,7 @@ def train(
             raise BigModelError(f"{out_loc}: --resume continues a local run folder; train into a local --out, "
                                 f"or start afresh")
         prep_dir, out_dir = staged.read(prep_loc), staged.write(out_loc)
-        cfg = resolve(config, sets, prep_dir, {"train.strategy": value(strategy),
-                                               "tracking.mlflow": True if track else None})
+        cfg = resolve(config, sets, prep_dir, {"train.strategy": value(strategy)}, track=track)
         progress = EpochProgress()
         try:
             result = stage.run(stage.TrainOptions(prep_dir, out_dir, cfg, resume), progress)
