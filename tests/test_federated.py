@@ -531,7 +531,7 @@ def test_serve_stopped_by_sigterm_leaves_no_flower_process(penguins_prep, tmp_pa
         server.kill()
 
 
-def test_serve_errors_before_starting_flower(penguins_prep, tmp_path):
+def test_serve_errors_before_starting_flower(penguins_prep, tmp_path, monkeypatch):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -553,6 +553,10 @@ def test_serve_errors_before_starting_flower(penguins_prep, tmp_path):
            code=2)
     assert "--tls-ca" in r.stderr and "not a PEM CA certificate" in r.stderr
     assert not (tmp_path / "run").exists()
+    # --track: the deployment's rounds are tracked as the simulation's are (the same code): no server, no start
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    r = bm("federated", "serve", penguins_prep, "--out", tmp_path / "tracked", "--track", code=2)
+    assert "tracking.mlflow: no tracking server given" in r.stderr
 
 
 def test_join_without_a_server_is_a_clear_error(penguins_prep, tmp_path):

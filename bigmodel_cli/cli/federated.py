@@ -120,6 +120,7 @@ def serve(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: ResumeOpt = False,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The server of a deployment: a Flower SuperLink at --address; waits for clients, runs the rounds, writes
@@ -140,7 +141,7 @@ def serve(
             authorized_keys, resume, verbose_of(ctx)), progress)
 
     with guard(ctx):
-        _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json, start)
+        _federate(prep_dir, config, [*(sets or []), "federated.engine=deployment"], as_json, start, track)
 
 
 @federated_app.command()

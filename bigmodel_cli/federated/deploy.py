@@ -34,7 +34,7 @@ from . import auth
 from .budget import budget
 from .client import read_status
 from .processes import follow, job_folder, last_line, process, workdir
-from .run_folder import FederatedResult
+from .run_folder import FederatedResult, tracked
 from .server import need_flwr
 
 
@@ -149,20 +149,25 @@ def serve(options: ServerOptions, on_event: Any = None) -> FederatedResult:
         security = (f"root-certificates = {json.dumps(str(tls.ca.resolve()))}\n" if tls else "insecure = true\n")
         env = _flower_env(work, f'[superlink]\ndefault = "bigmodel"\n[superlink.bigmodel]\n'
                                 f'address = "127.0.0.1:{inner}"\n{security}')
-        with process(["flower-superlink", *(tls.superlink_args() if tls else ["--insecure"]), "--host", "127.0.0.1",
-                       "--port", str(inner), "--disable-runtime-dependency-installation",
-                       *(["--enable-supernode-auth"] if keys else [])],
-                      work / "superlink.log", env, verbose) as link:
-            _wait_for(f"127.0.0.1:{inner}", 60, link, work / "superlink.log")
-            for k, key in enumerate(keys):
-                _register(work, k, key, env, keys_file)
-            upstream = f"{'https' if tls else 'http'}://127.0.0.1:{inner}"
-            with (auth.front(host, port, upstream, *((tls.ca, tls.cert, tls.key) if tls else ())),
-                  process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env, verbose) as run):
-                record = follow(status, run, work / "run.log", on_round)
-                with contextlib.suppress(subprocess.TimeoutExpired):  # the run folder is written: done
-                    run.wait(timeout=60)
-    return FederatedResult.from_dict(record["result"])
+
+        def rounds(hook: Any) -> FederatedResult:
+            with process(["flower-superlink", *(tls.superlink_args() if tls else ["--insecure"]), "--host",
+                          "127.0.0.1", "--port", str(inner), "--disable-runtime-dependency-installation",
+                          *(["--enable-supernode-auth"] if keys else [])],
+                         work / "superlink.log", env, verbose) as link:
+                _wait_for(f"127.0.0.1:{inner}", 60, link, work / "superlink.log")
+                for k, key in enumerate(keys):
+                    _register(work, k, key, env, keys_file)
+                upstream = f"{'https' if tls else 'http'}://127.0.0.1:{inner}"
+                with (auth.front(host, port, upstream, *((tls.ca, tls.cert, tls.key) if tls else ())),
+                      process(["flwr", "run", str(app), "bigmodel", "--stream"], work / "run.log", env, verbose)
+                      as run):
+                    record = follow(status, run, work / "run.log", hook)
+                    with contextlib.suppress(subprocess.TimeoutExpired):  # the run folder is written: done
+                        run.wait(timeout=60)
+            return FederatedResult.from_dict(record["result"])
+
+        return tracked(cfg, prep, out, on_round, rounds)
 
 
 def _register(work: Path, k: int, key: str, env: dict[str, str], keys_file: Path | None) -> None:

@@ -3,8 +3,10 @@ with the best round's global model and the federation's own record in the manife
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import artifacts
+from .. import artifacts, tracking
 from ..errors import DataError
-from ..folders import write_run
+from ..folders import open_prep, write_run
 from ..training.rules import decision_threshold
 from .budget import epsilon
 
@@ -81,3 +83,24 @@ def write(fed: Federation, extra: dict[str, Any]) -> FederatedResult:
     return FederatedResult(fed.folder.path, len(hist), kept, final, seconds, stop)
 
 
+
+
+def tracked(cfg: Any, prep: Path, out: Path, on_round: Any,
+            rounds: Callable[[Any], FederatedResult]) -> FederatedResult:
+    """`rounds(hook)` (a federation another process runs, reporting each round to `hook`), under MLflow tracking
+    when tracking.mlflow is on: each round's global metrics logged as an epoch's, then the run folder's files, its
+    manifest's MLflow entry (so evaluate logs to the same run) and the run's status. Required tracking that failed
+    during the rounds: exit 2 once the run folder is complete."""
+    tracker = tracking.start(cfg, open_prep(Path(prep)), Path(out), "federated")
+    try:
+        result = rounds(tracker.epochs(on_round) if tracker else on_round)
+    except BaseException as e:
+        if tracker is not None:
+            tracker.finish(None, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is None:
+        return result
+    tracker.note(result.out)
+    tracker.finish(result.out)
+    tracker.check()
+    return dataclasses.replace(result, tracking=tracker.record(), warnings=tuple(tracker.warnings))

@@ -6,7 +6,6 @@ the server (server.Federation) and the client (client.KerasClient) are the deplo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import tracking
 from ..config import Config
 from ..errors import ConfigError, DataError
 from ..folders import open_prep
@@ -27,7 +25,7 @@ from . import run_folder
 from .budget import budget
 from .client import KerasClient, client_mod, note_status
 from .processes import follow, job_folder, process
-from .run_folder import FederatedResult
+from .run_folder import FederatedResult, tracked
 from .server import Federation, flwr, need_flwr
 
 
@@ -78,23 +76,13 @@ def run(options: SimulationOptions, on_event: Any = None) -> FederatedResult:
     budget(cfg, open_prep(Path(prep)).split_rows("train"))  # a budget that fits no round fails here, first
     with job_folder(prep, out, cfg.to_yaml(), verbose, resume) as j:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
-        tracker = tracking.start(cfg, open_prep(Path(prep)), Path(out), "federated")  # rounds logged as epochs
-        try:
+        def rounds(hook: Any) -> FederatedResult:
             with process([sys.executable, "-m", __name__, str(j.file)], j.work / "simulation.log", env, verbose,
                          gentle=signal.SIGINT) as child:
-                record = follow(j.status, child, j.work / "simulation.log",
-                                tracker.epochs(on_round) if tracker else on_round, "the simulation")
-        except BaseException as e:
-            if tracker is not None:
-                tracker.finish(None, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            raise
-        result = FederatedResult.from_dict(record["result"])
-        if tracker is None:
-            return result
-        tracker.note(result.out)
-        tracker.finish(result.out)
-    tracker.check()  # required tracking that failed during the rounds: exit 2 now, the run folder complete
-    return dataclasses.replace(result, tracking=tracker.record(), warnings=tuple(tracker.warnings))
+                record = follow(j.status, child, j.work / "simulation.log", hook, "the simulation")
+            return FederatedResult.from_dict(record["result"])
+
+        return tracked(cfg, prep, out, on_round, rounds)
 
 
 def main(job_file: str) -> None:
