@@ -165,6 +165,40 @@ def test_hostile_values_get_4xx_or_an_answer_never_a_500(server):
     assert r.status_code == 200, r.text
 
 
+def test_metrics_for_prometheus_count_requests_rows_and_latency(server):
+    """GET /metrics, read with prometheus_client's own parser: predict requests by status code, rows predicted and
+    the latency histogram move by what was sent; the model's readiness and load time; the process's memory."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple], float]:
+        r = httpx.get(f"{server.url}/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+        samples = [s for family in text_string_to_metric_families(r.text) for s in family.samples]
+        assert all(s.labels.get("model", "model") == "model" and s.labels.get("version", "1") == "1" for s in samples)
+        return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("model", "version")))): s.value
+                for s in samples}
+
+    before = scrape()
+    url = f"{server.url}/v1/models/model:predict"
+    for n in (3, 4, 5):
+        assert httpx.post(url, json={"instances": as_instances(rows(n))}).status_code == 200
+    for body in BAD["missing column"][0], BAD["not an object"][0]:
+        assert httpx.post(url, json=body).status_code == 400
+    after = scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("bigmodel_requests_total", code="200") == 3 and moved("bigmodel_requests_total", code="400") == 2
+    assert moved("bigmodel_rows_predicted_total") == 12
+    assert moved("bigmodel_request_seconds_count") == 5 and moved("bigmodel_request_seconds_bucket", le="+Inf") == 5
+    assert 0 < moved("bigmodel_request_seconds_sum") < 5 * 10
+    assert after[("bigmodel_model_ready", ())] == 1 and 0 < after[("bigmodel_model_load_seconds", ())] < 90
+    assert after[("bigmodel_requests_in_flight", ())] == 0
+    assert after[("process_resident_memory_bytes", ())] > 50e6
+
+
 def test_unknown_model_bad_json_and_large_bodies(server):
     r = httpx.post(f"{server.url}/v1/models/other:predict", json={"instances": []})
     assert r.status_code == 404 and "other" in r.json()["error"]

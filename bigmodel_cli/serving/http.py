@@ -4,7 +4,9 @@ overload, and the bearer-token check.
 Starlette (FastAPI's request validation would answer bad input with its own 422 format, and TF Serving's clients
 expect `{"error": ...}`). At most `max_concurrency` predictions are computed at once and `max_queue` more wait (their
 bodies read, or a slot); beyond that a predict request gets 503 with `Retry-After` at once instead of waiting without
-limit; a body must arrive within `client_timeout` (else 408). `/healthz` and `/readyz` skip the queue.
+limit; a body must arrive within `client_timeout` (else 408). `/healthz`, `/readyz` and `/metrics` skip the queue.
+`/metrics`: Prometheus' text format (prometheus_client, a registry of the server's own): predict requests by status,
+their latency, rows predicted, the model's load time and readiness, the process's memory and CPU.
 """
 
 from __future__ import annotations
@@ -36,6 +38,50 @@ class Limits:
     client_timeout: float  # seconds for a request's headers, and again for its body
 
 
+# seconds: a predict of a few rows takes ~1 ms on onnxruntime, ~5-30 ms on TensorFlow; a queue under overload, seconds
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (a second app in one process counts apart)."""
+
+    def __init__(self, name: str, in_flight: Any) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+        self.registry = r = CollectorRegistry()
+        labels = {"model": name, "version": VERSION}
+        self.requests = Counter("bigmodel_requests", "Predict requests answered, by HTTP status code",
+                                ["model", "version", "code"], registry=r)
+        self.latency = Histogram("bigmodel_request_seconds", "Predict requests: seconds from arrival to answer",
+                                 ["model", "version"], buckets=BUCKETS, registry=r).labels(**labels)
+        self.rows = Counter("bigmodel_rows_predicted", "Rows predicted (in answered requests)", ["model", "version"],
+                            registry=r).labels(**labels)
+        self.load_seconds = Gauge("bigmodel_model_load_seconds", "Seconds the model took to load and warm up",
+                                  ["model", "version"], registry=r).labels(**labels)
+        self.ready = Gauge("bigmodel_model_ready", "1 once the model is loaded and serving, else 0",
+                           ["model", "version"], registry=r).labels(**labels)
+        Gauge("bigmodel_requests_in_flight", "Predict requests admitted and not yet answered (reading, waiting "
+              "or computing)", registry=r).set_function(in_flight)
+        ProcessCollector(registry=r)
+        self.labels = labels
+
+    def answered(self, code: int, seconds: float) -> None:
+        self.requests.labels(**self.labels, code=str(code)).inc()
+        self.latency.observe(seconds)
+
+    def text(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _metrics(name: str, in_flight: Any) -> Metrics | None:
+    try:
+        return Metrics(name, in_flight)
+    except ImportError:  # (an install of the serve extra from before it held prometheus-client): no /metrics
+        return None
+
+
 @dataclass
 class State:
     name: str
@@ -49,8 +95,13 @@ class State:
     refused: int = 0  # predict requests answered 503 because the queue was full
     started: float = field(default_factory=time.monotonic)
     slots: asyncio.Semaphore | None = None  # made in the server's event loop, on the first request
+    metrics: Metrics | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics = _metrics(self.name, lambda: self.admitted)
 
     def load(self) -> None:
+        t0 = time.perf_counter()
         try:
             model = self.loader()
             warm = {f.key: np.array([[np.nan]], dtype="float32") if f.takes_number else np.array([[""]], dtype=object)
@@ -59,6 +110,9 @@ class State:
             self.model = model
         except Exception as e:  # noqa: BLE001  (reported by /readyz and the model status; the process stays up)
             self.error = one_line(e)
+        if self.metrics is not None:
+            self.metrics.load_seconds.set(time.perf_counter() - t0)
+            self.metrics.ready.set(1 if self.model is not None else 0)
 
 
 def app(state: State) -> Any:
@@ -70,6 +124,7 @@ def app(state: State) -> Any:
     inner = Starlette(routes=[
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/v1/models/{rest:path}", api.models, methods=["GET", "POST"]),
     ], exception_handlers={404: api.not_found, 405: api.not_allowed, 500: api.internal})
     return inner if state.token is None else _with_token(inner, state.token)
@@ -101,6 +156,14 @@ class _Api:
         return JSONResponse({"status": "failed" if state.error else "loading", "error": state.error},
                             status_code=503)
 
+    async def metrics(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        if self.state.metrics is None:
+            return _error("/metrics needs the prometheus-client package: pip install 'bigmodel[serve]'", 404)
+        body, media_type = self.state.metrics.text()
+        return Response(body, media_type=media_type)
+
     async def models(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
@@ -122,6 +185,14 @@ class _Api:
         return await self.admit(request)
 
     async def admit(self, request: Any) -> Any:
+        """A predict request, answered and counted (its status and latency in /metrics)."""
+        started = time.perf_counter()
+        response = await self._admit(request)
+        if self.state.metrics is not None:
+            self.state.metrics.answered(response.status_code, time.perf_counter() - started)
+        return response
+
+    async def _admit(self, request: Any) -> Any:
         """A predict request: refused at once (413, 503) or admitted to the queue and answered."""
         from starlette.responses import JSONResponse
 
@@ -174,6 +245,8 @@ class _Api:
         # JSON has no NaN or inf (a value far outside the training range can overflow the scaling): null
         values = np.where(np.isfinite(values), values, np.array(None)).tolist()
         state.answered += 1
+        if state.metrics is not None:
+            state.metrics.rows.inc(len(values))
         return JSONResponse({"predictions" if fmt == "instances" else "outputs": values})
 
     async def not_found(self, request: Any, exc: Exception) -> Any:
