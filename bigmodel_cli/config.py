@@ -211,6 +211,15 @@ class TrainConfig(_Section):
         return self
 
 
+class DriftConfig(_Section):
+    """`bigmodel drift`: when a column of a data file has drifted from the train split."""
+
+    psi: float = Field(0.2, gt=0)  # population stability index above this (0.1: a small shift, 0.25: a large one)
+    missing: float = Field(0.1, gt=0, le=1)  # the missing rate changed by more than this (0.1: 10 points)
+    out_of_range: float = Field(0.05, gt=0, le=1)  # more than this share of numbers outside the training range
+    bins: int = Field(10, ge=2, le=100)  # quantile bins of a number in the reference statistics (train writes them)
+
+
 class EvaluateConfig(_Section):
     split: Literal["train", "val", "test"] = "test"
     gates: list[str] = Field(default_factory=list)
@@ -332,6 +341,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)

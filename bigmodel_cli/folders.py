@@ -99,6 +99,41 @@ def where(folder: Path) -> str:
     return url if remote.is_url(url) else str(folder.resolve())
 
 
+def _reference(prep: Prep, bins: int) -> dict[str, Any]:
+    """`drift`'s reference statistics of the prep's train split (of an evenly spread sample of at most
+    reference.SAMPLE_ROWS rows, read a row group at a time)."""
+    import pyarrow.parquet as pq
+
+    from . import reference
+
+    path = prep.split_path("train")
+    file = pq.ParquetFile(path)
+    step = max(1, -(-file.metadata.num_rows // reference.SAMPLE_ROWS))
+    parts, seen = [], 0
+    for batch in file.iter_batches(batch_size=1 << 16):
+        parts.append(batch.to_pandas().iloc[(-seen) % step::step])
+        seen += batch.num_rows
+    train = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return reference.statistics(train, prep.schema, bins)
+
+
+def load_run_reference(run: Path, schema: Schema, bins: int) -> dict[str, Any]:
+    """A run folder's reference.json; a run trained before drift existed: made now from its prep's train split."""
+    path = Path(run) / artifacts.REFERENCE
+    if path.exists():
+        with artifacts.damaged(path, f"train ... --out {run}"):
+            doc = artifacts.read_json(path)
+            if not isinstance(doc.get("columns"), dict):
+                raise ValueError("no 'columns'")
+            return doc
+    manifest = artifacts.Folder(Path(run), "run").manifest()
+    prep_dir = str(manifest.get("prep_dir", ""))
+    if remote.is_url(prep_dir) or not (Path(prep_dir) / artifacts.MANIFEST).exists():
+        raise DataError(f"{run}: no {artifacts.REFERENCE}, and its prep folder {prep_dir} is not here to make it "
+                        f"from; train the run again")
+    return _reference(open_prep(Path(prep_dir)), bins)
+
+
 def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, history: pd.DataFrame, best: int,
               extra: dict[str, Any], graph: bool = True) -> dict[str, float]:
     """Write a complete run folder (model.keras, then its portable graph where `graph` and train.portable ask,
@@ -112,6 +147,7 @@ def write_run(folder: artifacts.Folder, prep: Prep, cfg: Config, net: Any, histo
     prep.schema.save(folder.path)
     artifacts.write_json(folder / artifacts.REPORT, artifacts.read_json(prep.folder / artifacts.REPORT))
     artifacts.write_text(folder / artifacts.CONFIG, cfg.to_yaml())
+    artifacts.write_json(folder / artifacts.REFERENCE, _reference(prep, cfg.drift.bins))
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         net.save(tmp)
     extra = {**extra, "portable": portable.for_run(folder.path, prep, cfg, net) if graph else

@@ -14,6 +14,7 @@ from ..console import emit_json, out, table
 from ..errors import GateFailed
 from .app import (
     CompareFormat,
+    DataLoc,
     JsonOpt,
     RowProgress,
     RunDirArg,
@@ -101,6 +102,44 @@ def show_metrics(doc: dict[str, Any]) -> None:
                         [[g["gate"], g["threshold"], _number(g["value"]), "pass" if g["passed"] else "FAIL"]
                          for g in doc["gates"]]))
     notes(doc.get("unseen_categories", {}), doc.get("ignored_columns") or [])
+
+
+@app.command()
+def drift(
+    ctx: typer.Context,
+    run_loc: RunLoc,
+    data_loc: DataLoc,
+    psi: Annotated[float | None, typer.Option(
+        "--psi", min=0, help="A column drifts when its population stability index is above this (default: drift.psi, "
+        "0.2).", show_default=False)] = None,
+    missing: Annotated[float | None, typer.Option(
+        "--missing", min=0, max=1, help="... or its missing rate changed by more than this (default: drift.missing, "
+        "0.1).", show_default=False)] = None,
+    out_of_range: Annotated[float | None, typer.Option(
+        "--out-of-range", min=0, max=1, help="... or more than this share of its numbers is outside the training "
+        "range (default: drift.out_of_range, 0.05).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare DATA with the train split RUN_DIR's model learned from, column by column (PSI, Jensen-Shannon
+    distance, missing rate, out-of-range share). Exit 1 if a column drifted: a CI gate for the next batch."""
+    with guard(ctx), staging() as staged:
+        from .. import drift as stage
+
+        result = stage.run(stage.DriftOptions(staged.read(run_loc), staged.read(data_loc), psi, missing,
+                                              out_of_range))
+
+        def human() -> None:
+            doc = result.doc
+            rows = [[name, c["kind"], f"{c['psi']:.3f}", f"{c['js']:.3f}",
+                     f"{c['missing']['reference']:.1%} -> {c['missing']['data']:.1%}",
+                     f"{c['out_of_range']:.1%}" if "out_of_range" in c else "",
+                     "DRIFT: " + "; ".join(c["why"]) if c["drift"] else "ok"] for name, c in doc["columns"].items()]
+            out.print(table(f"{escape(doc['data'])} ({doc['rows']} rows) vs the train split ({doc['reference_rows']} "
+                            f"rows)", ["column", "kind", "psi", "js", "missing", "out of range", "verdict"], rows))
+
+        render(result, as_json, human)
+        if result.drifted:
+            raise GateFailed(f"{len(result.drifted)} column(s) drifted: {', '.join(result.drifted)}")
 
 
 @app.command()
