@@ -14,68 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, reference
 from .errors import DataError
-from .reference import OTHER, values
+from .reference import values
 from .schema import Schema, as_str
-
-FLOOR = 1e-4  # a share floor in the PSI and its log: an empty bin is "rare", not "impossible"
-
-
-def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
-    e, a = np.maximum(expected, FLOOR), np.maximum(actual, FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def _js(expected: np.ndarray, actual: np.ndarray) -> float:
-    m = (expected + actual) / 2
-
-    def kl(p: np.ndarray) -> float:
-        nz = p > 0
-        return float(np.sum(p[nz] * np.log2(p[nz] / m[nz])))
-
-    return float(np.sqrt(max(0.0, (kl(expected) + kl(actual)) / 2)))
 
 
 def compare(ref: dict[str, Any], df: pd.DataFrame, schema: Schema, source: str) -> dict[str, dict[str, Any]]:
-    """Per reference column: psi, js, missing (reference and data), out_of_range (numbers), rows."""
-    found: dict[str, dict[str, Any]] = {}
+    """Per reference column of a data file: psi, js, missing (reference and data), out_of_range (numbers)."""
     kinds = {f.name: f for f in schema.features}
     missing_columns = [name for name in ref["columns"] if name not in df.columns]
     if missing_columns:
         raise DataError(f"{source}: missing column(s) the model was trained on: {', '.join(missing_columns)}")
-    for name, r in ref["columns"].items():
-        f = kinds.get(name)
-        if f is None:
-            continue
-        if r["kind"] == "number":
-            v = values(df, f, source)
-            ok = v[np.isfinite(v)]
-            edges = np.asarray(r["edges"])
-            actual = (np.bincount(np.searchsorted(edges, ok, side="left"), minlength=len(edges) + 1) / len(ok)
-                      if len(ok) else np.zeros(len(edges) + 1))
-            expected = np.asarray(r["shares"])
-            outside = float(((ok < r["min"]) | (ok > r["max"])).mean()) if len(ok) else 0.0
-            missing = float(1 - len(ok) / max(len(v), 1))
-            extra: dict[str, Any] = {"out_of_range": outside}
-        else:
-            text = as_str(df[name])
-            present = text[text != ""]
-            names = [k for k in r["shares"] if k != OTHER]
-            counts = present.value_counts()
-            known = np.array([counts.get(k, 0) for k in names], dtype="float64")
-            rest = float(len(present) - known.sum())
-            expected = np.array([r["shares"][k] for k in names] + [r["shares"].get(OTHER, 0.0)])
-            actual = np.append(known, rest) / max(len(present), 1)
-            missing = float(1 - len(present) / max(len(text), 1))
-            new = [str(k) for k in counts.index if str(k) not in r["shares"]][:5]
-            extra = {"new_values": new} if new and OTHER not in r["shares"] else {}
-        found[name] = {"kind": r["kind"], "psi": _psi(expected, actual), "js": _js(expected, actual),
-                       "missing": {"reference": r["missing"], "data": missing}, **extra}
-    return found
+    return {name: reference.compare_column(r, values(df, kinds[name], source) if r["kind"] == "number"
+                                           else as_str(df[name]))
+            for name, r in ref["columns"].items() if name in kinds}
 
 
 @dataclass(frozen=True)
@@ -120,15 +75,8 @@ def run(options: DriftOptions, on_event: Any = None) -> DriftResult:
     df = read_table(Path(options.data), cfg.data)
     columns = compare(ref, df, schema, str(options.data))
     for c in columns.values():
-        why = []
-        if c["psi"] > limits["psi"]:
-            why.append(f"psi {c['psi']:.3f} > {limits['psi']:g}")
-        change = c["missing"]["data"] - c["missing"]["reference"]
-        if abs(change) > limits["missing"]:
-            why.append(f"missing {c['missing']['reference']:.1%} -> {c['missing']['data']:.1%}")
-        if c.get("out_of_range", 0.0) > limits["out_of_range"]:
-            why.append(f"{c['out_of_range']:.1%} outside the training range")
-        c["drift"], c["why"] = bool(why), why
+        c["why"] = reference.why(c, limits)
+        c["drift"] = bool(c["why"])
     doc = {"run": str(folder.path), "data": remote.name_of(options.data), "rows": len(df),
            "reference_rows": ref["rows"], "thresholds": limits, "columns": columns,
            "drifted": [name for name, c in columns.items() if c["drift"]]}

@@ -96,6 +96,9 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
                 files.append(PORTABLE_FILES[fmt])
             loaded.schema.save(work)
             files.append(artifacts.SCHEMA)
+            if (loaded.path / artifacts.REFERENCE).exists():  # serve's drift statistics in /metrics
+                shutil.copyfile(loaded.path / artifacts.REFERENCE, work / artifacts.REFERENCE)
+                files.append(artifacts.REFERENCE)
             parity = {"rows": rows, "split": checked, "hostile_rows": rows - len(test),
                       "one_by_one": min(ONE_BY_ONE, rows), "max_abs_diff": diffs, "tolerance": tol}
             artifacts.Folder(work, "export").finish({**_manifest(loaded, fmt, parity), **extra,

@@ -24,8 +24,10 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError, DataError
+from .schema import Schema
 from .serving.http import Limits, State, app
 from .serving.models import RUNTIMES, check, load
+from .serving.window import open_window
 
 __all__ = ["RUNTIMES", "Limits", "ServeOptions", "ServeResult", "run"]
 
@@ -108,7 +110,10 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
     check(o.folder, s.runtime)
     url = o.url
     sock = _bind(s.host, s.port, url)
-    state = State(s.model_name, token, o.limits, lambda: load(o.folder, s.runtime, o.unsafe))
+    d = o.config.drift
+    window = open_window(o.folder, Schema.load(o.folder), {"psi": d.psi, "missing": d.missing,
+                                                          "out_of_range": d.out_of_range})
+    state = State(s.model_name, token, o.limits, lambda: load(o.folder, s.runtime, o.unsafe), window=window)
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for results; uvicorn logs access there
     tls = o.tls

@@ -199,6 +199,31 @@ def test_metrics_for_prometheus_count_requests_rows_and_latency(server):
     assert after[("process_resident_memory_bytes", ())] > 50e6
 
 
+def test_metrics_show_drift_of_the_rows_served(server):
+    """The last 1000 rows predicted, compared with the train split (reference.json) when /metrics is scraped: rows
+    drawn from the training data raise no alarm on body_mass_g; the same rows 3 kg heavier do."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def drift() -> dict[tuple[str, str], float]:
+        text = httpx.get(f"{server.url}/metrics").text
+        return {(s.name, s.labels.get("column", "")): s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name.startswith("bigmodel_drift_")}
+
+    url = f"{server.url}/v1/models/model:predict"
+    like = pd.read_csv(PENGUINS).drop(columns="species").sample(1000, replace=True, random_state=0)
+    assert httpx.post(url, json={"instances": as_instances(like)}, timeout=60).status_code == 200
+    calm = drift()
+    assert calm[("bigmodel_drift_window_rows", "")] == 1000
+    assert {c for n, c in calm if n == "bigmodel_drift_psi"} == {
+        "island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex", "year"}
+    assert calm[("bigmodel_drift_alarm", "body_mass_g")] == 0 and calm[("bigmodel_drift_psi", "body_mass_g")] < 0.2
+    heavy = like.assign(body_mass_g=like["body_mass_g"] + 3000)
+    assert httpx.post(url, json={"instances": as_instances(heavy)}, timeout=60).status_code == 200
+    alarmed = drift()
+    assert alarmed[("bigmodel_drift_alarm", "body_mass_g")] == 1 and alarmed[("bigmodel_drift_psi", "body_mass_g")] > 1
+    assert alarmed[("bigmodel_drift_alarm", "island")] == 0  # (the other columns are as they were)
+
+
 def test_unknown_model_bad_json_and_large_bodies(server):
     r = httpx.post(f"{server.url}/v1/models/other:predict", json={"instances": []})
     assert r.status_code == 404 and "other" in r.json()["error"]

@@ -45,7 +45,7 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 class Metrics:
     """The server's Prometheus metrics, in a registry of its own (a second app in one process counts apart)."""
 
-    def __init__(self, name: str, in_flight: Any) -> None:
+    def __init__(self, name: str, in_flight: Any, window: Any = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = r = CollectorRegistry()
@@ -63,6 +63,10 @@ class Metrics:
         Gauge("bigmodel_requests_in_flight", "Predict requests admitted and not yet answered (reading, waiting "
               "or computing)", registry=r).set_function(in_flight)
         ProcessCollector(registry=r)
+        if window is not None:  # drift of the last rows predicted against the train split, computed when scraped
+            from .window import Collector
+
+            r.register(Collector(window, labels))
         self.labels = labels
 
     def answered(self, code: int, seconds: float) -> None:
@@ -75,9 +79,9 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _metrics(name: str, in_flight: Any) -> Metrics | None:
+def _metrics(name: str, in_flight: Any, window: Any) -> Metrics | None:
     try:
-        return Metrics(name, in_flight)
+        return Metrics(name, in_flight, window)
     except ImportError:  # (an install of the serve extra from before it held prometheus-client): no /metrics
         return None
 
@@ -95,10 +99,11 @@ class State:
     refused: int = 0  # predict requests answered 503 because the queue was full
     started: float = field(default_factory=time.monotonic)
     slots: asyncio.Semaphore | None = None  # made in the server's event loop, on the first request
+    window: Any = None  # window.Window: the last rows predicted, for drift in /metrics (None: no reference.json)
     metrics: Metrics | None = None
 
     def __post_init__(self) -> None:
-        self.metrics = _metrics(self.name, lambda: self.admitted)
+        self.metrics = _metrics(self.name, lambda: self.admitted, self.window)
 
     def load(self) -> None:
         t0 = time.perf_counter()
@@ -236,7 +241,7 @@ class _Api:
             state.slots = asyncio.Semaphore(limits.max_concurrency)
         async with state.slots:
             try:  # parsing too, off the event loop: /healthz answers while a large body is read into arrays
-                fmt, out = await run_in_threadpool(compute, model, bytes(body))
+                fmt, x, out = await run_in_threadpool(compute, model, bytes(body))
             except BadRequest as e:
                 return _error(str(e), e.status)
             except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
@@ -247,6 +252,8 @@ class _Api:
         state.answered += 1
         if state.metrics is not None:
             state.metrics.rows.inc(len(values))
+        if state.window is not None:
+            state.window.add(x)
         return JSONResponse({"predictions" if fmt == "instances" else "outputs": values})
 
     async def not_found(self, request: Any, exc: Exception) -> Any:

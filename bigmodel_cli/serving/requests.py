@@ -89,7 +89,8 @@ def _scalar(v: Any, where: str) -> Any:
     return v
 
 
-def compute(model: Model, body: bytes) -> tuple[str, Any]:
-    """The request body parsed (BadRequest: a 4xx) and predicted: its format and the model's outputs."""
+def compute(model: Model, body: bytes) -> tuple[str, dict[str, np.ndarray], Any]:
+    """The request body parsed (BadRequest: a 4xx) and predicted: its format, the input arrays and the model's
+    outputs."""
     x, fmt = parse(body, model.schema)
-    return fmt, model.predict(x)
+    return fmt, x, model.predict(x)
