@@ -158,6 +158,16 @@ def previous_dir(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def version_folders(folder: Path) -> list[int]:
+    """The complete integer version folders of a TF Serving base (NAME/1, NAME/2, ...), oldest first; [] for a
+    run or export folder itself."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / MANIFEST).exists():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and p.is_dir() and (p / MANIFEST).exists())
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

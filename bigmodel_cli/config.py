@@ -262,6 +262,7 @@ class ServeConfig(_Section):
     max_concurrency: int = Field(4, ge=1)  # predictions computed at once
     max_queue: int = Field(60, ge=0)  # predict requests waiting beyond those; more get 503
     client_timeout: float = Field(10.0, ge=0.1)  # seconds for a request's headers, and again for its body
+    poll_seconds: float = Field(2.0, gt=0)  # a versioned base (NAME/1, NAME/2, ...): how often to look for a new one
 
 
 class TrackingConfig(_Section):

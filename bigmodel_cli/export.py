@@ -58,6 +58,28 @@ class ExportOptions:
     format: str | None = None  # one of FORMATS; None: export.format of the run's config
     unsafe: bool = False  # load a model with code in it
     register: str | None = None  # after the export, log the run to its MLflow run as a model registered by this name
+    version: str | None = None  # "next" or N: write out/N (TF Serving's layout: out is a base of versions)
+
+
+def _versioned(out: Path, version: str | None) -> Path:
+    """The folder to write: `out` itself, or with --version its version folder out/N (N: the next integer after
+    the newest there). A version is never overwritten (a server may be serving it)."""
+    if version is None:
+        return out
+    if (out / artifacts.MANIFEST).exists():
+        raise ConfigError(f"--version: {out} is an export or run folder itself; --out names the base that holds "
+                          f"the versions (e.g. models/penguins, written as models/penguins/1, /2, ...)")
+    have = artifacts.version_folders(out)
+    if version == "next":
+        n = have[-1] + 1 if have else 1
+    elif version.isdigit() and int(version) > 0:
+        n = int(version)
+    else:
+        raise ConfigError(f"--version {version}: expected a positive integer or 'next'")
+    if (out / str(n)).exists():
+        raise ConfigError(f"--version {n}: {out / str(n)} exists; versions are never overwritten (use --version "
+                          f"next)")
+    return out / str(n)
 
 
 def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
@@ -65,7 +87,7 @@ def run(options: ExportOptions, on_event: Any = None) -> ExportResult:
     `on_event("step", what, rows)` hears each step (rows: those checked)."""
     from . import features
 
-    out = _replaceable(Path(options.out).resolve())  # `--out .` has no name to put a temp folder beside
+    out = _replaceable(_versioned(Path(options.out), options.version).resolve())  # (`--out .`: no name to go beside)
     loaded = load_run(options.run, options.unsafe)
     fmt = options.format or loaded.config.export.format
     tol = loaded.config.export.parity_tolerance

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import artifacts
 from .config import Config
 from .errors import ConfigError, DataError
-from .schema import Schema
-from .serving.http import Limits, State, app
+from .serving.http import VERSION, Limits, State, app
 from .serving.models import RUNTIMES, check, load
 from .serving.window import open_window
 
@@ -107,13 +107,26 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
                           f"'Authorization: Bearer TOKEN'), or --insecure-no-auth to serve without authentication")
     if o.tls is not None:
         _check_tls(o.tls)
-    check(o.folder, s.runtime)
+    # a TF Serving base (NAME/1, NAME/2, ...): the newest is served, and newer ones are picked up
+    found = artifacts.version_folders(o.folder)
+
+    def folder_of(version: str) -> Path:
+        return Path(o.folder) / version if found else Path(o.folder)
+
+    first = str(found[-1]) if found else VERSION
+    check(folder_of(first), s.runtime)
     url = o.url
     sock = _bind(s.host, s.port, url)
     d = o.config.drift
-    window = open_window(o.folder, Schema.load(o.folder), {"psi": d.psi, "missing": d.missing,
-                                                          "out_of_range": d.out_of_range})
-    state = State(s.model_name, token, o.limits, lambda: load(o.folder, s.runtime, o.unsafe), window=window)
+    limits = {"psi": d.psi, "missing": d.missing, "out_of_range": d.out_of_range}
+
+    def loader(version: str) -> tuple[Any, Any]:
+        folder = folder_of(version)
+        check(folder, s.runtime)
+        model = load(folder, s.runtime, o.unsafe)
+        return model, open_window(folder, model.schema, limits)
+
+    state = State(s.model_name, token, o.limits, loader, first=first)
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for results; uvicorn logs access there
     tls = o.tls
@@ -132,8 +145,21 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
         state.load()
         if state.error is not None:
             server.should_exit = True  # a model that cannot load: stop, and say why
-        elif on_event is not None:
+            return
+        if on_event is not None:
             on_event("ready", f"{url}/v1/models/{s.model_name}:predict")
+        tried = {first}
+        while found and not server.should_exit:  # a versioned base: load each newer version aside, then swap
+            time.sleep(s.poll_seconds)
+            try:
+                newer = [str(v) for v in artifacts.version_folders(o.folder) if v > int(first) and str(v) not in tried]
+            except OSError:
+                continue
+            if newer:
+                tried.add(newer[-1])
+                ok = state.load(newer[-1])
+                if on_event is not None:
+                    on_event("version", f"{newer[-1]} {'serving' if ok else 'failed: ' + state.status[newer[-1]][1]}")
 
     threading.Thread(target=start_loading, daemon=True).start()
     try:

@@ -180,6 +180,21 @@ def test_failed_parity_keeps_the_previous_export(penguins_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]  # no temp folder left beside it
 
 
+def test_export_versions_in_tf_serving_s_layout(penguins_run, tmp_path):
+    """--version next writes BASE/1, then BASE/2 (each a whole export folder, with the run's reference statistics);
+    an existing version is never overwritten, and an export folder is no base."""
+    base = tmp_path / "models" / "penguins"
+    for n in ("1", "2"):
+        doc = json.loads(bm("export", penguins_run, "--format", "keras", "--out", base, "--version", "next",
+                            "--json").stdout)
+        assert doc["out"] == str((base / n).resolve()) and (base / n / "manifest.json").exists()
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"] and (base / "2" / "reference.json").exists()
+    r = bm("export", penguins_run, "--format", "keras", "--out", base, "--version", "2", code=2)
+    assert "versions are never overwritten" in r.stderr
+    r = bm("export", penguins_run, "--format", "keras", "--out", base / "1", "--version", "next", code=2)
+    assert "is an export or run folder itself" in r.stderr
+
+
 def test_free_text_is_refused_by_portable_formats(tmp_path):
     rng = np.random.default_rng(0)
     words = ["red fox", "blue whale", "green frog jumps", "the quick brown", "lazy dog sleeps"]

@@ -224,6 +224,72 @@ def test_metrics_show_drift_of_the_rows_served(server):
     assert alarmed[("bigmodel_drift_alarm", "island")] == 0  # (the other columns are as they were)
 
 
+def test_a_new_version_is_swapped_in_under_load_without_a_failed_request(penguins_run, penguins_prep, tmp_path):
+    """A base of versions (NAME/1: a run; then NAME/2 appears, whole, by a rename) served on onnxruntime: requests
+    keep coming while version 2 is loaded aside and swapped in; none fails, the answers switch from 1's to 2's; a
+    broken version 3 is reported in the model status and 2 goes on serving."""
+    import threading
+
+    base = tmp_path / "penguins"
+    shutil.copytree(penguins_run, base / "1")
+    other = tmp_path / "other"
+    bm("train", penguins_prep, "--out", other, "--set", "train.epochs=2", "--set", "seed=7",
+       "--set", "train.refit=false", "--set", "train.tensorboard=false")
+    df = rows(6)
+    first, second = predicted(penguins_run, df, tmp_path), predicted(other, df, tmp_path)
+    assert not np.allclose(first, second, atol=1e-3)  # (the two versions answer differently)
+    s = Server(base, "--runtime", "onnx", "--set", "serve.poll_seconds=0.2")
+    url, body = f"{s.url}/v1/models/model:predict", {"instances": as_instances(df)}
+    answers: list[tuple[int, list]] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not done.is_set():
+                r = client.post(url, json=body)
+                answers.append((r.status_code, r.json().get("predictions")))
+
+    def status(timeout: float = 60) -> dict[str, dict]:
+        return {v["version"]: v for v in httpx.get(f"{s.url}/v1/models/model").json()["model_version_status"]}
+
+    def wait_for(version: str, state: str) -> dict[str, dict]:
+        end = time.monotonic() + 60
+        while (got := status()).get(version, {}).get("state") != state:
+            assert time.monotonic() < end, got
+            time.sleep(0.1)
+        return got
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        time.sleep(0.5)
+        shutil.copytree(other, tmp_path / ".incoming")
+        (tmp_path / ".incoming").rename(base / "2")  # (a version appears whole, as export --version writes it)
+        got = wait_for("2", "AVAILABLE")
+        assert got["1"]["state"] == "END"
+        time.sleep(0.5)
+    finally:
+        done.set()
+        asker.join(timeout=60)
+    assert answers and all(code == 200 for code, _ in answers), {code for code, _ in answers}
+    assert np.allclose(answers[0][1], first, atol=1e-5) and np.allclose(answers[-1][1], second, atol=1e-5)
+    switched = [i for i, (_, p) in enumerate(answers) if np.allclose(p, second, atol=1e-5)]
+    assert switched == list(range(switched[0], len(answers))), "answers went back to version 1"
+    assert httpx.post(f"{s.url}/v1/models/model/versions/2:predict", json=body).status_code == 200
+    assert httpx.post(f"{s.url}/v1/models/model/versions/1:predict", json=body).status_code == 404  # unloaded
+
+    broken = tmp_path / ".broken"
+    shutil.copytree(other, broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    broken.rename(base / "3")
+    got = wait_for("3", "END")
+    assert got["3"]["status"]["error_message"] and got["2"]["state"] == "AVAILABLE"
+    r = httpx.post(url, json=body)
+    assert r.status_code == 200 and np.allclose(r.json()["predictions"], second, atol=1e-5)
+    code, stderr = s.stop()
+    assert code == 0 and "version 2 serving" in stderr and "version 3 failed" in stderr, stderr
+
+
 def test_unknown_model_bad_json_and_large_bodies(server):
     r = httpx.post(f"{server.url}/v1/models/other:predict", json={"instances": []})
     assert r.status_code == 404 and "other" in r.json()["error"]

@@ -47,6 +47,10 @@ def export(
         "--register", metavar="NAME", help="Also log the run as an MLflow model (pyfunc: raw columns in, predict's "
         "columns out) into the MLflow run of its training (train --track) and register it as NAME.",
         show_default=False)] = None,
+    version: Annotated[str | None, typer.Option(
+        "--version", metavar="N|next", help="Write OUT/N, a new version in TF Serving's layout (next: one after "
+        "the newest there); `serve OUT` serves the newest and picks up new ones. A version is never overwritten.",
+        show_default=False)] = None,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -54,9 +58,12 @@ def export(
     with guard(ctx), staging() as staged:
         from .. import export as stage
 
+        if version is not None and remote.is_url(out_loc):
+            raise BigModelError(f"{out_loc}: --version writes into a local base of versions; export to a local "
+                                f"--out, or without --version")
         run_dir, out_dir = staged.read(run_loc), staged.write(out_loc)
         with contextlib.closing(RowProgress("export")) as progress:
-            result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe, register), progress)
+            result = stage.run(stage.ExportOptions(run_dir, out_dir, value(fmt), unsafe, register, version), progress)
 
         def human() -> None:
             rows = [[f, ""] for f in result.files] + [
@@ -105,7 +112,9 @@ def predict(
 def serve(
     ctx: typer.Context,
     folder: Annotated[Path, typer.Argument(
-        help="A run folder (bigmodel train) or export folder (bigmodel export).", show_default=False)],
+        help="A run folder (bigmodel train) or export folder (bigmodel export), or a base of versions (export "
+             "--version: NAME/1, NAME/2, ...): the newest is served, and a newer one is loaded and swapped in as it "
+             "appears.", show_default=False)],
     host: Annotated[str | None, typer.Option(
         help="Address to listen on; anything but loopback needs --token-file or --insecure-no-auth "
              "[default: serve.host, 127.0.0.1].", show_default=False)] = None,
@@ -160,6 +169,8 @@ def serve(
             if what == "listening":
                 err.print(f"listening on {escape(detail)} (runtime {s.runtime}); loading the model",
                           highlight=False)
+            elif what == "version":
+                err.print(f"version {escape(detail)}", highlight=False)
             else:
                 err.print(f"ready: POST {escape(detail)}", highlight=False)
 

@@ -43,35 +43,34 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 
 class Metrics:
-    """The server's Prometheus metrics, in a registry of its own (a second app in one process counts apart)."""
+    """The server's Prometheus metrics, in a registry of its own (a second app in one process counts apart); by
+    model and version (the version that answered)."""
 
-    def __init__(self, name: str, in_flight: Any, window: Any = None) -> None:
+    def __init__(self, name: str, in_flight: Any, served: Any) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+        from .window import Collector
+
         self.registry = r = CollectorRegistry()
-        labels = {"model": name, "version": VERSION}
+        self.name = name
         self.requests = Counter("bigmodel_requests", "Predict requests answered, by HTTP status code",
                                 ["model", "version", "code"], registry=r)
         self.latency = Histogram("bigmodel_request_seconds", "Predict requests: seconds from arrival to answer",
-                                 ["model", "version"], buckets=BUCKETS, registry=r).labels(**labels)
+                                 ["model", "version"], buckets=BUCKETS, registry=r)
         self.rows = Counter("bigmodel_rows_predicted", "Rows predicted (in answered requests)", ["model", "version"],
-                            registry=r).labels(**labels)
-        self.load_seconds = Gauge("bigmodel_model_load_seconds", "Seconds the model took to load and warm up",
-                                  ["model", "version"], registry=r).labels(**labels)
-        self.ready = Gauge("bigmodel_model_ready", "1 once the model is loaded and serving, else 0",
-                           ["model", "version"], registry=r).labels(**labels)
+                            registry=r)
+        self.load_seconds = Gauge("bigmodel_model_load_seconds", "Seconds the version took to load and warm up",
+                                  ["model", "version"], registry=r)
+        self.ready = Gauge("bigmodel_model_ready", "1 while the version is loaded and serving, else 0",
+                           ["model", "version"], registry=r)
         Gauge("bigmodel_requests_in_flight", "Predict requests admitted and not yet answered (reading, waiting "
               "or computing)", registry=r).set_function(in_flight)
         ProcessCollector(registry=r)
-        if window is not None:  # drift of the last rows predicted against the train split, computed when scraped
-            from .window import Collector
+        r.register(Collector(served, name))  # drift of the last rows predicted, computed when scraped
 
-            r.register(Collector(window, labels))
-        self.labels = labels
-
-    def answered(self, code: int, seconds: float) -> None:
-        self.requests.labels(**self.labels, code=str(code)).inc()
-        self.latency.observe(seconds)
+    def answered(self, version: str, code: int, seconds: float) -> None:
+        self.requests.labels(self.name, version, str(code)).inc()
+        self.latency.labels(self.name, version).observe(seconds)
 
     def text(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -79,11 +78,20 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _metrics(name: str, in_flight: Any, window: Any) -> Metrics | None:
+def _metrics(name: str, in_flight: Any, served: Any) -> Metrics | None:
     try:
-        return Metrics(name, in_flight, window)
+        return Metrics(name, in_flight, served)
     except ImportError:  # (an install of the serve extra from before it held prometheus-client): no /metrics
         return None
+
+
+@dataclass(frozen=True)
+class Served:
+    """The version answering requests; a request takes it once, so a swap to a new version never splits one."""
+
+    version: str
+    model: Model
+    window: Any = None  # window.Window: its last rows predicted, for drift in /metrics (None: no reference.json)
 
 
 @dataclass
@@ -91,33 +99,52 @@ class State:
     name: str
     token: str | None
     limits: Limits
-    loader: Any  # () -> Model
-    model: Model | None = None
-    error: str | None = None
+    loader: Any  # (version) -> (Model, window or None)
+    first: str = VERSION  # the version loaded first
+    served: Served | None = None
+    error: str | None = None  # the first version's load failed: why
+    status: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (LOADING|AVAILABLE|END, error)
     answered: int = 0
     admitted: int = 0  # predict requests between admission and answer (reading, waiting or computing)
     refused: int = 0  # predict requests answered 503 because the queue was full
     started: float = field(default_factory=time.monotonic)
     slots: asyncio.Semaphore | None = None  # made in the server's event loop, on the first request
-    window: Any = None  # window.Window: the last rows predicted, for drift in /metrics (None: no reference.json)
     metrics: Metrics | None = None
 
     def __post_init__(self) -> None:
-        self.metrics = _metrics(self.name, lambda: self.admitted, self.window)
+        self.status[self.first] = ("LOADING", "")
+        self.metrics = _metrics(self.name, lambda: self.admitted, lambda: self.served)
 
-    def load(self) -> None:
+    @property
+    def model(self) -> Model | None:
+        return self.served.model if self.served is not None else None
+
+    def load(self, version: str | None = None) -> bool:
+        """Load and warm up a version aside, then swap it in (requests in flight finish on the old one); a version
+        that fails is reported in its status and the one serving goes on."""
+        version = version or self.first
+        self.status[version] = ("LOADING", "")
         t0 = time.perf_counter()
         try:
-            model = self.loader()
+            model, window = self.loader(version)
             warm = {f.key: np.array([[np.nan]], dtype="float32") if f.takes_number else np.array([[""]], dtype=object)
                     for f in model.schema.features}
             model.predict(warm)  # traces the graph / allocates the runtime before the first request
-            self.model = model
         except Exception as e:  # noqa: BLE001  (reported by /readyz and the model status; the process stays up)
-            self.error = one_line(e)
+            self.status[version] = ("END", one_line(e))
+            if self.served is None:
+                self.error = one_line(e)
+            return False
+        old, self.served = self.served, Served(version, model, window)
+        self.status[version] = ("AVAILABLE", "")
+        if old is not None:
+            self.status[old.version] = ("END", "")  # unloaded, as TF Serving reports a version it no longer serves
         if self.metrics is not None:
-            self.metrics.load_seconds.set(time.perf_counter() - t0)
-            self.metrics.ready.set(1 if self.model is not None else 0)
+            self.metrics.load_seconds.labels(self.name, version).set(time.perf_counter() - t0)
+            self.metrics.ready.labels(self.name, version).set(1)
+            if old is not None:
+                self.metrics.ready.labels(self.name, old.version).set(0)
+        return True
 
 
 def app(state: State) -> Any:
@@ -175,34 +202,39 @@ class _Api:
         state = self.state
         name, _, verb = request.path_params["rest"].partition(":")
         name, _, version = name.partition("/versions/")
-        if name != state.name or (version and version != VERSION) or "/" in name:
+        served = state.served  # (taken once: a swap to a new version does not split this request)
+        if name != state.name or "/" in name or (version and version not in state.status):
             return _error(f"Servable not found for request: {'Specific' if version else 'Latest'}({name}"
                           f"{', ' + version if version else ''})", 404)
         if request.method == "GET":
             if verb:
                 return _error(f"unknown method :{verb}; POST :predict", 404)
-            state_name = "AVAILABLE" if state.model else ("END" if state.error else "LOADING")
+            shown = sorted(state.status.items(), key=lambda kv: -int(kv[0]) if kv[0].isdigit() else 0)
             return JSONResponse({"model_version_status": [{
-                "version": VERSION, "state": state_name,
-                "status": {"error_code": "UNKNOWN" if state.error else "OK", "error_message": state.error or ""}}]})
+                "version": v, "state": st, "status": {"error_code": "UNKNOWN" if why else "OK", "error_message": why}}
+                for v, (st, why) in shown if not version or v == version]})
         if verb != "predict":
             return _error(f"unknown method :{verb}; this server answers :predict", 404)
-        return await self.admit(request)
+        if version and served is not None and version != served.version:  # known, but not (or no longer) loaded
+            return _error(f"Servable not found for request: Specific({name}, {version}); version "
+                          f"{served.version} is serving", 404)
+        return await self.admit(request, served)
 
-    async def admit(self, request: Any) -> Any:
-        """A predict request, answered and counted (its status and latency in /metrics)."""
+    async def admit(self, request: Any, served: Served | None) -> Any:
+        """A predict request, answered and counted (its status and latency in /metrics, by the version serving)."""
         started = time.perf_counter()
-        response = await self._admit(request)
+        response = await self._admit(request, served)
         if self.state.metrics is not None:
-            self.state.metrics.answered(response.status_code, time.perf_counter() - started)
+            self.state.metrics.answered(served.version if served else "", response.status_code,
+                                        time.perf_counter() - started)
         return response
 
-    async def _admit(self, request: Any) -> Any:
+    async def _admit(self, request: Any, served: Served | None) -> Any:
         """A predict request: refused at once (413, 503) or admitted to the queue and answered."""
         from starlette.responses import JSONResponse
 
         state, limits = self.state, self.state.limits
-        if state.model is None:
+        if served is None:
             return _error(state.error or "the model is still loading; GET /readyz says when it is ready", 503)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limits.max_body:
@@ -215,12 +247,12 @@ class _Api:
                                 status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
         state.admitted += 1
         try:
-            return await self.answer(request)
+            return await self.answer(request, served)
         finally:
             state.admitted -= 1
 
-    async def answer(self, request: Any) -> Any:
-        """An admitted predict request: its body (within the client timeout), a slot, the prediction."""
+    async def answer(self, request: Any, served: Served) -> Any:
+        """An admitted predict request: its body (within the client timeout), a slot, the prediction by `served`."""
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse
 
@@ -235,13 +267,11 @@ class _Api:
         except TimeoutError:
             return JSONResponse({"error": f"the request body did not arrive within {limits.client_timeout:g} s "
                                           f"(--client-timeout)"}, status_code=408, headers={"Connection": "close"})
-        model = state.model
-        assert model is not None  # admitted only once loaded; a model is never unloaded
         if state.slots is None:
             state.slots = asyncio.Semaphore(limits.max_concurrency)
         async with state.slots:
             try:  # parsing too, off the event loop: /healthz answers while a large body is read into arrays
-                fmt, x, out = await run_in_threadpool(compute, model, bytes(body))
+                fmt, x, out = await run_in_threadpool(compute, served.model, bytes(body))
             except BadRequest as e:
                 return _error(str(e), e.status)
             except Exception as e:  # noqa: BLE001  (one line, and the server keeps serving)
@@ -251,9 +281,9 @@ class _Api:
         values = np.where(np.isfinite(values), values, np.array(None)).tolist()
         state.answered += 1
         if state.metrics is not None:
-            state.metrics.rows.inc(len(values))
-        if state.window is not None:
-            state.window.add(x)
+            state.metrics.rows.labels(state.name, served.version).inc(len(values))
+        if served.window is not None:
+            served.window.add(x)
         return JSONResponse({"predictions" if fmt == "instances" else "outputs": values})
 
     async def not_found(self, request: Any, exc: Exception) -> Any:

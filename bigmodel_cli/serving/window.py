@@ -60,16 +60,19 @@ def open_window(folder: Path, schema: Schema, limits: dict[str, float]) -> Windo
 
 
 class Collector:
-    """The window's comparison as Prometheus gauges, computed when /metrics is scraped."""
+    """The serving version's drift window as Prometheus gauges, computed when /metrics is scraped."""
 
-    def __init__(self, window: Window, labels: dict[str, str]) -> None:
-        self.window, self.labels = window, labels
+    def __init__(self, served: Any, name: str) -> None:
+        self.served, self.name = served, name  # served: () -> http.Served or None
 
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
-        rows, columns = self.window.compared()
-        names, values = ["model", "version"], [self.labels["model"], self.labels["version"]]
+        served = self.served()
+        if served is None or served.window is None:
+            return
+        rows, columns = served.window.compared()
+        names, values = ["model", "version"], [self.name, served.version]
         size = GaugeMetricFamily("bigmodel_drift_window_rows", f"Rows in the drift window (the last {WINDOW_ROWS} "
                                  "predicted)", labels=names)
         size.add_metric(values, rows)
