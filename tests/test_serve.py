@@ -410,8 +410,8 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
         return np.zeros((len(next(iter(x.values()))), 3))
 
     limits = http.Limits(max_body=2**20, max_concurrency=4, max_queue=60, client_timeout=10)
-    state = http.State("model", None, limits, lambda: None)
-    state.model = models.Model(Schema.load(penguins_run), flaky)
+    state = http.State("model", None, limits, lambda version: None)
+    state.served = http.Served("1", models.Model(Schema.load(penguins_run), flaky))
     client = TestClient(http.app(state))
     body = {"instances": as_instances(rows(3))}
     r = client.post("/v1/models/model:predict", json=body)
