@@ -37,6 +37,7 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 CURVE = "training_curve.png"
 METRICS = "metrics.json"
+DRIFT = "drift.json"  # `bigmodel drift --out DIR`'s verdicts (report --drift DIR shows them)
 REFERENCE = "reference.json"  # the train split's statistics `drift` compares data with (train writes it)
 EVAL = "eval"  # evaluation plots: the files below, those that apply to the task
 PLOT_CONFUSION, PLOT_ROC, PLOT_PR, PLOT_CALIBRATION = ("confusion_matrix.png", "roc.png", "precision_recall.png",

@@ -42,6 +42,7 @@ class DriftOptions:
     psi: float | None = None  # thresholds; None: the run config's drift section
     missing: float | None = None
     out_of_range: float | None = None
+    out: Path | None = None  # also write the result as OUT/drift.json (for report --drift, or a pipeline)
 
 
 @dataclass(frozen=True)
@@ -80,4 +81,6 @@ def run(options: DriftOptions, on_event: Any = None) -> DriftResult:
     doc = {"run": str(folder.path), "data": remote.name_of(options.data), "rows": len(df),
            "reference_rows": ref["rows"], "thresholds": limits, "columns": columns,
            "drifted": [name for name, c in columns.items() if c["drift"]]}
+    if options.out is not None:
+        artifacts.write_json(Path(options.out) / artifacts.DRIFT, doc)
     return DriftResult(doc)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import artifacts
 
-SECTIONS = ["data", "config", "training", "metrics", "plots", "explain", "gates", "manifest"]
+SECTIONS = ["data", "config", "training", "metrics", "plots", "explain", "drift", "gates", "manifest"]
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -54,9 +54,11 @@ def _img(path: Path) -> str:
            f"</figcaption></figure>"
 
 
-def render(run: Path, evaluation: Path | None = None, explanation: Path | None = None) -> tuple[str, int]:
+def render(run: Path, evaluation: Path | None = None, explanation: Path | None = None,
+           drift: Path | None = None) -> tuple[str, int]:
     """The page for a run folder, and how many images it embeds; its metrics from `evaluation` (an `evaluate --out`
-    folder; None: the run folder) and its explanation from `explanation` (None: RUN_DIR/explain)."""
+    folder; None: the run folder), its explanation from `explanation` (None: RUN_DIR/explain) and a drift check
+    from `drift` (a `drift --out` folder; None: RUN_DIR/drift.json if `drift --out RUN_DIR` wrote one)."""
     folder = artifacts.Folder(Path(run), "run")
     manifest = folder.manifest()
     evaluated = Path(evaluation) if evaluation is not None else folder.path
@@ -77,6 +79,9 @@ def render(run: Path, evaluation: Path | None = None, explanation: Path | None =
         training_html = _training_section(folder, manifest)
     with artifacts.damaged(explain / artifacts.IMPORTANCE, f"explain {run}"):
         explain_html = _explain_section(explain)
+    drift_file = (Path(drift) if drift is not None else folder.path) / artifacts.DRIFT
+    with artifacts.damaged(drift_file, f"drift {run} DATA --out {drift_file.parent}"):
+        drift_html = _drift_section(artifacts.read_json(drift_file) if drift_file.is_file() else None)
     parts = {
         "data": data_html,
         "config": config_html,
@@ -84,6 +89,7 @@ def render(run: Path, evaluation: Path | None = None, explanation: Path | None =
         "metrics": metrics_html,
         "plots": "".join(_img(p) for p in plots) or "<p>No plots (run evaluate with --plots).</p>",
         "explain": explain_html,
+        "drift": drift_html,
         "gates": gates_html,
         "manifest": f"<pre>{_e(json.dumps(manifest, indent=2, sort_keys=True))}</pre>",
     }
@@ -94,6 +100,19 @@ def render(run: Path, evaluation: Path | None = None, explanation: Path | None =
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1><nav>{nav}</nav>{body}</body></html>\n")
     importance_plot = explain / artifacts.IMPORTANCE_PLOT
     return page, len(plots) + int(curve.exists()) + int(importance_plot.is_file())
+
+
+def _drift_section(doc: dict[str, Any] | None) -> str:
+    """`bigmodel drift`'s verdicts: each column's PSI, Jensen-Shannon distance, missing rates, out-of-range share."""
+    if not doc:
+        return "<p>No drift check (bigmodel drift RUN_DIR DATA --out DIR, then report --drift DIR).</p>"
+    rows = [[_e(name), _e(c["kind"]), _num(c["psi"]), _num(c["js"]),
+             f"{c['missing']['reference']:.1%} &rarr; {c['missing']['data']:.1%}",
+             f"{c['out_of_range']:.1%}" if "out_of_range" in c else "",
+             f'<span class="fail">DRIFT: {_e("; ".join(c["why"]))}</span>' if c["drift"]
+             else '<span class="pass">ok</span>'] for name, c in doc["columns"].items()]
+    head = f"<p>{_e(doc['data'])}: {doc['rows']} rows, against the train split ({doc['reference_rows']} rows).</p>"
+    return head + _table(["column", "kind", "psi", "js", "missing", "out of range", "verdict"], rows)
 
 
 def _data_section(data: dict[str, Any] | None) -> str:
@@ -175,12 +194,13 @@ class ReportOptions:
     out: Path | None = None  # the HTML file; None: RUN_DIR/report.html
     evaluation: Path | None = None  # an `evaluate --out` folder; None: the run folder's metrics.json
     explanation: Path | None = None  # an `explain --out` folder; None: RUN_DIR/explain
+    drift: Path | None = None  # a `drift --out` folder; None: RUN_DIR (its drift.json, if any)
 
 
 def run(options: ReportOptions, on_event: Any = None) -> ReportResult:
     """One self-contained HTML page of the run."""
     run_dir = options.run
-    page, images = render(run_dir, options.evaluation, options.explanation)
+    page, images = render(run_dir, options.evaluation, options.explanation, options.drift)
     out = Path(options.out) if options.out else Path(run_dir) / artifacts.HTML_REPORT
     artifacts.write_text(out, page)
     return ReportResult(out, SECTIONS, images)

@@ -34,9 +34,9 @@ def run(tmp_path_factory) -> Path:
     return root / "run"
 
 
-def _drift(run: Path, df: pd.DataFrame, path: Path, code: int) -> dict:
+def _drift(run: Path, df: pd.DataFrame, path: Path, code: int, *args: object) -> dict:
     df.to_csv(path, index=False)
-    return json.loads(bm("drift", run, path, "--json", code=code).stdout)
+    return json.loads(bm("drift", run, path, "--json", *args, code=code).stdout)
 
 
 def test_fresh_samples_of_the_training_distribution_raise_no_alarm(run, tmp_path):
@@ -64,8 +64,13 @@ def test_planted_shifts_are_flagged_and_only_there(run, tmp_path):
     """A mean shift of one number, a new dominant category and a missing-rate jump: each flags its column alone,
     exit 1; the JSON names why."""
     shifted = sample(1000, 7).assign(x=lambda d: d["x"] + 1.0)
-    doc = _drift(run, shifted, tmp_path / "mean.csv", code=1)
+    doc = _drift(run, shifted, tmp_path / "mean.csv", 1, "--out", tmp_path / "check")
     assert doc["drifted"] == ["x"] and doc["columns"]["x"]["psi"] > 0.25, doc["columns"]["x"]
+    assert read_json(tmp_path / "check" / "drift.json") == doc  # (written before the exit 1, for report --drift)
+    bm("evaluate", run, "--no-plots")
+    bm("report", run, "--drift", tmp_path / "check", "--out", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert '<section id="drift">' in page and "DRIFT: psi" in page and "mean.csv" in page
 
     new_city = sample(1000, 8)
     new_city.loc[new_city.index[:600], "city"] = "harbour"

@@ -118,6 +118,8 @@ def drift(
     out_of_range: Annotated[float | None, typer.Option(
         "--out-of-range", min=0, max=1, help="... or more than this share of its numbers is outside the training "
         "range (default: drift.out_of_range, 0.05).", show_default=False)] = None,
+    out_loc: Annotated[str | None, out_option("Also write the result as OUT/drift.json (for report --drift, or a "
+                                              "pipeline stage).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare DATA with the train split RUN_DIR's model learned from, column by column (PSI, Jensen-Shannon
@@ -126,7 +128,7 @@ def drift(
         from .. import drift as stage
 
         result = stage.run(stage.DriftOptions(staged.read(run_loc), staged.read(data_loc), psi, missing,
-                                              out_of_range))
+                                              out_of_range, None if out_loc is None else staged.write(out_loc)))
 
         def human() -> None:
             doc = result.doc
@@ -137,6 +139,7 @@ def drift(
             out.print(table(f"{escape(doc['data'])} ({doc['rows']} rows) vs the train split ({doc['reference_rows']} "
                             f"rows)", ["column", "kind", "psi", "js", "missing", "out of range", "verdict"], rows))
 
+        staged.commit()
         render(result, as_json, human)
         if result.drifted:
             raise GateFailed(f"{len(result.drifted)} column(s) drifted: {', '.join(result.drifted)}")
@@ -241,11 +244,15 @@ def report(
     explanation: Annotated[Path | None, typer.Option(
         "--explanation", help="The explanation from this `explain --out` folder (default: RUN_DIR/explain).",
         show_default=False)] = None,
+    drift_dir: Annotated[Path | None, typer.Option(
+        "--drift", help="The drift check from this `drift --out` folder (default: RUN_DIR's drift.json, if any).",
+        show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One self-contained HTML page: data report, config, training, metrics, plots, gates, manifest."""
+    """One self-contained HTML page: data report, config, training, metrics, plots, explanation, drift, gates,
+    manifest."""
     with guard(ctx):
         from .. import report as stage
 
-        result = stage.run(stage.ReportOptions(run_dir, out_path, evaluation, explanation))
+        result = stage.run(stage.ReportOptions(run_dir, out_path, evaluation, explanation, drift_dir))
         render(result, as_json, lambda: out.print(f"wrote {escape(str(result.out))}", highlight=False))
