@@ -144,11 +144,10 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
     cfg = loaded.config.evaluate
     split = split or cfg.split
     frames, source = _source(loaded, data, split)
-    if on_event is None:
-        source.pop("local")
+    local = source.pop("local")  # (the file read; source names where it came from)
     s = loaded.schema
     labels, parts, rows = [], [], 0
-    count = RowCount(on_event, _total(frames, source.pop("local"))) if on_event else None
+    count = RowCount(on_event, _total(frames, local)) if on_event else None
     for df in frames:
         s.check_columns(df, source["source"], need_target=True)
         labels.append(s.labels(df, source["source"], rows))  # (errors name the row in the file, not the chunk)

@@ -183,6 +183,29 @@ def cached(url: str) -> Path | None:
     return download(url, dest)
 
 
+def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file under `folder` by its relative path: (size, mtime_ns)."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def upload_changes(local: Path, url: str, before: dict[str, tuple[int, int]]) -> None:
+    """Put back into the folder at `url` only the files of `local` that are new or changed since `before` (evaluate
+    writing metrics.json into a run: not the model again), each uploaded aside and copied into place."""
+    fs, path = filesystem(url)
+    path = path.rstrip("/")
+    with _errors(url):
+        for rel, stamp in sorted(_stamps(local).items(), key=lambda kv: (kv[0].endswith(MANIFEST), kv[0])):
+            if before.get(rel) != stamp:
+                aside = f"{path}/.{rel.replace('/', '_')}.tmp-{secrets.token_hex(4)}"
+                try:
+                    fs.put_file(str(local / rel), aside)
+                    fs.copy(aside, f"{path}/{rel}")
+                finally:
+                    with contextlib.suppress(Exception):
+                        fs.rm_file(aside)
+
+
 def upload(local: Path, url: str) -> None:
     """Put a finished local file or folder at `url`: uploaded aside, then copied into place object by object
     (a folder's manifest.json last, its old one deleted first; objects the new folder no longer has removed)."""
@@ -229,6 +252,7 @@ class Staging(contextlib.ExitStack):
         self._complete = complete
         self._tmp: Path | None = None
         self._uploads: list[tuple[Path, str]] = []
+        self._updates: list[tuple[Path, str, dict[str, tuple[int, int]]]] = []
 
     def _dir(self) -> Path:
         if self._tmp is None:
@@ -260,7 +284,7 @@ class Staging(contextlib.ExitStack):
         """A folder read now and, being written into, uploaded again when the block ends."""
         local = self.read(location)
         if is_url(location):
-            self._uploads.append((local, str(location)))
+            self._updates.append((local, str(location), _stamps(local)))
         return local
 
     def write(self, location: str | Path) -> Path:
@@ -281,6 +305,9 @@ class Staging(contextlib.ExitStack):
         for local, url in uploads:
             if local.exists():
                 upload(local, url)
+        updates, self._updates = self._updates, []
+        for local, url, before in updates:
+            upload_changes(local, url, before)
 
     def __exit__(self, kind: Any, e: Any, tb: Any) -> bool:
         try:

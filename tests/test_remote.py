@@ -113,10 +113,15 @@ def test_the_lifecycle_reads_and_writes_s3(aws, tmp_path):
     run = json.loads(fs.cat("data/run/manifest.json"))
     assert run["prep_dir"] == "s3://data/prep" and {"model.keras", "model.onnx", "history.csv"} <= _keys(fs, "data/run")
 
-    # no --out: the run's metrics go back into the run (its prep's test split read from S3 by the run's manifest)
+    # no --out: the run's metrics go back into the run (its prep's test split read from S3 by the run's manifest),
+    # and only what evaluate wrote: the model is not uploaded again
+    model_written = fs.info("data/run/model.keras")["LastModified"]
+    time.sleep(1.1)  # (S3's LastModified counts seconds)
     ev = json.loads(bm("evaluate", "s3://data/run", "--json").stdout)
     assert ev["data"]["source"] == "s3://data/prep/test.parquet" and ev["data"]["split"] == "test"
+    fs.invalidate_cache()
     assert json.loads(fs.cat("data/run/metrics.json"))["metrics"] == ev["metrics"]
+    assert fs.info("data/run/model.keras")["LastModified"] == model_written and fs.exists("data/run/eval/roc.png")
 
     bm("predict", "s3://data/run", "s3://data/in/penguins.csv", "--out", "s3://data/out/predictions.csv")
     predictions = pd.read_csv(io.BytesIO(fs.cat("data/out/predictions.csv")))
