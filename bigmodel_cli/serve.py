@@ -152,7 +152,8 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
         while found and not server.should_exit:  # a versioned base: load each newer version aside, then swap
             time.sleep(s.poll_seconds)
             try:
-                newer = [str(v) for v in artifacts.version_folders(o.folder) if v > int(first) and str(v) not in tried]
+                serving = int(state.served.version) if state.served is not None else int(first)
+                newer = [str(v) for v in artifacts.version_folders(o.folder) if v > serving and str(v) not in tried]
             except OSError:
                 continue
             if newer:

@@ -225,9 +225,10 @@ def test_metrics_show_drift_of_the_rows_served(server):
 
 
 def test_a_new_version_is_swapped_in_under_load_without_a_failed_request(penguins_run, penguins_prep, tmp_path):
-    """A base of versions (NAME/1: a run; then NAME/2 appears, whole, by a rename) served on onnxruntime: requests
-    keep coming while version 2 is loaded aside and swapped in; none fails, the answers switch from 1's to 2's; a
-    broken version 3 is reported in the model status and 2 goes on serving."""
+    """A base of versions (NAME/1: a run; then NAME/3 appears, whole, by a rename) served on onnxruntime: requests
+    keep coming while version 3 is loaded aside and swapped in; none fails, the answers switch from 1's to 3's; a
+    broken version 4 is reported in the model status and 3 goes on serving; a version 2 that turns up late (older
+    than the one serving) is not loaded."""
     import threading
 
     base = tmp_path / "penguins"
@@ -264,8 +265,8 @@ def test_a_new_version_is_swapped_in_under_load_without_a_failed_request(penguin
     try:
         time.sleep(0.5)
         shutil.copytree(other, tmp_path / ".incoming")
-        (tmp_path / ".incoming").rename(base / "2")  # (a version appears whole, as export --version writes it)
-        got = wait_for("2", "AVAILABLE")
+        (tmp_path / ".incoming").rename(base / "3")  # (a version appears whole, as export --version writes it)
+        got = wait_for("3", "AVAILABLE")
         assert got["1"]["state"] == "END"
         time.sleep(0.5)
     finally:
@@ -275,19 +276,23 @@ def test_a_new_version_is_swapped_in_under_load_without_a_failed_request(penguin
     assert np.allclose(answers[0][1], first, atol=1e-5) and np.allclose(answers[-1][1], second, atol=1e-5)
     switched = [i for i, (_, p) in enumerate(answers) if np.allclose(p, second, atol=1e-5)]
     assert switched == list(range(switched[0], len(answers))), "answers went back to version 1"
-    assert httpx.post(f"{s.url}/v1/models/model/versions/2:predict", json=body).status_code == 200
+    assert httpx.post(f"{s.url}/v1/models/model/versions/3:predict", json=body).status_code == 200
     assert httpx.post(f"{s.url}/v1/models/model/versions/1:predict", json=body).status_code == 404  # unloaded
 
     broken = tmp_path / ".broken"
     shutil.copytree(other, broken)
     (broken / "model.onnx").write_bytes(b"not a model")
-    broken.rename(base / "3")
-    got = wait_for("3", "END")
-    assert got["3"]["status"]["error_message"] and got["2"]["state"] == "AVAILABLE"
+    broken.rename(base / "4")
+    got = wait_for("4", "END")
+    assert got["4"]["status"]["error_message"] and got["3"]["state"] == "AVAILABLE"
+    shutil.copytree(penguins_run, tmp_path / ".late")
+    (tmp_path / ".late").rename(base / "2")
+    time.sleep(1.5)  # (polled every 0.2 s)
+    assert "2" not in status() and status()["3"]["state"] == "AVAILABLE"
     r = httpx.post(url, json=body)
     assert r.status_code == 200 and np.allclose(r.json()["predictions"], second, atol=1e-5)
     code, stderr = s.stop()
-    assert code == 0 and "version 2 serving" in stderr and "version 3 failed" in stderr, stderr
+    assert code == 0 and "version 3 serving" in stderr and "version 4 failed" in stderr, stderr
 
 
 def test_unknown_model_bad_json_and_large_bodies(server):

@@ -209,7 +209,7 @@ class _Api:
         if request.method == "GET":
             if verb:
                 return _error(f"unknown method :{verb}; POST :predict", 404)
-            shown = sorted(state.status.items(), key=lambda kv: -int(kv[0]) if kv[0].isdigit() else 0)
+            shown = sorted(dict(state.status).items(), key=lambda kv: -int(kv[0]) if kv[0].isdigit() else 0)
             return JSONResponse({"model_version_status": [{
                 "version": v, "state": st, "status": {"error_code": "UNKNOWN" if why else "OK", "error_message": why}}
                 for v, (st, why) in shown if not version or v == version]})
