@@ -263,6 +263,16 @@ class ServeConfig(_Section):
     max_queue: int = Field(60, ge=0)  # predict requests waiting beyond those; more get 503
     client_timeout: float = Field(10.0, ge=0.1)  # seconds for a request's headers, and again for its body
     poll_seconds: float = Field(2.0, gt=0)  # a versioned base (NAME/1, NAME/2, ...): how often to look for a new one
+    # a versioned base: which versions stay loaded: latest, latest:N (the N newest), all, or a list such as 1,3
+    versions: str = "latest"
+    labels: dict[str, int] = Field(default_factory=dict)  # /v1/models/NAME/labels/LABEL -> a version: {stable: 3}
+
+    @field_validator("versions")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        from .serving.versions import parse
+
+        return str(parse(v))
 
 
 class TrackingConfig(_Section):

@@ -27,6 +27,7 @@ from .config import Config
 from .errors import ConfigError, DataError
 from .serving.http import VERSION, Limits, State, app
 from .serving.models import RUNTIMES, check, load
+from .serving.versions import parse
 from .serving.window import open_window
 
 __all__ = ["RUNTIMES", "Limits", "ServeOptions", "ServeResult", "run"]
@@ -107,14 +108,21 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
                           f"'Authorization: Bearer TOKEN'), or --insecure-no-auth to serve without authentication")
     if o.tls is not None:
         _check_tls(o.tls)
-    # a TF Serving base (NAME/1, NAME/2, ...): the newest is served, and newer ones are picked up
+    # a TF Serving base (NAME/1, NAME/2, ...): the versions its policy picks are served, and new ones picked up
     found = artifacts.version_folders(o.folder)
+    policy = parse(s.versions)
+    if not found and (str(policy) != "latest" or s.labels):
+        raise ConfigError(f"{o.folder}: serve.versions and serve.labels need a base of versions (NAME/1, NAME/2, "
+                          f"...: bigmodel export RUN --out NAME --version next)")
+    picked = policy.pick(found)
+    if found and not picked:
+        raise ConfigError(f"{o.folder}: serve.versions {policy} picks none of its versions "
+                          f"({', '.join(map(str, found))})")
 
     def folder_of(version: str) -> Path:
         return Path(o.folder) / version if found else Path(o.folder)
 
-    first = str(found[-1]) if found else VERSION
-    check(folder_of(first), s.runtime)
+    check(folder_of(str(picked[-1]) if found else VERSION), s.runtime)
     url = o.url
     sock = _bind(s.host, s.port, url)
     d = o.config.drift
@@ -126,7 +134,7 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
         model = load(folder, s.runtime, o.unsafe)
         return model, open_window(folder, model.schema, limits)
 
-    state = State(s.model_name, token, o.limits, loader, first=first)
+    state = State(s.model_name, token, o.limits, loader, labels={k: str(v) for k, v in s.labels.items()})
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for results; uvicorn logs access there
     tls = o.tls
@@ -142,25 +150,25 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
             time.sleep(0.01)
         if on_event is not None:
             on_event("listening", url)
-        state.load()
-        if state.error is not None:
+        for version, ok in state.follow(policy.pick, found) if found else [(VERSION, state.load())]:
+            if on_event is not None and found:
+                on_event("version", f"{version} {'serving' if ok else 'failed: ' + state.status[version][1]}")
+        if not state.loaded:
             server.should_exit = True  # a model that cannot load: stop, and say why
             return
         if on_event is not None:
             on_event("ready", f"{url}/v1/models/{s.model_name}:predict")
-        tried = {first}
-        while found and not server.should_exit:  # a versioned base: load each newer version aside, then swap
+        while found and not server.should_exit:  # a versioned base: load new versions aside, then swap
             time.sleep(s.poll_seconds)
             try:
-                serving = int(state.served.version) if state.served is not None else int(first)
-                newer = [str(v) for v in artifacts.version_folders(o.folder) if v > serving and str(v) not in tried]
+                present = artifacts.version_folders(o.folder)
             except OSError:
                 continue
-            if newer:
-                tried.add(newer[-1])
-                ok = state.load(newer[-1])
+            if not present:  # (the base is gone or being rewritten: keep what is serving)
+                continue
+            for version, ok in state.follow(policy.pick, present):
                 if on_event is not None:
-                    on_event("version", f"{newer[-1]} {'serving' if ok else 'failed: ' + state.status[newer[-1]][1]}")
+                    on_event("version", f"{version} {'serving' if ok else 'failed: ' + state.status[version][1]}")
 
     threading.Thread(target=start_loading, daemon=True).start()
     try:

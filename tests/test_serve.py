@@ -295,6 +295,74 @@ def test_a_new_version_is_swapped_in_under_load_without_a_failed_request(penguin
     assert code == 0 and "version 3 serving" in stderr and "version 4 failed" in stderr, stderr
 
 
+def test_version_policies_and_labels(penguins_run, tmp_path):
+    """TF Serving's version policies: `latest:2` keeps the two newest loaded (a new version 4 loads, 2 is unloaded;
+    removing 4 rolls back to 2 and 3), a request pins one by /versions/N or /labels/LABEL, the answering version is
+    counted in /metrics; `1,3` serves exactly those; a bad policy or label is exit 2 naming it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = tmp_path / "base"
+    for v in (1, 2, 3):
+        shutil.copytree(penguins_run, base / str(v))
+    s = Server(base, "--runtime", "onnx", "--versions", "latest:2", "--label", "stable=3", "--label", "canary=4",
+               "--label", "old=1", "--set", "serve.poll_seconds=0.2")
+    body = {"instances": as_instances(rows(3))}
+
+    def states() -> dict[str, str]:
+        return {v["version"]: v["state"] for v in httpx.get(f"{s.url}/v1/models/model").json()["model_version_status"]}
+
+    def wait_for(expected: dict[str, str]) -> None:
+        end = time.monotonic() + 60
+        while {v: st for v, st in states().items() if v in expected} != expected:
+            assert time.monotonic() < end, states()
+            time.sleep(0.1)
+
+    def answered_by() -> dict[str, float]:
+        page = httpx.get(f"{s.url}/metrics").text
+        return {x.labels["version"]: x.value for f in text_string_to_metric_families(page) if f.name ==
+                "bigmodel_requests" for x in f.samples if x.name == "bigmodel_requests_total"}
+
+    def predict(path: str) -> httpx.Response:
+        return httpx.post(f"{s.url}/v1/models/model{path}:predict", json=body)
+
+    try:
+        assert states() == {"3": "AVAILABLE", "2": "AVAILABLE"}  # the two newest; 1 never loaded
+        assert [predict(p).status_code for p in ("", "/versions/2", "/versions/3", "/labels/stable")] == [200] * 4
+        assert answered_by() == {"3": 3.0, "2": 1.0}  # (no version: the newest)
+        r = predict("/versions/1")
+        assert r.status_code == 404 and "Specific(model, 1)" in r.json()["error"]
+        r = predict("/labels/old")
+        assert r.status_code == 404 and "label old is version 1" in r.json()["error"], r.text
+        r = predict("/labels/nope")
+        assert r.status_code == 404 and "Unrecognized servable version label: nope" in r.json()["error"]
+        shutil.copytree(penguins_run, tmp_path / ".v4")
+        (tmp_path / ".v4").rename(base / "4")
+        wait_for({"4": "AVAILABLE", "3": "AVAILABLE", "2": "END"})
+        assert predict("/labels/canary").status_code == 200 and predict("/versions/2").status_code == 404
+        assert answered_by()["4"] == 1.0
+        shutil.rmtree(base / "4")  # a rollback, as TF Serving does it: the version's folder removed
+        wait_for({"4": "END", "3": "AVAILABLE", "2": "AVAILABLE"})
+        assert predict("").status_code == 200 and answered_by()["3"] == 4.0
+    finally:
+        code, stderr = s.stop()
+    assert code == 0 and "version 4 serving" in stderr, stderr
+
+    s = Server(base, "--runtime", "onnx", "--set", "serve.versions=1,3")
+    try:
+        assert states() == {"3": "AVAILABLE", "1": "AVAILABLE"}
+        assert predict("/versions/1").status_code == 200 and predict("/versions/2").status_code == 404
+    finally:
+        s.stop()
+    for args, named in ((["--versions", "newest"], "serve.versions"), (["--label", "stable"], "--label"),
+                        (["--versions", "7,8"], "picks none of its versions (1, 2, 3)")):
+        r = subprocess.run([sys.executable, "-m", "bigmodel_cli", "serve", str(base), *args], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "bigmodel_cli", "serve", str(penguins_run), "--versions", "latest:2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "need a base of versions" in r.stderr, r.stderr
+
+
 def test_unknown_model_bad_json_and_large_bodies(server):
     r = httpx.post(f"{server.url}/v1/models/other:predict", json={"instances": []})
     assert r.status_code == 404 and "other" in r.json()["error"]
@@ -416,7 +484,7 @@ def test_a_model_failure_is_a_500_and_serving_goes_on(penguins_run):
 
     limits = http.Limits(max_body=2**20, max_concurrency=4, max_queue=60, client_timeout=10)
     state = http.State("model", None, limits, lambda version: None)
-    state.served = http.Served("1", models.Model(Schema.load(penguins_run), flaky))
+    state.loaded = {"1": http.Served("1", models.Model(Schema.load(penguins_run), flaky))}
     client = TestClient(http.app(state))
     body = {"instances": as_instances(rows(3))}
     r = client.post("/v1/models/model:predict", json=body)

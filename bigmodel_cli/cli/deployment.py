@@ -143,6 +143,12 @@ def serve(
     client_timeout: Annotated[float | None, typer.Option(
         help="Seconds a client has to send a request's headers, and again its body (slower: closed, or 408) "
              "[default: serve.client_timeout, 10].", min=0.1, show_default=False)] = None,
+    versions: Annotated[str | None, typer.Option(
+        help="A base of versions: which stay loaded: latest, latest:N (the N newest), all, or a list such as 1,3 "
+             "(TF Serving's version policies) [default: serve.versions, latest].", show_default=False)] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        help="LABEL=VERSION: /v1/models/NAME/labels/LABEL:predict answers with that version (repeat for more; "
+             "serve.labels).", show_default=False)] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     unsafe: UnsafeOpt = False,
@@ -162,6 +168,13 @@ def serve(
         given = {"host": host, "port": port, "model_name": model_name, "runtime": value(runtime),
                  "max_body_mb": max_body_mb, "max_concurrency": max_concurrency, "max_queue": max_queue,
                  "client_timeout": client_timeout}
+        if versions is not None:
+            given["versions"] = versions
+        for text in label or []:
+            name, eq, number = text.partition("=")
+            if not eq or not name.strip() or not number.strip().isdigit():
+                raise BigModelError(f"--label {text!r}: expected LABEL=VERSION, e.g. --label stable=3")
+            given[f"labels.{name.strip()}"] = int(number)
         cfg = resolve(config, sets, fixed={f"serve.{k}": v for k, v in given.items()})
         s = cfg.serve
 

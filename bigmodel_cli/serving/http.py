@@ -96,13 +96,16 @@ class Served:
 
 @dataclass
 class State:
+    """What the server holds: the versions loaded (a dict replaced whole on every change, so a request that read it
+    once is never split by a swap), every version's status, the labels, the counters."""
+
     name: str
     token: str | None
     limits: Limits
     loader: Any  # (version) -> (Model, window or None)
-    first: str = VERSION  # the version loaded first
-    served: Served | None = None
-    error: str | None = None  # the first version's load failed: why
+    labels: dict[str, str] = field(default_factory=dict)  # label -> version (serve.labels)
+    loaded: dict[str, Served] = field(default_factory=dict)  # version -> Served
+    error: str | None = None  # nothing could be loaded: why
     status: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (LOADING|AVAILABLE|END, error)
     answered: int = 0
     admitted: int = 0  # predict requests between admission and answer (reading, waiting or computing)
@@ -112,17 +115,21 @@ class State:
     metrics: Metrics | None = None
 
     def __post_init__(self) -> None:
-        self.status[self.first] = ("LOADING", "")
-        self.metrics = _metrics(self.name, lambda: self.admitted, lambda: self.served)
+        self.metrics = _metrics(self.name, lambda: self.admitted, lambda: list(self.loaded.values()))
+
+    @property
+    def served(self) -> Served | None:
+        """The newest version loaded: what a request without a version gets."""
+        return newest(self.loaded)
 
     @property
     def model(self) -> Model | None:
-        return self.served.model if self.served is not None else None
+        served = self.served
+        return served.model if served is not None else None
 
-    def load(self, version: str | None = None) -> bool:
-        """Load and warm up a version aside, then swap it in (requests in flight finish on the old one); a version
-        that fails is reported in its status and the one serving goes on."""
-        version = version or self.first
+    def load(self, version: str = VERSION) -> bool:
+        """Load and warm up a version aside, then add it to those serving (requests in flight finish on the version
+        they took); a version that fails is reported in its status and the ones serving go on."""
         self.status[version] = ("LOADING", "")
         t0 = time.perf_counter()
         try:
@@ -132,19 +139,46 @@ class State:
             model.predict(warm)  # traces the graph / allocates the runtime before the first request
         except Exception as e:  # noqa: BLE001  (reported by /readyz and the model status; the process stays up)
             self.status[version] = ("END", one_line(e))
-            if self.served is None:
+            if not self.loaded:
                 self.error = one_line(e)
             return False
-        old, self.served = self.served, Served(version, model, window)
-        self.status[version] = ("AVAILABLE", "")
-        if old is not None:
-            self.status[old.version] = ("END", "")  # unloaded, as TF Serving reports a version it no longer serves
+        self.loaded = {**self.loaded, version: Served(version, model, window)}
+        self.status[version], self.error = ("AVAILABLE", ""), None
         if self.metrics is not None:
             self.metrics.load_seconds.labels(self.name, version).set(time.perf_counter() - t0)
             self.metrics.ready.labels(self.name, version).set(1)
-            if old is not None:
-                self.metrics.ready.labels(self.name, old.version).set(0)
         return True
+
+    def unload(self, version: str) -> None:
+        """Stop serving a version (requests that already took it finish on it); END, as TF Serving reports it."""
+        self.loaded = {v: s for v, s in self.loaded.items() if v != version}
+        self.status[version] = ("END", "")
+        if self.metrics is not None:
+            self.metrics.ready.labels(self.name, version).set(0)
+
+    def follow(self, wanted: Any, present: list[int]) -> list[tuple[str, bool]]:
+        """Make the loaded versions those `wanted(present)` picks (versions.Policy.pick), newest first; a version
+        that failed to load is not tried again and is left out of the pick, so the ones serving stay. A version
+        serving is unloaded only once its successors are loaded. Returns (version, loaded?) for each load tried."""
+        tried: list[tuple[str, bool]] = []
+        failed = {v for v, (st, why) in self.status.items() if st == "END" and why}
+        while True:
+            pick = [str(v) for v in wanted([v for v in present if str(v) not in failed])]
+            todo = [v for v in reversed(pick) if v not in self.loaded]
+            if not todo:
+                break
+            ok = self.load(todo[0])
+            tried.append((todo[0], ok))
+            if not ok:
+                failed.add(todo[0])
+        for v in list(self.loaded):
+            if v not in pick and pick:
+                self.unload(v)
+        return tried
+
+
+def newest(loaded: dict[str, Served]) -> Served | None:
+    return loaded[max(loaded, key=lambda v: int(v) if v.isdigit() else 0)] if loaded else None
 
 
 def app(state: State) -> Any:
@@ -197,13 +231,20 @@ class _Api:
         return Response(body, media_type=media_type)
 
     async def models(self, request: Any) -> Any:
+        """/v1/models/NAME[/versions/N | /labels/LABEL][:predict]: a version's status (GET) or a prediction."""
         from starlette.responses import JSONResponse
 
         state = self.state
         name, _, verb = request.path_params["rest"].partition(":")
         name, _, version = name.partition("/versions/")
-        served = state.served  # (taken once: a swap to a new version does not split this request)
-        if name != state.name or "/" in name or (version and version not in state.status):
+        name, _, label = name.partition("/labels/")
+        loaded = state.loaded  # (read once: a swap does not split this request)
+        if label and name == state.name:
+            if label not in state.labels:
+                return _error(f"Unrecognized servable version label: {label} (serve.labels has "
+                              f"{', '.join(sorted(state.labels)) or 'none'})", 404)
+            version = state.labels[label]
+        if name != state.name or "/" in name or (version and version not in state.status and not label):
             return _error(f"Servable not found for request: {'Specific' if version else 'Latest'}({name}"
                           f"{', ' + version if version else ''})", 404)
         if request.method == "GET":
@@ -215,9 +256,11 @@ class _Api:
                 for v, (st, why) in shown if not version or v == version]})
         if verb != "predict":
             return _error(f"unknown method :{verb}; this server answers :predict", 404)
-        if version and served is not None and version != served.version:  # known, but not (or no longer) loaded
-            return _error(f"Servable not found for request: Specific({name}, {version}); version "
-                          f"{served.version} is serving", 404)
+        served = loaded.get(version) if version else newest(loaded)
+        if version and loaded and served is None:  # known, but not (or no longer) loaded
+            which = f"label {label} is version {version}, which" if label else f"version {version}"
+            return _error(f"Servable not found for request: Specific({name}, {version}); {which} is not loaded "
+                          f"(serving: {', '.join(sorted(loaded, key=int))})", 404)
         return await self.admit(request, served)
 
     async def admit(self, request: Any, served: Served | None) -> Any:

@@ -60,33 +60,34 @@ def open_window(folder: Path, schema: Schema, limits: dict[str, float]) -> Windo
 
 
 class Collector:
-    """The serving version's drift window as Prometheus gauges, computed when /metrics is scraped."""
+    """The drift windows of the versions serving as Prometheus gauges, computed when /metrics is scraped."""
 
     def __init__(self, served: Any, name: str) -> None:
-        self.served, self.name = served, name  # served: () -> http.Served or None
+        self.served, self.name = served, name  # served: () -> [http.Served]
 
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
-        served = self.served()
-        if served is None or served.window is None:
-            return
-        rows, columns = served.window.compared()
-        names, values = ["model", "version"], [self.name, served.version]
         size = GaugeMetricFamily("bigmodel_drift_window_rows", f"Rows in the drift window (the last {WINDOW_ROWS} "
-                                 "predicted)", labels=names)
-        size.add_metric(values, rows)
-        yield size
+                                 "predicted)", labels=["model", "version"])
         families = {
             "psi": GaugeMetricFamily("bigmodel_drift_psi", "Population stability index of the window against the "
-                                     "train split, by column", labels=[*names, "column"]),
+                                     "train split, by column", labels=["model", "version", "column"]),
             "missing": GaugeMetricFamily("bigmodel_drift_missing_rate", "Missing rate in the window, by column",
-                                         labels=[*names, "column"]),
+                                         labels=["model", "version", "column"]),
             "alarm": GaugeMetricFamily("bigmodel_drift_alarm", f"1 when the column drifted by the drift thresholds "
-                                       f"(on at least {MIN_ROWS} rows)", labels=[*names, "column"]),
+                                       f"(on at least {MIN_ROWS} rows)", labels=["model", "version", "column"]),
         }
-        for name, c in columns.items():
-            families["psi"].add_metric([*values, name], c["psi"])
-            families["missing"].add_metric([*values, name], c["missing"]["data"])
-            families["alarm"].add_metric([*values, name], c["alarm"])
+        windows = [s for s in self.served() if s.window is not None]
+        if not windows:
+            return
+        for served in windows:
+            rows, columns = served.window.compared()
+            values = [self.name, served.version]
+            size.add_metric(values, rows)
+            for name, c in columns.items():
+                families["psi"].add_metric([*values, name], c["psi"])
+                families["missing"].add_metric([*values, name], c["missing"]["data"])
+                families["alarm"].add_metric([*values, name], c["alarm"])
+        yield size
         yield from families.values()
