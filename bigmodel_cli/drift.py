@@ -14,23 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from . import artifacts, reference
-from .errors import DataError
-from .reference import values
-from .schema import Schema, as_str
+from .schema import Schema
 
 
-def compare(ref: dict[str, Any], df: pd.DataFrame, schema: Schema, source: str) -> dict[str, dict[str, Any]]:
-    """Per reference column of a data file: psi, js, missing (reference and data), out_of_range (numbers)."""
-    kinds = {f.name: f for f in schema.features}
-    missing_columns = [name for name in ref["columns"] if name not in df.columns]
-    if missing_columns:
-        raise DataError(f"{source}: missing column(s) the model was trained on: {', '.join(missing_columns)}")
-    return {name: reference.compare_column(r, values(df, kinds[name], source) if r["kind"] == "number"
-                                           else as_str(df[name]))
-            for name, r in ref["columns"].items() if name in kinds}
+def thresholds(t: Any, psi: float | None = None, missing: float | None = None,
+               out_of_range: float | None = None) -> dict[str, float]:
+    """The thresholds: the config's drift section `t`, with what the command line gave over it."""
+    return {"psi": t.psi if psi is None else psi, "missing": t.missing if missing is None else missing,
+            "out_of_range": t.out_of_range if out_of_range is None else out_of_range}
+
+
+def tally(run: Path, schema: Schema, cfg: Any) -> reference.Tally:
+    """An empty count of the run's reference columns, for `drift`, and `evaluate` / `predict --drift`, to add rows
+    to as they read them (chunk by chunk where they stream)."""
+    from .folders import load_run_reference
+
+    return reference.Tally(load_run_reference(Path(run), schema, cfg.drift.bins), schema)
 
 
 @dataclass(frozen=True)
@@ -62,25 +62,15 @@ def run(options: DriftOptions, on_event: Any = None) -> DriftResult:
     from . import remote
     from .config import load_config
     from .data import read_table
-    from .folders import load_run_reference
 
     folder = artifacts.Folder(Path(options.run), "run")
     folder.manifest()
     schema = Schema.load(folder.path)
     cfg = load_config(folder / artifacts.CONFIG)
-    ref = load_run_reference(folder.path, schema, cfg.drift.bins)
-    t = cfg.drift
-    limits = {"psi": t.psi if options.psi is None else options.psi,
-              "missing": t.missing if options.missing is None else options.missing,
-              "out_of_range": t.out_of_range if options.out_of_range is None else options.out_of_range}
-    df = read_table(Path(options.data), cfg.data)
-    columns = compare(ref, df, schema, str(options.data))
-    for c in columns.values():
-        c["why"] = reference.why(c, limits)
-        c["drift"] = bool(c["why"])
-    doc = {"run": str(folder.path), "data": remote.name_of(options.data), "rows": len(df),
-           "reference_rows": ref["rows"], "thresholds": limits, "columns": columns,
-           "drifted": [name for name, c in columns.items() if c["drift"]]}
+    counts = tally(folder.path, schema, cfg)
+    counts.add(read_table(Path(options.data), cfg.data), str(options.data))
+    doc = {"run": str(folder.path), "data": remote.name_of(options.data),
+           **counts.result(thresholds(cfg.drift, options.psi, options.missing, options.out_of_range))}
     if options.out is not None:
         artifacts.write_json(Path(options.out) / artifacts.DRIFT, doc)
     return DriftResult(doc)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import artifacts, remote
+from . import artifacts, drift, remote
 from .data import is_parquet, read_table, streams
 from .errors import DataError
 from .folders import LoadedRun, Predictions, RowCount, load_run, merge, open_prep, parquet_rows, where
@@ -29,6 +29,10 @@ class EvaluateResult:
     @property
     def failed_gates(self) -> list[dict[str, Any]]:
         return [g for g in self.doc["gates"] if not g["passed"]]
+
+    @property
+    def drifted(self) -> list[str]:
+        return self.doc["drift"]["drifted"] if "drift" in self.doc else []
 
     def to_dict(self) -> dict[str, Any]:
         return self.doc
@@ -127,6 +131,7 @@ class EvaluateOptions:
     plots: bool | None = None
     unsafe: bool = False  # load a model with code in it
     out: Path | None = None  # where metrics.json and eval/ go; None: the run folder (a pipeline gives its own)
+    drift: bool = False  # also compare the rows with the train split (a "drift" section, as `bigmodel drift`)
 
 
 def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
@@ -148,10 +153,13 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
     s = loaded.schema
     labels, parts, rows = [], [], 0
     count = RowCount(on_event, _total(frames, local)) if on_event else None
+    counts = drift.tally(loaded.path, s, loaded.config) if options.drift else None
     for df in frames:
         s.check_columns(df, source["source"], need_target=True)
         labels.append(s.labels(df, source["source"], rows))  # (errors name the row in the file, not the chunk)
         parts.append(loaded.predict_rows(df, source["source"], rows, count))
+        if counts is not None:
+            counts.add(df, source["source"])
         rows += len(df)
     y, preds = np.concatenate(labels), merge(parts)
     body = classification_metrics(y, preds, s.classes) if s.is_classification else regression_metrics(y, preds)
@@ -162,6 +170,8 @@ def run(options: EvaluateOptions, on_event: Any = None) -> EvaluateResult:
         "unseen_categories": preds.unseen_categories, "ignored_columns": preds.ignored_columns,
         "gates": [v.to_dict() for v in verdicts], "engine": loaded.engine,
     }
+    if counts is not None:
+        doc["drift"] = counts.result(drift.thresholds(loaded.config.drift))
     if loaded.why_tensorflow:
         doc["why_tensorflow"] = loaded.why_tensorflow
     if s.task == "binary":

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import artifacts
+from . import artifacts, drift
 from .data import is_parquet, read_table, streams, write_table
 from .errors import DataError
 from .folders import LoadedRun, Predictions, RowCount, load_run, merge, parquet_rows
@@ -38,10 +38,16 @@ class PredictResult:
     ignored_columns: list[str]
     engine: str = "tensorflow"  # or "onnxruntime" (the run's portable graph)
     why_tensorflow: str | None = None  # why the run's portable graph could not be used
+    drift: dict[str, Any] | None = None  # with --drift: the rows compared with the train split (as `bigmodel drift`)
+
+    @property
+    def drifted(self) -> list[str]:
+        return self.drift["drifted"] if self.drift else []
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "rows": self.rows, "unseen_categories": self.unseen_categories,
-                "ignored_columns": self.ignored_columns, "engine": self.engine, "why_tensorflow": self.why_tensorflow}
+                "ignored_columns": self.ignored_columns, "engine": self.engine, "why_tensorflow": self.why_tensorflow,
+                **({"drift": self.drift} if self.drift is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class PredictOptions:
     data: Path  # the rows to predict (CSV or Parquet)
     out: Path  # the predictions file (CSV or Parquet, by its suffix)
     unsafe: bool = False  # load a model with code in it
+    drift: bool = False  # also compare the rows with the train split
 
 
 def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
@@ -63,16 +70,24 @@ def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
     # the id columns of a CSV as written: the same in every chunk as read whole ('x9' late in a column of
     # numbers cannot change a streamed Parquet output's column type), and '007' stays '007'
     ids = tuple(loaded.schema.id_columns)
+    counts = drift.tally(loaded.path, loaded.schema, loaded.config) if options.drift else None
+
+    def compared() -> dict[str, Any] | None:
+        return None if counts is None else counts.result(drift.thresholds(loaded.config.drift))
+
     if not streams(data, loaded.config.data):
         df = read_table(data, loaded.config.data, text=ids)
         preds = loaded.predict_rows(df, str(data), on_rows=RowCount(on_event, len(df)) if on_event else None)
+        if counts is not None:
+            counts.add(df, str(data))
         table = frame(loaded, df, preds)
         try:
             with artifacts.atomic_path(Path(out)) as tmp:
                 write_table(table, tmp)
         except OSError as e:
             raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
-        return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns, engine, why)
+        return PredictResult(Path(out), len(table), preds.unseen_categories, preds.ignored_columns, engine, why,
+                             compared())
     # data.streaming: chunk by chunk, appended to the output
     from .data import read_chunks
 
@@ -83,6 +98,8 @@ def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
             writer = None
             for df in read_chunks(data, loaded.config.data, loaded.config.data.chunk_rows, text=ids):
                 preds = loaded.predict_rows(df, str(data), rows, count)  # (errors name the file's row)
+                if counts is not None:
+                    counts.add(df, str(data))
                 table = frame(loaded, df, preds)
                 if is_parquet(Path(out)):
                     import pyarrow as pa
@@ -101,7 +118,8 @@ def run(options: PredictOptions, on_event: Any = None) -> PredictResult:
     except OSError as e:
         raise DataError(f"{out}: cannot write: {e.strerror or e}") from None
     summary = merge(parts)
-    return PredictResult(Path(out), rows, summary.unseen_categories, summary.ignored_columns, engine, why)
+    return PredictResult(Path(out), rows, summary.unseen_categories, summary.ignored_columns, engine, why,
+                         compared())
 
 
 def _as_first(table: pd.DataFrame, schema: Any, data: Path, first_row: int) -> Any:

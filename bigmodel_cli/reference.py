@@ -71,34 +71,87 @@ def _js(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sqrt(max(0.0, (kl(expected) + kl(actual)) / 2)))
 
 
-def compare_column(r: dict[str, Any], data: Any) -> dict[str, Any]:
-    """One column of a sample against its reference statistics `r`: psi, js, missing (reference and sample) and,
-    for a number, out_of_range; for a category, up to five values the train split did not have. `data`: a number's
-    float values (NaN missing), or a category's stripped strings ('' missing)."""
+def count(r: dict[str, Any], data: Any) -> dict[str, Any]:
+    """What comparing one column needs, as counts that add up over the chunks of a file: rows, values present,
+    per bin or category (the last: the others), numbers outside the training range, up to five new categories.
+    `data`: a number's float values (NaN missing), or a category's stripped strings ('' missing)."""
     if r["kind"] == "number":
         v = np.asarray(data, dtype="float64")
         ok = v[np.isfinite(v)]
         edges = np.asarray(r["edges"])
-        actual = (np.bincount(np.searchsorted(edges, ok, side="left"), minlength=len(edges) + 1) / len(ok)
-                  if len(ok) else np.zeros(len(edges) + 1))
+        return {"rows": len(v), "present": len(ok),
+                "bins": np.bincount(np.searchsorted(edges, ok, side="left"), minlength=len(edges) + 1),
+                "outside": int(((ok < r["min"]) | (ok > r["max"])).sum()), "new": []}
+    text = pd.Series(data, dtype=object)
+    present = text[text != ""]
+    names = [k for k in r["shares"] if k != OTHER]
+    counts = present.value_counts()
+    known = np.array([counts.get(k, 0) for k in names], dtype="int64")
+    new = [str(k) for k in counts.index if str(k) not in r["shares"]][:5] if OTHER not in r["shares"] else []
+    return {"rows": len(text), "present": len(present), "bins": np.append(known, len(present) - known.sum()),
+            "outside": 0, "new": new}
+
+
+def add(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    """Two columns' counts (of two chunks) as one."""
+    if a is None:
+        return b
+    return {"rows": a["rows"] + b["rows"], "present": a["present"] + b["present"], "bins": a["bins"] + b["bins"],
+            "outside": a["outside"] + b["outside"], "new": (a["new"] + [v for v in b["new"] if v not in a["new"]])[:5]}
+
+
+def compared(r: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
+    """A column's counts against its reference statistics `r`: psi, js, missing (reference and data) and, for a
+    number, out_of_range; for a category, up to five values the train split did not have."""
+    present = max(c["present"], 1)
+    actual = np.asarray(c["bins"], dtype="float64") / present
+    if r["kind"] == "number":
         expected = np.asarray(r["shares"])
-        outside = float(((ok < r["min"]) | (ok > r["max"])).mean()) if len(ok) else 0.0
-        missing = float(1 - len(ok) / max(len(v), 1))
-        extra: dict[str, Any] = {"out_of_range": outside}
+        extra: dict[str, Any] = {"out_of_range": c["outside"] / present if c["present"] else 0.0}
     else:
-        text = pd.Series(data, dtype=object)
-        present = text[text != ""]
-        names = [k for k in r["shares"] if k != OTHER]
-        counts = present.value_counts()
-        known = np.array([counts.get(k, 0) for k in names], dtype="float64")
-        rest = float(len(present) - known.sum())
-        expected = np.array([r["shares"][k] for k in names] + [r["shares"].get(OTHER, 0.0)])
-        actual = np.append(known, rest) / max(len(present), 1)
-        missing = float(1 - len(present) / max(len(text), 1))
-        new = [str(k) for k in counts.index if str(k) not in r["shares"]][:5]
-        extra = {"new_values": new} if new and OTHER not in r["shares"] else {}
+        expected = np.array([r["shares"][k] for k in r["shares"] if k != OTHER] + [r["shares"].get(OTHER, 0.0)])
+        extra = {"new_values": c["new"]} if c["new"] else {}
     return {"kind": r["kind"], "psi": _psi(expected, actual), "js": _js(expected, actual),
-            "missing": {"reference": r["missing"], "data": missing}, **extra}
+            "missing": {"reference": r["missing"], "data": float(1 - c["present"] / max(c["rows"], 1))}, **extra}
+
+
+def compare_column(r: dict[str, Any], data: Any) -> dict[str, Any]:
+    """One column of a sample against its reference statistics `r` (see `compared`)."""
+    return compared(r, count(r, data))
+
+
+class Tally:
+    """A data set's columns counted against reference statistics chunk by chunk (`add`), then compared (`result`),
+    so a streamed file is compared as if read whole."""
+
+    def __init__(self, ref: dict[str, Any], schema: Schema) -> None:
+        self.ref, self.rows = ref, 0
+        self.features = [f for f in schema.features if f.name in ref["columns"]]
+        self.counts: dict[str, dict[str, Any] | None] = {f.name: None for f in self.features}
+
+    def add(self, df: pd.DataFrame, source: str) -> None:
+        from .errors import DataError
+
+        missing = [f.name for f in self.features if f.name not in df.columns]
+        if missing:
+            raise DataError(f"{source}: missing column(s) the model was trained on: {', '.join(missing)}")
+        for f in self.features:
+            r = self.ref["columns"][f.name]
+            data = values(df, f, source) if r["kind"] == "number" else as_str(df[f.name])
+            self.counts[f.name] = add(self.counts[f.name], count(r, data))
+        self.rows += len(df)
+
+    def result(self, limits: dict[str, float]) -> dict[str, Any]:
+        """Each column compared, with its verdict by the thresholds `limits` (psi, missing, out_of_range)."""
+        columns = {}
+        for name, c in self.counts.items():
+            if c is None:
+                continue
+            columns[name] = compared(self.ref["columns"][name], c)
+            columns[name]["why"] = why(columns[name], limits)
+            columns[name]["drift"] = bool(columns[name]["why"])
+        return {"rows": self.rows, "reference_rows": self.ref["rows"], "thresholds": limits, "columns": columns,
+                "drifted": [name for name, c in columns.items() if c["drift"]]}
 
 
 def why(c: dict[str, Any], limits: dict[str, float]) -> list[str]:

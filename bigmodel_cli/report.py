@@ -58,7 +58,8 @@ def render(run: Path, evaluation: Path | None = None, explanation: Path | None =
            drift: Path | None = None) -> tuple[str, int]:
     """The page for a run folder, and how many images it embeds; its metrics from `evaluation` (an `evaluate --out`
     folder; None: the run folder), its explanation from `explanation` (None: RUN_DIR/explain) and a drift check
-    from `drift` (a `drift --out` folder; None: RUN_DIR/drift.json if `drift --out RUN_DIR` wrote one)."""
+    from `drift` (a `drift --out` folder; None: RUN_DIR/drift.json if `drift --out RUN_DIR` wrote one, else the
+    drift section of `evaluate --drift`)."""
     folder = artifacts.Folder(Path(run), "run")
     manifest = folder.manifest()
     evaluated = Path(evaluation) if evaluation is not None else folder.path
@@ -81,7 +82,10 @@ def render(run: Path, evaluation: Path | None = None, explanation: Path | None =
         explain_html = _explain_section(explain)
     drift_file = (Path(drift) if drift is not None else folder.path) / artifacts.DRIFT
     with artifacts.damaged(drift_file, f"drift {run} DATA --out {drift_file.parent}"):
-        drift_html = _drift_section(artifacts.read_json(drift_file) if drift_file.is_file() else None)
+        drift_doc = artifacts.read_json(drift_file) if drift_file.is_file() else None
+    if drift_doc is None and isinstance(metrics.get("drift"), dict):  # evaluate --drift: the rows it evaluated
+        drift_doc = {**metrics["drift"], "data": (metrics.get("data") or {}).get("source", "")}
+    drift_html = _drift_section(drift_doc)
     parts = {
         "data": data_html,
         "config": config_html,

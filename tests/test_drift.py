@@ -28,7 +28,9 @@ def sample(n: int, seed: int) -> pd.DataFrame:
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("drift")
     sample(4000, 0).to_csv(root / "train.csv", index=False)
-    bm("preprocess", root / "train.csv", "--target", "y", "--out", root / "prep")
+    # streamed (chunks of 700 rows), so predict / evaluate --drift below count the rows chunk by chunk
+    bm("preprocess", root / "train.csv", "--target", "y", "--out", root / "prep", "--set", "data.streaming=true",
+       "--set", "data.chunk_rows=700")
     bm("train", root / "prep", "--out", root / "run", "--set", "train.epochs=1", "--set", "train.refit=false",
        "--set", "train.tensorboard=false")
     return root / "run"
@@ -42,7 +44,7 @@ def _drift(run: Path, df: pd.DataFrame, path: Path, code: int, *args: object) ->
 def test_fresh_samples_of_the_training_distribution_raise_no_alarm(run, tmp_path):
     """20 fresh samples of 1000 rows (other seeds): no column crosses the default thresholds; the largest PSI stays
     well under 0.2 (the false-alarm rate measured: 0 of 60 column checks)."""
-    from bigmodel_cli import drift
+    from bigmodel_cli import drift, reference
     from bigmodel_cli.config import load_config
     from bigmodel_cli.schema import Schema
 
@@ -51,7 +53,9 @@ def test_fresh_samples_of_the_training_distribution_raise_no_alarm(run, tmp_path
     schema, t = Schema.load(run), load_config(run / "config.yaml").drift
     worst = 0.0
     for seed in range(1, 21):
-        found = drift.compare(ref, sample(1000, seed), schema, "sample")
+        counts = reference.Tally(ref, schema)
+        counts.add(sample(1000, seed), "sample")
+        found = counts.result(drift.thresholds(t))["columns"]
         worst = max(worst, *(c["psi"] for c in found.values()))
         assert all(c["psi"] <= t.psi and abs(c["missing"]["data"] - c["missing"]["reference"]) <= t.missing
                    and c.get("out_of_range", 0) <= t.out_of_range for c in found.values()), (seed, found)
@@ -91,3 +95,32 @@ def test_a_data_file_without_a_trained_column_is_a_one_line_error(run, tmp_path)
     sample(50, 3).drop(columns="size").to_csv(tmp_path / "short.csv", index=False)
     r = bm("drift", run, tmp_path / "short.csv", code=2)
     assert r.stderr.startswith("error: ") and "missing column(s) the model was trained on: size" in r.stderr
+
+
+def test_evaluate_and_predict_drift_sections(run, tmp_path):
+    """`evaluate --drift` and `predict --drift` on a shifted file (read in chunks: the run streams): the same
+    verdicts and figures as `drift` on the whole file, the metrics or predictions written, then exit 1; the report
+    shows evaluate's drift section; an unshifted file passes with exit 0."""
+    shifted = sample(1000, 7).assign(x=lambda d: d["x"] + 1.0)
+    shifted.to_csv(tmp_path / "mean.csv", index=False)
+    whole = json.loads(bm("drift", run, tmp_path / "mean.csv", "--json", code=1).stdout)
+    r = bm("evaluate", run, "--data", tmp_path / "mean.csv", "--drift", "--out", tmp_path / "ev", "--no-plots",
+           code=1)
+    assert "1 column(s) drifted: x" in r.stderr, r.stderr
+    metrics = read_json(tmp_path / "ev" / "metrics.json")
+    assert metrics["metrics"]["accuracy"] > 0 and metrics["drift"]["drifted"] == ["x"]
+    r = bm("predict", run, tmp_path / "mean.csv", "--out", tmp_path / "p.csv", "--drift", "--json", code=1)
+    predicted = json.loads(r.stdout)
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 1000 and predicted["drift"]["rows"] == 1000
+    for section in (metrics["drift"], predicted["drift"]):
+        assert section["drifted"] == whole["drifted"] and section["rows"] == whole["rows"]
+        for name, c in whole["columns"].items():
+            got = section["columns"][name]
+            assert got["why"] == c["why"] and abs(got["psi"] - c["psi"]) < 1e-9 and abs(got["js"] - c["js"]) < 1e-9
+            assert got["missing"] == c["missing"] and got.get("out_of_range") == c.get("out_of_range")
+    bm("report", run, "--evaluation", tmp_path / "ev", "--out", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert '<section id="drift">' in page and "DRIFT: psi" in page and "mean.csv" in page
+    sample(1000, 11).to_csv(tmp_path / "fresh.csv", index=False)
+    r = bm("predict", run, tmp_path / "fresh.csv", "--out", tmp_path / "q.csv", "--drift")
+    assert "ok" in r.stdout and "DRIFT" not in r.stdout

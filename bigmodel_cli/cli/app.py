@@ -94,6 +94,9 @@ SetOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")]
 UnsafeOpt = Annotated[bool, typer.Option(
     "--unsafe-load", help="Load a model that contains code (e.g. a Lambda layer). Only for files you trust.")]
+DriftOpt = Annotated[bool, typer.Option(
+    "--drift", help="Also compare the rows with the train split, as `bigmodel drift` does (a drift section in the "
+    "result); exit 1 if a column drifted, after everything is written.")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from RUN_DIR/checkpoint (its last complete epoch, or round).")]
 TrackOpt = Annotated[bool, typer.Option(

@@ -15,6 +15,7 @@ from ..errors import BigModelError, GateFailed
 from .app import (
     ConfigOpt,
     DataLoc,
+    DriftOpt,
     ExportFormat,
     JsonOpt,
     RowProgress,
@@ -33,6 +34,7 @@ from .app import (
     value,
 )
 from .app import verbose as verbose_of
+from .evaluation import drifted, show_drift
 
 
 @app.command()
@@ -88,24 +90,30 @@ def predict(
     run_loc: RunLoc,
     data_loc: DataLoc,
     out_loc: Annotated[str, out_option("Predictions file: .csv, .csv.gz or .parquet.")],
+    check_drift: DriftOpt = False,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Batch predictions for DATA: id columns, class probabilities and label (or the value)."""
+    """Batch predictions for DATA: id columns, class probabilities and label (or the value). With --drift, exit 1
+    if a column drifted (the predictions are written first)."""
     with guard(ctx), staging() as staged:
         from .. import predict as stage
 
         run_dir, data, out_path = staged.read(run_loc), staged.read(data_loc), staged.write(out_loc)
         with contextlib.closing(RowProgress("predict")) as progress:
-            result = stage.run(stage.PredictOptions(run_dir, data, out_path, unsafe), progress)
+            result = stage.run(stage.PredictOptions(run_dir, data, out_path, unsafe, check_drift), progress)
         slow_path(result.why_tensorflow)
 
         def human() -> None:
             out.print(f"wrote {result.rows} predictions to {escape(remote.name_of(result.out))}", highlight=False)
             notes(result.unseen_categories, result.ignored_columns)
+            if result.drift is not None:
+                show_drift(result.drift, remote.name_of(data))
 
         staged.commit()
         render(result, as_json, human)
+        if result.drifted:
+            raise GateFailed(drifted(result.drifted))
 
 
 @app.command("serve")

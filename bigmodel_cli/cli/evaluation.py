@@ -15,6 +15,7 @@ from ..errors import GateFailed
 from .app import (
     CompareFormat,
     DataLoc,
+    DriftOpt,
     JsonOpt,
     RowProgress,
     RunDirArg,
@@ -53,10 +54,12 @@ def evaluate(
     out_loc: Annotated[str | None, out_option(
         "Write metrics.json and eval/ into this folder instead of RUN_DIR (a pipeline stage's own output, e.g. for "
         "DVC).")] = None,
+    check_drift: DriftOpt = False,
     unsafe: UnsafeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json (or OUT/metrics.json). Exit 1 if a gate fails."""
+    """Metrics of RUN_DIR's model; writes RUN_DIR/metrics.json (or OUT/metrics.json). Exit 1 if a gate fails (or,
+    with --drift, a column drifted)."""
     with guard(ctx), staging() as staged:
         from .. import evaluate as stage
 
@@ -67,14 +70,24 @@ def evaluate(
 
         with contextlib.closing(RowProgress("evaluate")) as progress:
             result = stage.run(stage.EvaluateOptions(run_dir, data, value(split), tuple(gate or ()), bootstrap,
-                                                     plots, unsafe, out_dir), progress)
+                                                     plots, unsafe, out_dir, check_drift), progress)
         slow_path(result.doc.get("why_tensorflow"))
         warn(result.warnings)
         staged.commit()
-        render(result, as_json, lambda: show_metrics(result.doc))
-        if result.failed_gates:
-            raise GateFailed(f"{len(result.failed_gates)} gate(s) failed: "
-                             + ", ".join(f"{g['gate']} (got {_number(g['value'])})" for g in result.failed_gates))
+
+        def human() -> None:
+            show_metrics(result.doc)
+            if "drift" in result.doc:
+                show_drift(result.doc["drift"], result.doc["data"]["source"])
+
+        render(result, as_json, human)
+        failed = [f"{len(result.failed_gates)} gate(s) failed: "
+                  + ", ".join(f"{g['gate']} (got {_number(g['value'])})" for g in result.failed_gates)
+                  ] if result.failed_gates else []
+        if result.drifted:
+            failed.append(drifted(result.drifted))
+        if failed:
+            raise GateFailed("; ".join(failed))
 
 
 def _number(v: float | None) -> str:
@@ -131,18 +144,26 @@ def drift(
                                               out_of_range, None if out_loc is None else staged.write(out_loc)))
 
         def human() -> None:
-            doc = result.doc
-            rows = [[name, c["kind"], f"{c['psi']:.3f}", f"{c['js']:.3f}",
-                     f"{c['missing']['reference']:.1%} -> {c['missing']['data']:.1%}",
-                     f"{c['out_of_range']:.1%}" if "out_of_range" in c else "",
-                     "DRIFT: " + "; ".join(c["why"]) if c["drift"] else "ok"] for name, c in doc["columns"].items()]
-            out.print(table(f"{escape(doc['data'])} ({doc['rows']} rows) vs the train split ({doc['reference_rows']} "
-                            f"rows)", ["column", "kind", "psi", "js", "missing", "out of range", "verdict"], rows))
+            show_drift(result.doc, result.doc["data"])
 
         staged.commit()
         render(result, as_json, human)
         if result.drifted:
-            raise GateFailed(f"{len(result.drifted)} column(s) drifted: {', '.join(result.drifted)}")
+            raise GateFailed(drifted(result.drifted))
+
+
+def drifted(columns: list[str]) -> str:
+    return f"{len(columns)} column(s) drifted: {', '.join(columns)}"
+
+
+def show_drift(doc: dict[str, Any], data: str) -> None:
+    """A drift comparison (`drift`, or the section of `evaluate` / `predict --drift`) as a table."""
+    rows = [[name, c["kind"], f"{c['psi']:.3f}", f"{c['js']:.3f}",
+             f"{c['missing']['reference']:.1%} -> {c['missing']['data']:.1%}",
+             f"{c['out_of_range']:.1%}" if "out_of_range" in c else "",
+             "DRIFT: " + "; ".join(c["why"]) if c["drift"] else "ok"] for name, c in doc["columns"].items()]
+    out.print(table(f"{escape(data)} ({doc['rows']} rows) vs the train split ({doc['reference_rows']} rows)",
+                    ["column", "kind", "psi", "js", "missing", "out of range", "verdict"], rows))
 
 
 @app.command()
