@@ -9,7 +9,7 @@ OUT    ?= build
 # make test's pytest workers (pytest-xdist): both cores of the CI machine
 TEST_JOBS ?= 2
 
-.PHONY: demo test fuzz lint install dev bench bench-quality bench-serve bench-startup federated-table clean help report-check docs
+.PHONY: demo test fuzz lint install dev bench bench-quality bench-serve bench-startup federated-table federated-skew clean help report-check docs
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-serve - bigmodel serve (tf / onnx runtime) vs a hand-written Starlette service, under load"
 	@echo "make bench-startup - start-up times, and the lifecycle as five commands vs one bigmodel experiment"
 	@echo "make federated-table - centralized vs federated training with the defaults on the samples (docs/federated.md)"
+	@echo "make federated-skew - server strategies on skewed partitions and against a dishonest client (hours; SKEW=... for a subset)"
 	@echo "make docs   - the manual in docs/ as a site in $(OUT)/site/ (mkdocs build --strict; CLI reference regenerated)"
 	@echo "make clean  - remove $(OUT)/"
 
@@ -90,6 +91,11 @@ bench-startup: $(VENV)/.installed-dev
 # The federated table of docs/federated.md: centralized vs FedAvg / SecAgg+ / client DP / deployment on penguins (~8 minutes).
 federated-table: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/federated_table.py
+
+# Strategies x partitions x clients x seeds against central training (docs/federated.md); SKEW narrows the grid,
+# e.g. make federated-skew SKEW="--tables penguins --partitions 0.1 --seeds 1"
+federated-skew: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/federated_skew.py $(SKEW)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m ruff check bigmodel_cli tests benchmarks docs

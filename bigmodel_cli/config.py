@@ -314,8 +314,18 @@ class FederatedPrivacyConfig(_Section):
     max_epsilon: float | None = Field(None, gt=0)  # stop (exit 1) before a round would exceed it
 
 
+class AttackConfig(_Section):
+    """Simulation only, to measure an aggregation against dishonest clients (the tests and the skew benchmark):
+    the first `clients` clients misbehave every round. sign_flip: send global - scale x (local - global);
+    labels: train on flipped labels; nan: a weight set to NaN; shape: a weight of the wrong shape."""
+
+    clients: int = Field(1, ge=1)
+    kind: Literal["sign_flip", "labels", "nan", "shape"] = "sign_flip"
+    scale: float = Field(10.0, gt=0)
+
+
 class FederatedConfig(_Section):
-    """`bigmodel federated`: FedAvg of the model over clients on Flower (simulation or deployment)."""
+    """`bigmodel federated`: a Flower strategy over clients (simulation or deployment)."""
 
     clients: int = Field(4, ge=2)
     # auto: train.epochs / local_epochs rounds (as many local epochs as `train` runs), ended by early stopping
@@ -328,6 +338,18 @@ class FederatedConfig(_Section):
     partition: Literal["iid", "dirichlet", "by_column"] = "iid"
     alpha: float = Field(0.5, gt=0)  # Dirichlet label skew: small = skewed
     column: str | None = None  # by_column: one client per value of this column
+    # Flower's server strategies: fedavg (McMahan et al.), fedprox (Li et al.: a proximal term mu/2 |w - w_global|^2
+    # in each client's loss), fedavgm (server momentum, Hsu et al.), fedadam / fedyogi / fedadagrad (Reddi et al.)
+    strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    proximal_mu: float = Field(0.1, ge=0)  # fedprox
+    server_learning_rate: float | None = Field(None, gt=0)  # fedavgm, fedadam/yogi/adagrad; None: 1.0 / 0.01
+    server_momentum: float = Field(0.9, ge=0, lt=1)  # fedavgm
+    # how the server combines the clients' updates: mean (weighted by rows), or robust to dishonest clients:
+    # coordinate-wise median, trimmed_mean (cutting `trim` at each end), krum (Flower's, assuming `malicious`)
+    aggregation: Literal["mean", "median", "trimmed_mean", "krum"] = "mean"
+    trim: float = Field(0.2, gt=0, lt=0.5)
+    malicious: int = Field(1, ge=0)  # krum: clients assumed dishonest
+    attack: AttackConfig | None = None  # simulation only: dishonest clients, to measure the aggregation
     secure_aggregation: bool = False  # Flower's SecAgg+: the server only sees masked updates
     privacy: FederatedPrivacyConfig | None = None  # client-level DP when set
     engine: Literal["simulation", "deployment"] = "simulation"  # deployment: `federated serve` + `federated join`
@@ -339,6 +361,14 @@ class FederatedConfig(_Section):
     def _column_given(self) -> FederatedConfig:
         if self.partition == "by_column" and not self.column:
             raise ValueError("partition: by_column needs column (e.g. island)")
+        if self.attack is not None and self.engine == "deployment":
+            raise ValueError("attack is for the simulation only (it makes simulated clients dishonest)")
+        if self.secure_aggregation and self.aggregation != "mean":
+            raise ValueError(f"aggregation: {self.aggregation} needs each client's update, and under "
+                             f"secure_aggregation the server only sees their masked sum; use aggregation: mean")
+        if self.aggregation != "mean" and self.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(f"aggregation: {self.aggregation} replaces the weighted mean that strategy "
+                             f"{self.strategy}'s server step starts from; use strategy fedavg or fedprox with it")
         if self.secure_aggregation and self.partition != "by_column" and self.clients < 3:
             raise ValueError("secure_aggregation needs clients >= 3 (SecAgg+ shares each client's keys among the "
                              f"others), got {self.clients}")

@@ -73,7 +73,7 @@ def test_a_client_process_reuses_its_network_and_gets_the_same_updates(penguins_
     y = rng.integers(0, 3, 90)
     clients = [client.KerasClient(prep.schema, x[k::3], y[k::3], 7 + k) for k in range(3)]
     start = [rng.normal(0, 0.3, w.shape).astype("float32") for w in client._network(
-        cfg.to_yaml(), cfg, prep.schema, 9, 0).get_weights()]
+        cfg.to_yaml(), cfg, prep.schema, 9, 0)[0].get_weights()]
 
     def updates(order, fresh=False):
         client._cached.clear()
@@ -90,6 +90,124 @@ def test_a_client_process_reuses_its_network_and_gets_the_same_updates(penguins_
         for a, b, c in zip(one[key], other[key], fresh[key], strict=True):
             assert np.array_equal(a, b) and np.array_equal(a, c), key
     assert not np.array_equal(one[0, 1][0], one[0, 2][0])  # the round's seed matters
+
+
+def test_fedprox_term_holds_a_client_near_the_global_model(penguins_prep):
+    """FedProx's proximal term (mu/2 |w - w_global|^2 in the client's loss): with a large mu the client's update
+    stays near the global weights it started from; with mu = 0 it moves as FedAvg's does."""
+    from bigmodel_cli.config import load_config
+    from bigmodel_cli.federated import client
+    from bigmodel_cli.folders import open_prep
+
+    prep = open_prep(penguins_prep)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, 9)).astype("float32"), rng.integers(0, 3, 60)
+
+    def moved(mu: float) -> float:
+        cfg = load_config(None, ["federated.strategy=fedprox", f"federated.proximal_mu={mu}",
+                                 "federated.local_epochs=3", "train.optimizer.learning_rate=0.05"])
+        start = [w + 0.1 for w in client._network(cfg.to_yaml(), cfg, prep.schema, 9, 0)[0].get_weights()]
+        update = client.KerasClient(prep.schema, x, y, 1).fit(start, {"config": cfg.to_yaml(), "round": 1})[0]
+        return float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(update, start, strict=True))))
+
+    free, held = moved(0.0), moved(100.0)
+    assert held < 0.25 * free, (held, free)
+
+
+def test_update_checks_name_what_is_wrong():
+    from bigmodel_cli.federated.strategies import problem
+
+    shapes = [(3, 2), (2,)]
+    ok = [np.zeros((3, 2), "float32"), np.zeros(2, "float32")]
+    assert problem(ok, shapes) is None
+    assert problem([ok[0]], shapes) == "1 arrays, the model has 2"
+    assert problem([np.zeros((4, 2)), ok[1]], shapes) == "array 0 has shape (4, 2), the model's is (3, 2)"
+    assert problem([ok[0], np.array([0.0, np.inf])], shapes) == "array 1 holds NaN or inf"
+
+
+@pytest.mark.parametrize("args, named", [
+    (["federated.secure_aggregation=true", "federated.aggregation=median"], "only sees their masked sum"),
+    (["federated.strategy=fedadam", "federated.aggregation=krum"], "use strategy fedavg or fedprox"),
+    (["federated.engine=deployment", "federated.attack.kind=nan"], "simulation only"),
+    (["federated.strategy=fedsgd"], "federated.strategy"),
+])
+def test_impossible_strategy_combinations_are_config_errors(penguins_prep, tmp_path, args, named):
+    r = bm("federated", penguins_prep, "--out", tmp_path / "x", *[a for kv in args for a in ("--set", kv)], code=2)
+    assert named in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_the_guard_keeps_nan_and_misshaped_updates_out_of_every_strategy():
+    """The server's guard in front of Flower's own strategies (FedAdam, FedMedian, FedAvg), fed Flower's FitRes: a
+    NaN and a mis-shaped update are dropped, naming their nodes, and the aggregate is the honest clients' alone;
+    a non-finite aggregate (SecAgg+'s one masked sum) leaves the global model as it was."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+    from bigmodel_cli.config import load_config
+    from bigmodel_cli.federated import strategies
+
+    shapes = [(3, 2), (2,)]
+    start = [np.zeros((3, 2), "float32"), np.zeros(2, "float32")]
+    honest = [[np.full((3, 2), v, "float32"), np.full(2, v, "float32")] for v in (1.0, 2.0, 3.0)]
+    bad = {7: [np.full((3, 2), np.nan, "float32"), start[1]], 8: [np.zeros((4, 2), "float32"), start[1]]}
+
+    def results(updates: dict[int, list[np.ndarray]]) -> list:
+        return [(GridClientProxy(node, None, 1), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(u), 10, {}))
+                for node, u in updates.items()]
+
+    for sets in (["federated.strategy=fedadam"], ["federated.aggregation=median"], []):
+        f = load_config(None, sets).federated
+        common = dict(fraction_evaluate=0.0, initial_parameters=ndarrays_to_parameters(start))
+        rejected: list[tuple[str, str]] = []
+        guard = strategies.guarded(strategies.build(f, common), shapes,
+                                   lambda r, node, why, seen=rejected: seen.append((node, why)))
+        clean = strategies.guarded(strategies.build(f, common), shapes, lambda *a: None)
+        got = parameters_to_ndarrays(guard.aggregate_fit(1, results({1: honest[0], 2: honest[1], 3: honest[2], **bad}),
+                                                         [])[0])
+        want = parameters_to_ndarrays(clean.aggregate_fit(1, results(dict(enumerate(honest, 1))), [])[0])
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True)), sets
+        assert [n for n, _ in rejected] == ["7", "8"] and "NaN" in rejected[0][1] and "shape" in rejected[1][1]
+    assert guard.aggregate_fit(2, results({9: bad[7]}), []) == (None, {})  # nothing left: the model stays
+    # finite updates whose aggregate is not (FedAvgM's server step overflowing float32; under SecAgg+ the masked sum
+    # is the only thing the server sees): dropped, the model stays
+    f = load_config(None, ["federated.strategy=fedavgm", "federated.server_learning_rate=10"]).federated
+    rejected.clear()
+    momentum = strategies.guarded(strategies.build(f, common), shapes, lambda r, node, why: rejected.append((node,
+                                                                                                             why)))
+    huge = [np.full((3, 2), 3e38, "float32"), start[1]]
+    assert momentum.aggregate_fit(1, results({1: huge, 2: huge}), [])[0] is None
+    assert rejected == [("aggregate", "the aggregate holds NaN or inf; the global model is kept")]
+
+
+@pytest.mark.xdist_group("ray-b")
+def test_a_dishonest_client_breaks_the_mean_not_the_trimmed_mean(penguins_prep, tmp_path):
+    """One of 5 clients sends sign-flipped, 10x-scaled updates every round: the plain mean breaks, the trimmed mean
+    learns (the benchmark compares it with the clean run)."""
+    common = [*FAST, *ONE, "--set", "federated.clients=5", "--set", "federated.rounds=4", "--json",
+              "--set", "federated.attack.kind=sign_flip"]
+
+    def run(name: str, *sets: str) -> tuple[float, dict]:
+        r = bm("federated", penguins_prep, "--out", tmp_path / name, *common,
+               *[a for kv in sets for a in ("--set", kv)])
+        return json.loads(r.stdout)["final"]["val_accuracy"], read_json(tmp_path / name / "manifest.json")
+
+    broken, _ = run("mean")
+    robust, m = run("trimmed", "federated.aggregation=trimmed_mean")
+    assert robust > 0.9 and broken < 0.6, (robust, broken)
+    assert m["federated"]["attack"]["kind"] == "sign_flip" and m["federated"]["aggregation"] == "trimmed_mean"
+
+
+def test_a_client_sending_nan_is_dropped_every_round(penguins_prep, tmp_path):
+    """In a real simulation (FedProx): the NaN client is dropped every round with a warning naming its node; the
+    rounds go on with the others and the global model stays finite."""
+    r = bm("federated", penguins_prep, "--out", tmp_path / "nan", *FAST, *ONE, "--set", "federated.clients=3",
+           "--set", "federated.rounds=2", "--set", "federated.attack.kind=nan", "--set", "federated.strategy=fedprox")
+    m = read_json(tmp_path / "nan" / "manifest.json")["federated"]
+    assert m["rejected_updates"] == 2 and m["strategy"] == "fedprox", m
+    assert r.stderr.count("dropped the update of node") == 2 and "NaN or inf" in r.stderr, r.stderr
+    assert all(np.isfinite(w).all() for w in _weights(tmp_path / "nan"))
+    hist = pd.read_csv(tmp_path / "nan" / "history.csv")
+    assert list(hist["clients"]) == [2, 2] and list(hist["rejected"]) == [1, 1]
 
 
 def test_early_stopping_keeps_the_best_round_and_threshold_auto(cancer_prep, tmp_path):
@@ -381,7 +499,9 @@ def test_deployment_registered_clients_only_and_no_control_api_outside(penguins_
                                "--address", address, "--tls-ca", str(tls["ca"]), "--tls-cert", str(tls["cert"]),
                                "--tls-key", str(tls["key"]), "--authorized-keys", str(tmp_path / "authorized"),
                                *FAST, "--set", "federated.clients=2", "--set", "federated.rounds=3",
-                               "--set", "federated.local_epochs=3", "--json"],
+                               "--set", "federated.local_epochs=3", "--set", "federated.strategy=fedprox",
+                               "--set", "federated.proximal_mu=0.01", "--set", "federated.aggregation=median",
+                               "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def join(k: int, key: str) -> list[str]:
@@ -420,6 +540,7 @@ def test_deployment_registered_clients_only_and_no_control_api_outside(penguins_
     assert result["final"]["val_accuracy"] > 0.8, result  # lr 0.01, 3 rounds x 3 local epochs
     m = read_json(tmp_path / "run" / "manifest.json")
     assert m["federated"]["engine"] == "deployment"
+    assert (m["federated"]["strategy"], m["federated"]["aggregation"]) == ("fedprox", "median")  # the server's
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no Flower leftovers
     bm("evaluate", tmp_path / "run", "--no-plots")
 

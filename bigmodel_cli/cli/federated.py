@@ -42,7 +42,8 @@ class _RunByDefault(TyperGroup):
 
 federated_app = typer.Typer(
     cls=_RunByDefault, no_args_is_help=True, rich_markup_mode="markdown",
-    help="Federated training on Flower: FedAvg, SecAgg+, client-level DP; simulated or deployed.")
+    help="Federated training on Flower: FedAvg, FedProx, FedAdam and other strategies, robust aggregation, "
+         "SecAgg+, client-level DP; simulated or deployed.")
 app.add_typer(federated_app, name="federated")
 
 

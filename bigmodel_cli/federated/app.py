@@ -57,6 +57,7 @@ def serve_rounds(grid: Any, context: Any, job: dict[str, Any]) -> None:
         fed = Federation.open(Path(job["prep"]), Path(job["out"]), cfg,
                               lambda r, n, m: note_status(status, {"round": r, "rounds": n, "metrics": m}),
                               bool(job["verbose"]), bool(job.get("resume")))
+        fed.on_warning = lambda message: note_status(status, {"warning": message})
         n, f = cfg.federated.clients, cfg.federated
         max_weight = 1.0  # SecAgg+ scales each update by rows / max_weight: ask the nodes for their rows
         if f.secure_aggregation and f.privacy is None:

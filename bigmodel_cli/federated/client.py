@@ -22,8 +22,10 @@ class KerasClient:
     The server sends the config with every round, so a client needs only the prep folder's schema and
     its data; it answers with its weights and example count (1 under DP: every client weighs alike)."""
 
-    def __init__(self, schema: Schema, x: np.ndarray, y: np.ndarray, seed: int, status: Path | None = None) -> None:
+    def __init__(self, schema: Schema, x: np.ndarray, y: np.ndarray, seed: int, status: Path | None = None,
+                 attack: Any = None) -> None:
         self.schema, self.x, self.y, self.seed, self.status = schema, x, y, seed, status
+        self.attack = attack  # config.AttackConfig: this simulated client is dishonest (tests, benchmarks)
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         import yaml
@@ -33,13 +35,21 @@ class KerasClient:
         text = str(config["config"])
         cfg = validate(yaml.safe_load(text), "the server's config")
         seed = self.seed + 1000 * int(config["round"])
-        net = _network(text, cfg, self.schema, self.x.shape[1], seed)
+        net, anchors = _network(text, cfg, self.schema, self.x.shape[1], seed)
         net.set_weights(parameters)
-        h = net.fit(self.x, self.y, epochs=cfg.federated.local_epochs, batch_size=cfg.train.batch_size,
+        for v, anchor in anchors:  # FedProx: the proximal term pulls towards this round's global weights
+            anchor.assign(v)
+        y = self.y
+        if self.attack is not None and self.attack.kind == "labels":
+            y = (len(self.schema.classes) - 1 - y) if self.schema.classes else -y
+        h = net.fit(self.x, y, epochs=cfg.federated.local_epochs, batch_size=cfg.train.batch_size,
                     verbose=0, shuffle=True)
         weight = 1 if cfg.federated.privacy is not None else len(self.y)
         note_status(self.status, {"round": int(config["round"])})
-        return net.get_weights(), weight, {"train_loss": float(h.history["loss"][-1]), "rows": len(self.y)}
+        weights = net.get_weights()
+        if self.attack is not None:
+            weights = tampered(weights, parameters, self.attack)
+        return weights, weight, {"train_loss": float(h.history["loss"][-1]), "rows": len(self.y)}
 
     def properties(self, config: dict[str, Any]) -> dict[str, Any]:
         """The server's questions outside the rounds: the row count, and "done" at the end."""
@@ -62,15 +72,49 @@ class KerasClient:
         return _Client().to_client()
 
 
-_cached: list[Any] = []  # [key, network, model.initial_state]: the last network this process built
+def tampered(weights: list[np.ndarray], start: list[np.ndarray], attack: Any) -> list[np.ndarray]:
+    """A dishonest client's answer (config.AttackConfig): sign-flipped and scaled, NaN, or mis-shaped."""
+    weights = [w.copy() for w in weights]
+    if attack.kind == "sign_flip":
+        return [g - attack.scale * (w - g) for w, g in zip(weights, start, strict=True)]
+    if attack.kind == "nan":
+        weights[0][...] = np.nan
+    elif attack.kind == "shape":
+        weights[0] = np.zeros((weights[0].shape[0] + 1, *weights[0].shape[1:]), dtype=weights[0].dtype)
+    return weights
 
 
-def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> Any:
+_cached: list[Any] = []  # [key, network, model.initial_state, anchors]: the last network this process built
+
+
+def _proximal(net: Any, mu: float) -> list[tuple[Any, Any]]:
+    """FedProx (Li et al. 2020): mu/2 |w - w_global|^2 added to the loss, as a regularizer on each trainable
+    variable; (variable, anchor) pairs, the anchors set to the global weights every round."""
+    from ..keras_env import import_keras
+
+    keras = import_keras()
+
+    class Proximal(keras.regularizers.Regularizer):  # type: ignore[misc, name-defined]
+        def __init__(self, anchor: Any) -> None:
+            self.anchor = anchor
+
+        def __call__(self, w: Any) -> Any:
+            return 0.5 * mu * keras.ops.sum(keras.ops.square(w - self.anchor))
+
+    pairs = []
+    for v in net.trainable_weights:
+        anchor = keras.Variable(np.zeros(v.shape, dtype=v.dtype), trainable=False, name="proximal_anchor")
+        v.regularizer = Proximal(anchor)
+        pairs.append((v, anchor))
+    return pairs
+
+
+def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> tuple[Any, list[tuple[Any, Any]]]:
     """The compiled network for a round, as freshly built: built (and its train step traced, ~1 s) once per
     process and config, then reset every round — the optimizer's variables to their initial values (Adam's
     moments, the step count), the dropout layers' random states from `seed`, Keras' global seeds to `seed`.
-    The caller sets the weights. What a round computes then depends on its seed alone, not on which client
-    this process ran before (Ray's actors serve any client)."""
+    The caller sets the weights (and FedProx's anchors). What a round computes then depends on its seed alone,
+    not on which client this process ran before (Ray's actors serve any client)."""
     import json
 
     from .. import model
@@ -80,8 +124,10 @@ def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> A
     if not _cached or _cached[0] != key:
         import_keras(seed)
         net = model.build(cfg, schema, n_inputs)
-        _cached[:] = [key, net, model.initial_state(net)]
-    net, start = _cached[1], _cached[2]
+        f = cfg.federated
+        anchors = _proximal(net, f.proximal_mu) if f.strategy == "fedprox" and f.proximal_mu > 0 else []
+        _cached[:] = [key, net, model.initial_state(net), anchors]
+    net, start, anchors = _cached[1], _cached[2], _cached[3]
     import_keras(seed)
     model.reset(net, start)
     weights = {id(v) for v in net.weights}
@@ -89,7 +135,7 @@ def _network(text: str, cfg: Any, schema: Schema, n_inputs: int, seed: int) -> A
     for v in net.variables:  # beyond the weights: the seed generators' states (dropout's)
         if id(v) not in weights and v.name == "seed_generator_state":
             v.assign(np.array([rng.integers(1, 10**9), 0], dtype=v.dtype))
-    return net
+    return net, anchors
 
 
 def client_mod(msg: Any, context: Any, call_next: Any) -> Any:

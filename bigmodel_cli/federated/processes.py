@@ -38,6 +38,10 @@ def follow(status: Path, run: Any, log: Path, on_round: Any, what: str = "the Fl
             if "round" in record:
                 if on_round is not None:
                     on_round(record["round"], record["rounds"], record["metrics"])
+            elif "warning" in record:
+                from ..console import err
+
+                err.print(f"warning: {record['warning']}", highlight=False, markup=False, soft_wrap=True)
             elif "error" in record:
                 raise BigModelError(record["error"])
             else:

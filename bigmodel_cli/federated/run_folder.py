@@ -72,7 +72,10 @@ def write(fed: Federation, extra: dict[str, Any]) -> FederatedResult:
         "threshold": threshold, "privacy": privacy, "resumed": done.resumed,
         "federated": {"engine": f.engine, "rounds": len(hist), "rounds_asked": fed.budget.asked,
                       "kept_round": kept, "stopped_early": fed.stopped, "patience": fed.budget.patience,
-                      "secure_aggregation": f.secure_aggregation, **extra}})
+                      "secure_aggregation": f.secure_aggregation, "strategy": f.strategy,
+                      "aggregation": f.aggregation, "rejected_updates": int(hist["rejected"].sum())
+                      if "rejected" in hist else 0,
+                      **({"attack": f.attack.model_dump()} if f.attack is not None else {}), **extra}})
     shutil.rmtree(fed.checkpoint_dir, ignore_errors=True)
     shutil.rmtree(artifacts.previous_dir(fed.checkpoint_dir), ignore_errors=True)
     stop = None

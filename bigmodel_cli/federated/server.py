@@ -73,6 +73,7 @@ class Federation:
     started: str
     t0: float
     on_round: Any = None  # (round, rounds, metrics) after each round, for progress
+    on_warning: Any = None  # (message): an update dropped by the guard
     progress: Progress = field(default_factory=Progress)  # the rounds so far: what the checkpoint holds
     cancel: threading.Event = field(default_factory=threading.Event)  # set: the rounds stop (an interrupt)
     _strategy: Any = None
@@ -128,34 +129,47 @@ class Federation:
         return encode(self.encoder, self.schema, df, source)
 
     def strategy(self, n_clients: int) -> Any:
-        """Flower's FedAvg, wrapped in its DP wrapper when `federated.privacy` is set."""
+        """Flower's strategy by `federated.strategy` / `aggregation` (strategies.py), in Flower's DP wrapper when
+        `federated.privacy` is set, behind the guard that drops NaN / mis-shaped updates."""
         from flwr.common import ndarrays_to_parameters
         from flwr.server import strategy as fs
+
+        from . import strategies
 
         f = self.cfg.federated
         sampled = max(1, min(n_clients, int(f.fraction_fit * n_clients)), min(f.min_clients, n_clients))
         config_yaml = self.cfg.to_yaml()
         weights = self.progress.weights
         start = weights if weights is not None else self.model.get_weights()
-        base = fs.FedAvg(
+        base = strategies.build(f, dict(
             fraction_fit=f.fraction_fit, fraction_evaluate=0.0, min_fit_clients=sampled,
             min_evaluate_clients=0, min_available_clients=max(sampled, min(f.min_clients, n_clients)),
             evaluate_fn=self._evaluate, on_fit_config_fn=lambda r: {"config": config_yaml, "round": r},
-            fit_metrics_aggregation_fn=self._fit_metrics, initial_parameters=ndarrays_to_parameters(start))
+            fit_metrics_aggregation_fn=self._fit_metrics, initial_parameters=ndarrays_to_parameters(start)))
+        shapes = [tuple(w.shape) for w in self.model.get_weights()]
         p = f.privacy
         if p is None:
-            return base
+            return strategies.guarded(base, shapes, self._reject)
         client_side = f.secure_aggregation  # the server sees only the masked sum: clients must clip
         if p.clipping == "fixed":
             fixed = (fs.DifferentialPrivacyClientSideFixedClipping if client_side
                      else fs.DifferentialPrivacyServerSideFixedClipping)
-            return fixed(base, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
-                       num_sampled_clients=sampled)
+            return strategies.guarded(fixed(base, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
+                                            num_sampled_clients=sampled), shapes, self._reject)
         adaptive = (fs.DifferentialPrivacyClientSideAdaptiveClipping if client_side
                     else fs.DifferentialPrivacyServerSideAdaptiveClipping)
-        return adaptive(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
-                   initial_clipping_norm=self.progress.clipping_norm or p.clipping_norm,
-                   target_clipped_quantile=p.target_quantile)
+        return strategies.guarded(adaptive(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
+                                           initial_clipping_norm=self.progress.clipping_norm or p.clipping_norm,
+                                           target_clipped_quantile=p.target_quantile), shapes, self._reject)
+
+    def _reject(self, server_round: int, node: str, why: str) -> None:
+        """An update the guard dropped: counted in the round's history row, and a warning line."""
+        self._round["rejected"] = self._round.get("rejected", 0) + 1
+        message = (f"federated round {server_round}: {why}" if node == "aggregate" else
+                   f"federated round {server_round}: dropped the update of node {node}: {why}")
+        logging.getLogger("bigmodel").warning(message)
+        if self.on_warning is not None:
+            self.on_warning(message)
 
     def run_rounds(self, grid: Any, context: Any, n_clients: int, max_weight: float) -> None:
         """The server's main on Flower's Grid: the rounds (through the SecAgg+ workflow when asked) until the
@@ -197,8 +211,8 @@ class Federation:
 
     def _fit_metrics(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         rows = sum(int(m.get("rows", 0)) for _, m in results)
-        self._round = {"clients": len(results), "train_loss": float(
-            sum(float(m["train_loss"]) * int(m.get("rows", 1)) for _, m in results) / max(rows, 1))}
+        self._round.update({"clients": len(results), "train_loss": float(
+            sum(float(m["train_loss"]) * int(m.get("rows", 1)) for _, m in results) / max(rows, 1))})
         return {}
 
     def _evaluate(self, server_round: int, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
@@ -207,7 +221,7 @@ class Federation:
         if server_round > 0:
             row = {"loss": self._round.get("train_loss", float("nan")),
                    **{f"val_{k}": float(v) for k, v in values.items()},
-                   "clients": self._round.get("clients", 0)}
+                   "clients": self._round.get("clients", 0), "rejected": self._round.get("rejected", 0)}
             if self.cfg.federated.privacy is not None:
                 row["epsilon"] = epsilon(server_round, self.cfg.federated.privacy)
             self.progress.history.append(row)
@@ -215,14 +229,15 @@ class Federation:
             if self.stopper.patience is not None:
                 if self.stopper.monitor not in row:
                     raise ConfigError(f"train.early_stopping.monitor: '{self.stopper.monitor}' is not logged; "
-                                      f"choose one of {', '.join(k for k in row if k != 'clients')}")
+                                      f"choose one of {', '.join(k for k in row if k not in ('clients', 'rejected'))}")
                 if self.stopper.update(server_round, row[self.stopper.monitor]):
                     self.progress.best_weights = parameters
             if self.cfg.federated.privacy:
                 self.progress.clipping_norm = getattr(self._strategy, "clipping_norm", None)
             checkpoint.save(self.checkpoint_dir, self.progress, self.stopper, self.cfg, self.prep)
             if self.on_round is not None:
-                self.on_round(server_round, self.budget.rounds, {k: v for k, v in row.items() if k != "clients"})
+                self.on_round(server_round, self.budget.rounds,
+                              {k: v for k, v in row.items() if k not in ("clients", "rejected")})
             self._round = {}
         return float(values["loss"]), {}
 

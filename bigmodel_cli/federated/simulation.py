@@ -98,7 +98,8 @@ def main(job_file: str) -> None:
         cfg = validate(yaml.safe_load(job["config"]), "the simulation's config")
         result = _simulate(Path(job["prep"]), Path(job["out"]), cfg,
                            lambda r, n, m: note_status(status, {"round": r, "rounds": n, "metrics": m}),
-                           bool(job["verbose"]), bool(job["resume"]), Path(job["work"]))
+                           bool(job["verbose"]), bool(job["resume"]), Path(job["work"]),
+                           lambda message: note_status(status, {"warning": message}))
         record: dict[str, Any] = {"result": result.to_dict()}
     except BigModelError as e:
         record = {"error": str(e)}
@@ -108,7 +109,7 @@ def main(job_file: str) -> None:
 
 
 def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, resume: bool,
-              work: Path) -> FederatedResult:
+              work: Path, on_warning: Any = None) -> FederatedResult:
     """The simulation itself, in the child process: the server and K clients on Ray (the encoded train split
     in `work`, the parent's temporary folder)."""
     flwr()
@@ -119,6 +120,7 @@ def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, 
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs asked for: Ray's own advice
     fed = Federation.open(prep, out, cfg, on_round, verbose, resume)
+    fed.on_warning = on_warning
     f = cfg.federated
     train = fed.prep.split("train")
     x, y = fed.encode(train, "the train split")
@@ -140,9 +142,10 @@ def _simulate(prep: Path, out: Path, cfg: Config, on_round: Any, verbose: bool, 
 
     def client_fn(context: Context) -> Any:
         pid = int(context.node_config["partition-id"])
+        dishonest = f.attack if f.attack is not None and pid < f.attack.clients else None
         with np.load(data_file) as d:
             rows = d[f"part{pid}"]
-            return KerasClient(schema, d["x"][rows], d["y"][rows], seed + pid).to_client()
+            return KerasClient(schema, d["x"][rows], d["y"][rows], seed + pid, attack=dishonest).to_client()
 
     server_app = ServerApp()
     max_weight = float(1 if f.privacy else max(len(p) for p in parts))
