@@ -267,9 +267,13 @@ class ServeConfig(_Section):
     versions: str = "latest"
     labels: dict[str, int] = Field(default_factory=dict)  # /v1/models/NAME/labels/LABEL -> a version: {stable: 3}
 
-    @field_validator("versions")
+    @field_validator("versions", mode="before")
     @classmethod
-    def _policy(cls, v: str) -> str:
+    def _policy(cls, v: Any) -> str:
+        if isinstance(v, int | float) and not isinstance(v, bool):  # (YAML reads `versions: 3` as a number)
+            v = str(int(v)) if float(v).is_integer() else str(v)
+        elif isinstance(v, list):  # [1, 3]
+            v = ",".join(map(str, v))
         from .serving.versions import parse
 
         return str(parse(v))
@@ -366,6 +370,10 @@ class FederatedConfig(_Section):
         if self.secure_aggregation and self.aggregation != "mean":
             raise ValueError(f"aggregation: {self.aggregation} needs each client's update, and under "
                              f"secure_aggregation the server only sees their masked sum; use aggregation: mean")
+        if self.privacy is not None and (self.aggregation != "mean" or self.strategy not in ("fedavg", "fedprox")):
+            raise ValueError("privacy (client-level DP) sizes its noise for the weighted mean of clipped updates: "
+                             "use strategy fedavg or fedprox with aggregation mean (a median, Krum or a server "
+                             "optimiser moves further on one client's update, and the reported epsilon would be wrong)")
         if self.aggregation != "mean" and self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(f"aggregation: {self.aggregation} replaces the weighted mean that strategy "
                              f"{self.strategy}'s server step starts from; use strategy fedavg or fedprox with it")

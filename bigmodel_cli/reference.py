@@ -81,15 +81,23 @@ def count(r: dict[str, Any], data: Any) -> dict[str, Any]:
         edges = np.asarray(r["edges"])
         return {"rows": len(v), "present": len(ok),
                 "bins": np.bincount(np.searchsorted(edges, ok, side="left"), minlength=len(edges) + 1),
-                "outside": int(((ok < r["min"]) | (ok > r["max"])).sum()), "new": []}
+                "outside": int(((ok < r["min"]) | (ok > r["max"])).sum()), "new": {}}
     text = pd.Series(data, dtype=object)
     present = text[text != ""]
     names = [k for k in r["shares"] if k != OTHER]
     counts = present.value_counts()
     known = np.array([counts.get(k, 0) for k in names], dtype="int64")
-    new = [str(k) for k in counts.index if str(k) not in r["shares"]][:5] if OTHER not in r["shares"] else []
+    new = ({str(k): int(n) for k, n in counts.items() if str(k) not in r["shares"]} if OTHER not in r["shares"]
+           else {})
     return {"rows": len(text), "present": len(present), "bins": np.append(known, len(present) - known.sum()),
-            "outside": 0, "new": new}
+            "outside": 0, "new": _top(new)}
+
+
+NEW_KEPT = 1000  # new categories counted by name (a chunked file's top five are those of the whole, unless more)
+
+
+def _top(counts: dict[str, int], n: int = NEW_KEPT) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
 
 def add(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +105,8 @@ def add(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
     if a is None:
         return b
     return {"rows": a["rows"] + b["rows"], "present": a["present"] + b["present"], "bins": a["bins"] + b["bins"],
-            "outside": a["outside"] + b["outside"], "new": (a["new"] + [v for v in b["new"] if v not in a["new"]])[:5]}
+            "outside": a["outside"] + b["outside"],
+            "new": _top({k: a["new"].get(k, 0) + b["new"].get(k, 0) for k in a["new"].keys() | b["new"].keys()})}
 
 
 def compared(r: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +119,7 @@ def compared(r: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {"out_of_range": c["outside"] / present if c["present"] else 0.0}
     else:
         expected = np.array([r["shares"][k] for k in r["shares"] if k != OTHER] + [r["shares"].get(OTHER, 0.0)])
-        extra = {"new_values": c["new"]} if c["new"] else {}
+        extra = {"new_values": list(_top(c["new"], 5))} if c["new"] else {}
     return {"kind": r["kind"], "psi": _psi(expected, actual), "js": _js(expected, actual),
             "missing": {"reference": r["missing"], "data": float(1 - c["present"] / max(c["rows"], 1))}, **extra}
 

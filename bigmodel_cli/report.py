@@ -80,12 +80,17 @@ def render(run: Path, evaluation: Path | None = None, explanation: Path | None =
         training_html = _training_section(folder, manifest)
     with artifacts.damaged(explain / artifacts.IMPORTANCE, f"explain {run}"):
         explain_html = _explain_section(explain)
+    # the drift check: --drift DIR's, else evaluate --drift's section (of the evaluation shown), else RUN_DIR's
     drift_file = (Path(drift) if drift is not None else folder.path) / artifacts.DRIFT
-    with artifacts.damaged(drift_file, f"drift {run} DATA --out {drift_file.parent}"):
-        drift_doc = artifacts.read_json(drift_file) if drift_file.is_file() else None
-    if drift_doc is None and isinstance(metrics.get("drift"), dict):  # evaluate --drift: the rows it evaluated
-        drift_doc = {**metrics["drift"], "data": (metrics.get("data") or {}).get("source", "")}
-    drift_html = _drift_section(drift_doc)
+    evaluated_drift = isinstance(metrics.get("drift"), dict) and drift is None
+    redo = f"evaluate {run} --drift" if evaluated_drift else f"drift {run} DATA --out {drift_file.parent}"
+    with artifacts.damaged(metrics_file if evaluated_drift else drift_file, redo):
+        drift_doc: dict[str, Any] | None
+        if evaluated_drift:
+            drift_doc = {**metrics["drift"], "data": (metrics.get("data") or {}).get("source", "")}
+        else:
+            drift_doc = artifacts.read_json(drift_file) if drift_file.is_file() else None
+        drift_html = _drift_section(drift_doc)
     parts = {
         "data": data_html,
         "config": config_html,

@@ -118,6 +118,16 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
     if found and not picked:
         raise ConfigError(f"{o.folder}: serve.versions {policy} picks none of its versions "
                           f"({', '.join(map(str, found))})")
+    absent = {label: v for label, v in s.labels.items() if v not in found}
+    if found and absent:
+        label, v = next(iter(absent.items()))
+        raise ConfigError(f"{o.folder}: serve.labels.{label} is version {v}, which is not there "
+                          f"(versions: {', '.join(map(str, found))})")
+    labelled = set(s.labels.values())
+
+    def wanted(present: list[int]) -> list[int]:
+        """The policy's pick, and every labelled version present (a label keeps its version loaded)."""
+        return sorted(set(policy.pick(present)) | (labelled & set(present)))
 
     def folder_of(version: str) -> Path:
         return Path(o.folder) / version if found else Path(o.folder)
@@ -150,7 +160,7 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
             time.sleep(0.01)
         if on_event is not None:
             on_event("listening", url)
-        for version, ok in state.follow(policy.pick, found) if found else [(VERSION, state.load())]:
+        for version, ok in state.follow(wanted, found) if found else [(VERSION, state.load())]:
             if on_event is not None and found:
                 on_event("version", f"{version} {'serving' if ok else 'failed: ' + state.status[version][1]}")
         if not state.loaded:
@@ -166,7 +176,7 @@ def run(options: ServeOptions, on_event: Any = None) -> ServeResult:
                 continue
             if not present:  # (the base is gone or being rewritten: keep what is serving)
                 continue
-            for version, ok in state.follow(policy.pick, present):
+            for version, ok in state.follow(wanted, present):
                 if on_event is not None:
                     on_event("version", f"{version} {'serving' if ok else 'failed: ' + state.status[version][1]}")
 

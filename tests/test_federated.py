@@ -130,6 +130,7 @@ def test_update_checks_name_what_is_wrong():
     (["federated.strategy=fedadam", "federated.aggregation=krum"], "use strategy fedavg or fedprox"),
     (["federated.engine=deployment", "federated.attack.kind=nan"], "simulation only"),
     (["federated.strategy=fedsgd"], "federated.strategy"),
+    (["federated.privacy.noise_multiplier=1", "federated.aggregation=median"], "reported epsilon would be wrong"),
 ])
 def test_impossible_strategy_combinations_are_config_errors(penguins_prep, tmp_path, args, named):
     r = bm("federated", penguins_prep, "--out", tmp_path / "x", *[a for kv in args for a in ("--set", kv)], code=2)
@@ -175,8 +176,10 @@ def test_the_guard_keeps_nan_and_misshaped_updates_out_of_every_strategy():
     momentum = strategies.guarded(strategies.build(f, common), shapes, lambda r, node, why: rejected.append((node,
                                                                                                              why)))
     huge = [np.full((3, 2), 3e38, "float32"), start[1]]
-    assert momentum.aggregate_fit(1, results({1: huge, 2: huge}), [])[0] is None
+    before = momentum.inner.momentum_vector
+    assert momentum.aggregate_fit(2, results({1: huge, 2: huge}), [])[0] is None  # (round 2 first: a resumed run)
     assert rejected == [("aggregate", "the aggregate holds NaN or inf; the global model is kept")]
+    assert momentum.inner.momentum_vector is before  # the server optimiser's state as it was before the round
 
 
 @pytest.mark.xdist_group("ray-b")

@@ -95,16 +95,17 @@ def _proximal(net: Any, mu: float) -> list[tuple[Any, Any]]:
     keras = import_keras()
 
     class Proximal(keras.regularizers.Regularizer):  # type: ignore[misc, name-defined]
-        def __init__(self, anchor: Any) -> None:
-            self.anchor = anchor
+        def __init__(self, anchor: Any, before: Any) -> None:
+            self.anchor, self.before = anchor, before  # before: the variable's own regularizer (l2, ...), kept
 
         def __call__(self, w: Any) -> Any:
-            return 0.5 * mu * keras.ops.sum(keras.ops.square(w - self.anchor))
+            term = 0.5 * mu * keras.ops.sum(keras.ops.square(w - self.anchor))
+            return term if self.before is None else term + self.before(w)
 
     pairs = []
     for v in net.trainable_weights:
         anchor = keras.Variable(np.zeros(v.shape, dtype=v.dtype), trainable=False, name="proximal_anchor")
-        v.regularizer = Proximal(anchor)
+        v.regularizer = Proximal(anchor, v.regularizer)
         pairs.append((v, anchor))
     return pairs
 

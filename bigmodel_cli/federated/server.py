@@ -100,6 +100,9 @@ class Federation:
         flwr()
         if not verbose:  # Flower logs every message at INFO (and deprecations at WARNING); one line per round instead
             logging.getLogger("flwr").setLevel(logging.ERROR)
+        if cfg.federated.strategy == "fedprox" and cfg.train.privacy is not None:
+            raise ConfigError("federated.strategy fedprox: its proximal term is a loss DP-SGD's train step "
+                              "(train.privacy) does not add; use fedavg with train.privacy")
         prepared = open_prep(Path(prep))
         portable.why_not(cfg, prepared.schema)  # train.portable: true that cannot be kept: say so before any round
         folder = artifacts.Folder(Path(out), "run")
@@ -149,18 +152,20 @@ class Federation:
         shapes = [tuple(w.shape) for w in self.model.get_weights()]
         p = f.privacy
         if p is None:
-            return strategies.guarded(base, shapes, self._reject)
+            return strategies.guarded(base, shapes, self._reject, f.secure_aggregation)
         client_side = f.secure_aggregation  # the server sees only the masked sum: clients must clip
         if p.clipping == "fixed":
             fixed = (fs.DifferentialPrivacyClientSideFixedClipping if client_side
                      else fs.DifferentialPrivacyServerSideFixedClipping)
             return strategies.guarded(fixed(base, noise_multiplier=p.noise_multiplier, clipping_norm=p.clipping_norm,
-                                            num_sampled_clients=sampled), shapes, self._reject)
+                                            num_sampled_clients=sampled), shapes, self._reject,
+                                      f.secure_aggregation)
         adaptive = (fs.DifferentialPrivacyClientSideAdaptiveClipping if client_side
                     else fs.DifferentialPrivacyServerSideAdaptiveClipping)
         return strategies.guarded(adaptive(base, noise_multiplier=p.noise_multiplier, num_sampled_clients=sampled,
                                            initial_clipping_norm=self.progress.clipping_norm or p.clipping_norm,
-                                           target_clipped_quantile=p.target_quantile), shapes, self._reject)
+                                           target_clipped_quantile=p.target_quantile), shapes, self._reject,
+                                  f.secure_aggregation)
 
     def _reject(self, server_round: int, node: str, why: str) -> None:
         """An update the guard dropped: counted in the round's history row, and a warning line."""

@@ -23,6 +23,7 @@ SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01, "fedadagrad": 0.0
 
 def build(f: FederatedConfig, common: dict[str, Any]) -> Any:
     """Flower's strategy for the config, with `common` (fractions, callbacks, initial parameters)."""
+    from flwr.common import parameters_to_ndarrays
     from flwr.server import strategy as fs
 
     lr = f.server_learning_rate or SERVER_LR.get(f.strategy, 1.0)
@@ -35,6 +36,10 @@ def build(f: FederatedConfig, common: dict[str, Any]) -> Any:
         inner = fs.Krum(**common, num_malicious_clients=f.malicious)
     elif f.strategy == "fedavgm":
         inner = fs.FedAvgM(**common, server_learning_rate=lr, server_momentum=f.server_momentum)
+        # Flower sets the momentum in round 1 and asserts it later: a resumed run (or a round 1 whose updates were
+        # all dropped) starts with none, so start it at zero, which round 1 replaces as Flower does
+        start = parameters_to_ndarrays(common["initial_parameters"])
+        inner.momentum_vector = [np.zeros_like(w) for w in start]
     elif f.strategy in ("fedadam", "fedyogi"):
         inner = (fs.FedAdam if f.strategy == "fedadam" else fs.FedYogi)(
             **common, eta=lr, beta_1=0.9, beta_2=0.99, tau=1e-3)
@@ -58,8 +63,18 @@ def problem(arrays: list[np.ndarray], shapes: list[tuple[int, ...]]) -> str | No
     return None
 
 
-def guarded(inner: Any, shapes: list[tuple[int, ...]], on_reject: Any) -> Any:
-    """`inner` (a Flower strategy) behind the update checks (see the module's doc)."""
+SERVER_STATE = ("current_weights", "m_t", "v_t", "momentum_vector")  # FedOpt's and FedAvgM's, replaced each round
+
+
+def _innermost(strategy: Any) -> Any:
+    while hasattr(strategy, "strategy"):  # (Flower's DP wrappers hold the strategy they wrap)
+        strategy = strategy.strategy
+    return strategy
+
+
+def guarded(inner: Any, shapes: list[tuple[int, ...]], on_reject: Any, secure: bool = False) -> Any:
+    """`inner` (a Flower strategy) behind the update checks (see the module's doc). `secure`: under SecAgg+, where
+    the results hold the unmasked sum, not one client's update: only the aggregate is checked."""
     from flwr.common import parameters_to_ndarrays
     from flwr.server.strategy import Strategy
 
@@ -68,6 +83,8 @@ def guarded(inner: Any, shapes: list[tuple[int, ...]], on_reject: Any) -> Any:
             self.inner = inner
 
         def __getattr__(self, name: str) -> Any:  # (e.g. the DP wrapper's clipping_norm)
+            if "inner" not in self.__dict__:
+                raise AttributeError(name)
             return getattr(self.__dict__["inner"], name)
 
         def initialize_parameters(self, client_manager: Any) -> Any:
@@ -79,15 +96,19 @@ def guarded(inner: Any, shapes: list[tuple[int, ...]], on_reject: Any) -> Any:
         def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> Any:
             kept = []
             for proxy, res in results:
-                why = problem(parameters_to_ndarrays(res.parameters), shapes)
+                why = None if secure else problem(parameters_to_ndarrays(res.parameters), shapes)
                 if why is None:
                     kept.append((proxy, res))
                 else:
                     on_reject(server_round, str(getattr(proxy, "node_id", getattr(proxy, "cid", "?"))), why)
             if not kept:
                 return None, {}
+            base = _innermost(self.inner)
+            before = {k: getattr(base, k) for k in SERVER_STATE if hasattr(base, k)}
             parameters, metrics = self.inner.aggregate_fit(server_round, kept, failures)
             if parameters is not None and problem(parameters_to_ndarrays(parameters), shapes) is not None:
+                for k, v in before.items():  # the server optimiser's state as it was: the next round starts clean
+                    setattr(base, k, v)
                 on_reject(server_round, "aggregate", "the aggregate holds NaN or inf; the global model is kept")
                 return None, metrics
             return parameters, metrics

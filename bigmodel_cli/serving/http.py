@@ -158,9 +158,13 @@ class State:
 
     def follow(self, wanted: Any, present: list[int]) -> list[tuple[str, bool]]:
         """Make the loaded versions those `wanted(present)` picks (versions.Policy.pick), newest first; a version
-        that failed to load is not tried again and is left out of the pick, so the ones serving stay. A version
+        that failed to load is not tried again while its folder is there, and is left out of the pick, so the ones
+        serving stay. A version
         serving is unloaded only once its successors are loaded. Returns (version, loaded?) for each load tried."""
         tried: list[tuple[str, bool]] = []
+        for v, (_, why) in list(self.status.items()):  # a failed version that is gone: a new one of that number
+            if why and v.isdigit() and int(v) not in present and v not in self.loaded:  # is tried afresh
+                del self.status[v]
         failed = {v for v, (st, why) in self.status.items() if st == "END" and why}
         while True:
             pick = [str(v) for v in wanted([v for v in present if str(v) not in failed])]

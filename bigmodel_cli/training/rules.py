@@ -64,7 +64,10 @@ def resume_changes(progress: Any, cfg: Config, sha256: str, allowed: tuple[str, 
     if not progress.config:
         return [] if progress.config_sha256 == sha256 else ["(the config)"]
     old, new = flatten(progress.config), flatten(cfg.model_dump(mode="json"))
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in allowed)
+    # a key the interrupted run's version did not have: it ran as that key's default does
+    default = flatten(Config().model_dump(mode="json"))
+    return sorted(k for k in old.keys() | new.keys()
+                  if old.get(k, default.get(k)) != new.get(k) and k not in allowed)
 
 
 def monitored(cfg: Config, has_val: bool) -> str:
