@@ -94,7 +94,7 @@ federated-table: $(VENV)/.installed-dev
 
 # Strategies x partitions x clients x seeds against central training (docs/federated.md); SKEW narrows the grid,
 # e.g. make federated-skew SKEW="--tables penguins --partitions 0.1 --seeds 1"
-federated-skew: $(VENV)/.installed-dev
+federated-skew: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/federated_skew.py $(SKEW)
 
 test: $(VENV)/.installed-dev

@@ -84,12 +84,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--attack", action="store_true", help="also the attack rows (iid, the first table's clients)")
     ap.add_argument("--out", default="federated_skew")
+    ap.add_argument("--keep", action="store_true", help="keep results/OUT.json's rows and run only the missing ones")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bigmodel-skew-"))
     seeds = [42 + k for k in range(args.seeds)]
-    rows: list[dict] = []
+    saved = ROOT / "benchmarks" / "results" / f"{args.out}.json"
+    rows: list[dict] = json.loads(saved.read_text())["rows"] if args.keep and saved.exists() else []
 
     def run(table: str, prep: Path, task: str, setup: dict, extra: list[str], seed: int, cmd: str) -> float:
+        done = [r for r in rows if r["table"] == table and r["seed"] == seed
+                and all(r[k] == v for k, v in setup.items())]
+        if done:
+            return float(done[0]["value"])
         out = work / f"run{len(rows)}-{seed}"
         t0 = time.perf_counter()
         bm(*cmd.split(), prep, "--out", out, *COMMON, "--set", f"seed={seed}", *extra)
@@ -99,6 +105,7 @@ def main() -> None:
                      "value": round(value, 4), "rounds": (manifest.get("federated") or {}).get("rounds"),
                      "seconds": round(time.perf_counter() - t0, 1), "settings": " ".join(extra)})
         print(f"{table} {setup} seed {seed}: {value:.4f} ({rows[-1]['seconds']} s)", flush=True)
+        summarize(rows, seeds, args.out)
         return value
 
     for table in args.tables.split(","):
@@ -130,6 +137,12 @@ def main() -> None:
                                             "strategy": f"{aggregation}{' + 1 sign-flip x10' if attacked else ''}"},
                         extra, seed, "federated")
 
+    summarize(rows, seeds, args.out, final=True)
+
+
+def summarize(rows: list[dict], seeds: list[int], out: str, final: bool = False) -> None:
+    """The table (means over seeds, gap to central) and results/OUT.json: after every run, so an interrupted grid
+    keeps what it measured."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault((r["table"], r["partition"], r["clients"], r["strategy"]), []).append(r["value"])
@@ -137,13 +150,17 @@ def main() -> None:
     table_rows = []
     for (table, p, n, strategy), values in groups.items():
         mean = statistics.mean(values)
-        gap = mean - central[table]
-        table_rows.append([table, p, n or "-", strategy, round(mean, 4), round(min(values), 4), round(gap, 4)])
-    show(f"test split, defaults, means over {len(seeds)} seed(s); gap = federated - central",
-         ["table", "partition", "clients", "strategy", "mean", "worst", "gap"], table_rows)
-    print(save(args.out, {"seeds": seeds, "rows": rows,
-                          "summary": [dict(zip(["table", "partition", "clients", "strategy", "mean", "worst", "gap"],
-                                               r, strict=True)) for r in table_rows]}))
+        gap = mean - central[table] if table in central else float("nan")
+        regression = next(r for r in rows if r["table"] == table)["metric"] == "rmse"
+        worst = max(values) if regression else min(values)
+        table_rows.append([table, p, n or "-", strategy, round(mean, 4), round(worst, 4), round(gap, 4)])
+    path = save(out, {"seeds": seeds, "complete": final, "rows": rows,
+                      "summary": [dict(zip(["table", "partition", "clients", "strategy", "mean", "worst", "gap"],
+                                           r, strict=True)) for r in table_rows]})
+    if final:
+        show(f"test split, defaults, means over {len(seeds)} seed(s); gap = federated - central (RMSE: worst = max)",
+             ["table", "partition", "clients", "strategy", "mean", "worst", "gap"], table_rows)
+        print(path)
 
 
 if __name__ == "__main__":

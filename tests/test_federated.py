@@ -94,7 +94,7 @@ def test_a_client_process_reuses_its_network_and_gets_the_same_updates(penguins_
 
 def test_fedprox_term_holds_a_client_near_the_global_model(penguins_prep):
     """FedProx's proximal term (mu/2 |w - w_global|^2 in the client's loss): with a large mu the client's update
-    stays near the global weights it started from; with mu = 0 it moves as FedAvg's does."""
+    stays near the global weights it started from; with mu = 0 it moves as FedAvg's does; also under DP-SGD."""
     from bigmodel_cli.config import load_config
     from bigmodel_cli.federated import client
     from bigmodel_cli.folders import open_prep
@@ -103,15 +103,20 @@ def test_fedprox_term_holds_a_client_near_the_global_model(penguins_prep):
     rng = np.random.default_rng(0)
     x, y = rng.random((60, 9)).astype("float32"), rng.integers(0, 3, 60)
 
-    def moved(mu: float) -> float:
+    def moved(mu: float, *dp: str) -> float:
         cfg = load_config(None, ["federated.strategy=fedprox", f"federated.proximal_mu={mu}",
-                                 "federated.local_epochs=3", "train.optimizer.learning_rate=0.05"])
+                                 "federated.local_epochs=3", "train.optimizer.learning_rate=0.05", *dp])
         start = [w + 0.1 for w in client._network(cfg.to_yaml(), cfg, prep.schema, 9, 0)[0].get_weights()]
         update = client.KerasClient(prep.schema, x, y, 1).fit(start, {"config": cfg.to_yaml(), "round": 1})[0]
         return float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(update, start, strict=True))))
 
     free, held = moved(0.0), moved(100.0)
     assert held < 0.25 * free, (held, free)
+    # under DP-SGD (train.privacy) too: the term's gradient is added after the clipping and noise
+    dp = ("train.privacy.noise_multiplier=0", "train.privacy.l2_norm_clip=100")
+    client._cached.clear()
+    free, held = moved(0.0, *dp), moved(100.0, *dp)
+    assert held < 0.4 * free, (held, free)  # (measured 0.27; without the term's gradient, 1)
 
 
 def test_update_checks_name_what_is_wrong():

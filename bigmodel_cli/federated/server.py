@@ -100,9 +100,6 @@ class Federation:
         flwr()
         if not verbose:  # Flower logs every message at INFO (and deprecations at WARNING); one line per round instead
             logging.getLogger("flwr").setLevel(logging.ERROR)
-        if cfg.federated.strategy == "fedprox" and cfg.train.privacy is not None:
-            raise ConfigError("federated.strategy fedprox: its proximal term is a loss DP-SGD's train step "
-                              "(train.privacy) does not add; use fedavg with train.privacy")
         prepared = open_prep(Path(prep))
         portable.why_not(cfg, prepared.schema)  # train.portable: true that cannot be kept: say so before any round
         folder = artifacts.Folder(Path(out), "run")

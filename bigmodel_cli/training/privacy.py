@@ -98,6 +98,11 @@ class DPSequential(keras.Sequential):
             per_example = tf.reshape(per_example_loss(self.loss, target, y_pred), [-1])
             groups = self.microbatches or tf.shape(per_example)[0]
             micro = tf.reduce_mean(tf.reshape(per_example, [groups, -1]), axis=1)
+        # weight regularizers (a layer's l2, federated FedProx's proximal term) depend on the weights alone, not on
+        # any example: their gradient is added after the clipping and noise, at no privacy cost
+        with tf.GradientTape() as weight_tape:
+            terms = self._get_regularization_losses()
+            penalty = tf.add_n(terms) if terms else None
         jacobians = tape.jacobian(micro, variables)  # one gradient per microbatch: (groups, *variable.shape)
         squares = [tf.reduce_sum(tf.reshape(tf.square(j), [groups, -1]), axis=1) for j in jacobians]
         norms = tf.sqrt(tf.add_n(squares))
@@ -108,6 +113,9 @@ class DPSequential(keras.Sequential):
             clipped = tf.tensordot(scale, tf.reshape(j, [groups, -1]), axes=1)
             noise = self._noise.generator.normal(tf.shape(clipped), stddev=self.noise_multiplier * self.l2_norm_clip)
             grads.append(tf.reshape((clipped + noise) / n, tf.shape(v)))
+        if penalty is not None:
+            grads = [g if r is None else g + r for g, r in zip(grads, weight_tape.gradient(penalty, variables),
+                                                              strict=True)]
         self.optimizer.apply(grads, variables)
         loss = tf.reduce_mean(per_example)
         for metric in self.metrics:
