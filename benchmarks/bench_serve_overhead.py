@@ -1,9 +1,9 @@
 """What /metrics and the drift window cost `bigmodel serve`: this checkout's server against the same server at an
 earlier git revision (BEFORE, default d23d83f: no /metrics, no drift window), and the hand-written peer
 (benchmarks/serve_peer.py), on the same export folder (onnx runtime; it holds reference.json, so the drift window
-is on), alternating, requests/s with 1-row and 100-row requests at 8 connections.
+is on), alternating, requests/s with 1-row and 100-row requests at 8 (or --connections) connections.
 
-    python benchmarks/bench_serve_overhead.py [--before REV] [--repeats 2] [--seconds 5]
+    python benchmarks/bench_serve_overhead.py [--before REV] [--repeats 2] [--seconds 5] [--connections 8,32]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--before", default="d23d83f")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--connections", default="8", help="concurrent connections, e.g. 8,32")
     args = ap.parse_args()
     run, export = b.prepare()
     assert (export / "reference.json").exists(), "the export has no reference.json: the drift window would be off"
@@ -46,10 +47,11 @@ def main() -> None:
                 b.ENV["PYTHONPATH"] = str(code)
                 proc = b.start([*cmd, str(p)], url)
                 try:
-                    for rows in (1, 100):
-                        r = asyncio.run(b.load(url, rows, 8, args.seconds))
-                        found.setdefault(name, {}).setdefault(f"{rows} row(s) x 8", []).append(
-                            round(r["requests_per_s"], 1))
+                    for n in map(int, args.connections.split(",")):
+                        for rows in (1, 100):
+                            r = asyncio.run(b.load(url, rows, n, args.seconds))
+                            found.setdefault(name, {}).setdefault(f"{rows} row(s) x {n}", []).append(
+                                round(r["requests_per_s"], 1))
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=60)
